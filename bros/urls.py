@@ -1,0 +1,22 @@
+"""Top-level URLs: accounts, pages per role, the HTTP API and admin."""
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from bros.api import api
+from deliveries import views as delivery_views
+
+urlpatterns = [
+    path("", delivery_views.home, name="home"),
+    path(
+        "accounts/login/",
+        auth_views.LoginView.as_view(redirect_authenticated_user=True),
+        name="login",
+    ),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("api/v1/", api.urls),
+    path("admin/", admin.site.urls),
+    path("", include("deliveries.urls")),
+    path("", include("riders.urls")),
+]

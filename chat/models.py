@@ -1,0 +1,1 @@
+"""Chat rooms per center and direct messages (built by the chat issue)."""

@@ -1,0 +1,59 @@
+"""Shared test fixtures: the demo data set (design.md) on real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from django.conf import settings as django_settings
+from django.contrib.auth import get_user_model
+
+from deliveries.demo import load_demo_data
+from deliveries.models import Center, Shop
+from riders.models import Rider
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_redis_prefix():
+    """Give this test run its own Redis keys and channels on a shared Redis."""
+    django_settings.REDIS_PREFIX = f"bros-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """Load the demo data once; rollback tests share it, transactional tests reload it."""
+    with django_db_blocker.unblock():
+        load_demo_data()
+
+
+class Demo:
+    """Look-ups into the demo data by its fixed names."""
+
+    def user(self, username: str):
+        return get_user_model().objects.get(username=username)
+
+    def center(self, code: str = "gangnam") -> Center:
+        return Center.objects.get(code=code)
+
+    def shop(self, code: str = "gangnam", index: int = 0) -> Shop:
+        return Shop.objects.filter(center__code=code).order_by("name")[index]
+
+    def rider(self, code: str = "gangnam", number: int = 1) -> Rider:
+        return Rider.objects.select_related("user", "center").get(user__username=f"rider-{code}-{number:02d}")
+
+
+def _ensure_demo() -> Demo:
+    if not Center.objects.exists():  # a transactional test before this one flushed the database
+        load_demo_data()
+    return Demo()
+
+
+@pytest.fixture
+def demo(db) -> Demo:
+    return _ensure_demo()
+
+
+@pytest.fixture
+def demo_tx(transactional_db) -> Demo:
+    return _ensure_demo()

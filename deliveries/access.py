@@ -1,0 +1,101 @@
+"""Who may do what where: a user's role and centers, and the rules every caller checks.
+
+Services, API endpoints, pages and stream subscriptions all ask these functions, so a rule lives
+in exactly one place. Superusers are treated as HQ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from deliveries.models import Center, StaffProfile
+
+Role = StaffProfile.Role
+
+
+@dataclass(frozen=True)
+class Access:
+    user_id: int
+    role: str | None
+    # Center codes the user works for; None means every center (HQ).
+    centers: frozenset[str] | None
+    rider_id: int | None = None
+
+    def serves(self, center_code: str) -> bool:
+        return self.centers is None or center_code in self.centers
+
+    def center_codes(self) -> list[str]:
+        """Return the codes of the centers this user works for (all of them for HQ)."""
+        if self.centers is None:
+            return list(Center.objects.order_by("code").values_list("code", flat=True))
+        return sorted(self.centers)
+
+
+NO_ACCESS = Access(user_id=0, role=None, centers=frozenset())
+
+
+def access_for(user) -> Access:
+    """Return (and cache on the user object) the user's role and centers."""
+    if user is None or not user.is_authenticated or not user.is_active:
+        return NO_ACCESS
+    cached = getattr(user, "_bros_access", None)
+    if cached is not None:
+        return cached
+    profile = StaffProfile.objects.filter(user=user).prefetch_related("centers").first()
+    if user.is_superuser or (profile and profile.role == Role.HQ):
+        access = Access(user_id=user.pk, role=Role.HQ, centers=None)
+    elif profile is None:
+        access = Access(user_id=user.pk, role=None, centers=frozenset())
+    elif profile.role == Role.RIDER:
+        from riders.models import Rider
+
+        rider = Rider.objects.filter(user=user).select_related("center").first()
+        centers = frozenset([rider.center.code]) if rider else frozenset()
+        access = Access(
+            user_id=user.pk,
+            role=Role.RIDER,
+            centers=centers,
+            rider_id=rider.pk if rider else None,
+        )
+    else:
+        access = Access(
+            user_id=user.pk,
+            role=profile.role,
+            centers=frozenset(c.code for c in profile.centers.all()),
+        )
+    user._bros_access = access
+    return access
+
+
+def can_take_orders(user, center_code: str) -> bool:
+    """Create or cancel orders: call-center staff of the center, its dispatchers, HQ."""
+    access = access_for(user)
+    return access.role in (Role.HQ, Role.CALLCENTER, Role.DISPATCHER) and access.serves(center_code)
+
+
+def can_dispatch(user, center_code: str) -> bool:
+    """Assign, reassign, unassign deliveries and manage riders' duty: dispatchers of the center, HQ."""
+    access = access_for(user)
+    return access.role in (Role.HQ, Role.DISPATCHER) and access.serves(center_code)
+
+
+def can_view_center(user, center_code: str) -> bool:
+    """See a center's orders and deliveries."""
+    access = access_for(user)
+    return access.role in (Role.HQ, Role.DISPATCHER, Role.CALLCENTER) and access.serves(center_code)
+
+
+def can_handle_delivery(user, *, center_code: str, rider_id: int | None) -> bool:
+    """Pick up or deliver: the delivery's own rider, or whoever may dispatch the center."""
+    access = access_for(user)
+    if access.role == Role.RIDER:
+        return rider_id is not None and access.rider_id == rider_id
+    return can_dispatch(user, center_code)
+
+
+def can_set_duty(user, *, center_code: str, rider_id: int) -> bool:
+    """Start or end a shift: the rider themself, or whoever may dispatch the center."""
+    access = access_for(user)
+    if access.role == Role.RIDER:
+        return access.rider_id == rider_id
+    return can_dispatch(user, center_code)

@@ -1,0 +1,495 @@
+"""Commands on orders and deliveries: each one transaction that also writes its timeline and events.
+
+Lock order, everywhere: order → delivery → riders (by id) → stream counters (by name, in `emit`).
+Every command takes the acting user (None for the system: simulator, tasks, already-authorized
+integrations), checks that user's right on the center, refuses illegal transitions and stale
+versions with `CommandRefused`, bumps `version` and emits its events in the same transaction.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from deliveries import access
+from deliveries.exceptions import InvalidTransition, StaleVersion
+from deliveries.models import Delivery, Order, Shop, Source, TimelineEntry
+from realtime.events import (
+    OrderItem,
+    assignment_new_event,
+    assignment_revoked_event,
+    delivery_event,
+    order_event,
+    rider_status_event,
+)
+from realtime.outbox import emit
+from riders.models import Rider
+
+Status = Delivery.Status
+PHONE = re.compile(r"^\+?[0-9][0-9 ()-]{5,28}[0-9]$")
+
+_SOURCE_BY_ROLE = {
+    access.Role.HQ: Source.DISPATCHER,
+    access.Role.DISPATCHER: Source.DISPATCHER,
+    access.Role.CALLCENTER: Source.CALLCENTER,
+    access.Role.RIDER: Source.RIDER,
+}
+
+
+def source_for(actor) -> str:
+    """The timeline source implied by who acts (the system when nobody does)."""
+    if actor is None:
+        return Source.SYSTEM
+    return _SOURCE_BY_ROLE.get(access.access_for(actor).role, Source.ADMIN)
+
+
+def actor_label(actor, via: str = "") -> str:
+    if via:
+        return via
+    if actor is None:
+        return "system"
+    return actor.get_full_name() or actor.get_username()
+
+
+def _record(delivery, *, actor, via, source, action, from_status="", to_status="", detail=None) -> None:
+    TimelineEntry.objects.create(
+        delivery=delivery,
+        actor=actor,
+        actor_label=actor_label(actor, via),
+        source=source or source_for(actor),
+        action=action,
+        from_status=from_status,
+        to_status=to_status,
+        detail=detail or {},
+    )
+
+
+def last_change(delivery) -> dict | None:
+    """Who changed the delivery last, and when: shown with a stale-version refusal."""
+    entry = delivery.timeline.order_by("-at", "-pk").first()
+    if entry is None:
+        return None
+    return {
+        "by": entry.actor_label,
+        "source": entry.source,
+        "action": entry.action,
+        "at": entry.at.isoformat(),
+    }
+
+
+def _check_version(entity, expected_version: int | None, *, delivery) -> None:
+    if expected_version is not None and expected_version != entity.version:
+        raise StaleVersion(
+            f"It changed since you looked (version {expected_version}, now {entity.version}).",
+            entity=entity,
+            changed_by=last_change(delivery),
+        )
+
+
+def _lock_delivery(delivery_id: int) -> Delivery:
+    return (
+        Delivery.objects.select_for_update(of=("self",), no_key=True)
+        .select_related("order", "center", "shop", "rider")
+        .get(pk=delivery_id)
+    )
+
+
+def _lock_riders(*rider_ids: int | None) -> dict[int, Rider]:
+    ids = sorted({pk for pk in rider_ids if pk is not None})
+    riders = Rider.objects.select_for_update(of=("self",), no_key=True).select_related("center").filter(pk__in=ids)
+    return {rider.pk: rider for rider in riders.order_by("pk")}
+
+
+def _change_load(rider: Rider, delta: int) -> None:
+    rider.load += delta
+    rider.version += 1
+    rider.save(update_fields=["load", "version"])
+
+
+def _clean_order_input(*, customer_name, customer_phone, address, lat, lng, items, note) -> dict:
+    errors: dict[str, str] = {}
+    customer_name = (customer_name or "").strip()
+    customer_phone = (customer_phone or "").strip()
+    address = (address or "").strip()
+    note = (note or "").strip()
+    if not customer_name:
+        errors["customer_name"] = "Enter the customer's name."
+    elif len(customer_name) > 100:
+        errors["customer_name"] = "At most 100 characters."
+    if not PHONE.match(customer_phone):
+        errors["customer_phone"] = "Enter a phone number like 010-1234-5678."
+    if not address:
+        errors["address"] = "Enter the delivery address."
+    elif len(address) > 200:
+        errors["address"] = "At most 200 characters."
+    if (lat is None) != (lng is None):
+        errors["lat"] = "Give both lat and lng, or neither."
+    elif lat is not None and not (-90 <= lat <= 90 and -180 <= lng <= 180):
+        errors["lat"] = "Coordinates out of range."
+    if len(note) > 500:
+        errors["note"] = "At most 500 characters."
+    cleaned_items = []
+    if not isinstance(items, list) or not items:
+        errors["items"] = "Add at least one item."
+    else:
+        try:
+            cleaned_items = [OrderItem.model_validate(item).model_dump() for item in items]
+        except Exception:
+            errors["items"] = 'Each item needs a "name" and a "qty" from 1 to 99.'
+    if errors:
+        raise ValidationError(errors)
+    return {
+        "customer_name": customer_name,
+        "customer_phone": customer_phone,
+        "address": address,
+        "lat": lat,
+        "lng": lng,
+        "items": cleaned_items,
+        "note": note,
+    }
+
+
+@transaction.atomic
+def create_order(
+    *,
+    actor,
+    shop_id: int,
+    customer_name: str,
+    customer_phone: str,
+    address: str,
+    items: list,
+    lat: float | None = None,
+    lng: float | None = None,
+    note: str = "",
+    promised_at: datetime | None = None,
+    source: str | None = None,
+    via: str = "",
+) -> Order:
+    """Take an order for a shop and create its waiting delivery in the shop's center. Locks nothing."""
+    fields = _clean_order_input(
+        customer_name=customer_name,
+        customer_phone=customer_phone,
+        address=address,
+        lat=lat,
+        lng=lng,
+        items=items,
+        note=note,
+    )
+    shop = Shop.objects.select_related("center").filter(pk=shop_id, is_active=True).first()
+    if shop is None:
+        raise ValidationError({"shop": "No such shop."})
+    if actor is not None and not access.can_take_orders(actor, shop.center.code):
+        raise PermissionDenied("You do not take orders for this center.")
+    now = timezone.now()
+    if promised_at is None:
+        promised_at = now + timedelta(minutes=settings.SLA_DEFAULT_PROMISE_MINUTES)
+    elif promised_at < now - timedelta(minutes=1):
+        raise ValidationError({"promised_at": "The promised time is in the past."})
+    order = Order.objects.create(
+        center=shop.center,
+        shop=shop,
+        promised_at=promised_at,
+        created_by=actor,
+        **fields,
+    )
+    delivery = Delivery.objects.create(order=order, center=shop.center, shop=shop)
+    order.delivery = delivery
+    delivery.order = order
+    _record(
+        delivery,
+        actor=actor,
+        via=via,
+        source=source,
+        action="created",
+        to_status=Status.WAITING,
+    )
+    emit(
+        [
+            order_event("order.created", order),
+            delivery_event("delivery.created", delivery),
+        ]
+    )
+    return order
+
+
+@transaction.atomic
+def cancel_order(
+    *,
+    actor,
+    order_id: int,
+    reason: str,
+    expected_version: int | None = None,
+    source=None,
+    via: str = "",
+) -> Order:
+    """Cancel an order and its delivery before it is delivered. Locks the order, delivery, rider."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationError({"reason": "Say why the order is cancelled."})
+    if len(reason) > 200:
+        raise ValidationError({"reason": "At most 200 characters."})
+    order = Order.objects.select_for_update(of=("self",), no_key=True).select_related("center", "shop").get(pk=order_id)
+    if actor is not None and not access.can_take_orders(actor, order.center.code):
+        raise PermissionDenied("You do not handle orders of this center.")
+    delivery = _lock_delivery(order.delivery.pk)
+    order.delivery = delivery
+    delivery.order = order
+    _check_version(order, expected_version, delivery=delivery)
+    if not delivery.is_open:
+        raise InvalidTransition(
+            f"The order is already {delivery.get_status_display().lower()}.",
+            entity=order,
+        )
+    previous_status, previous_rider = delivery.status, delivery.rider
+    events = []
+    if previous_rider is not None:
+        rider = _lock_riders(previous_rider.pk)[previous_rider.pk]
+        _change_load(rider, -1)
+        delivery.rider = rider
+        events.append(rider_status_event(rider))
+    now = timezone.now()
+    order.status, order.cancel_reason, order.version = (
+        Order.Status.CANCELLED,
+        reason,
+        order.version + 1,
+    )
+    order.save(update_fields=["status", "cancel_reason", "version"])
+    delivery.status, delivery.cancelled_at, delivery.version = (
+        Status.CANCELLED,
+        now,
+        delivery.version + 1,
+    )
+    delivery.save(update_fields=["status", "cancelled_at", "version", "updated_at"])
+    _record(
+        delivery,
+        actor=actor,
+        via=via,
+        source=source,
+        action="cancelled",
+        from_status=previous_status,
+        to_status=Status.CANCELLED,
+        detail={"reason": reason},
+    )
+    events += [
+        order_event("order.cancelled", order),
+        delivery_event("delivery.cancelled", delivery),
+    ]
+    if previous_rider is not None:
+        events.append(
+            assignment_revoked_event(
+                delivery,
+                rider=delivery.rider,
+                reason="cancelled",
+                was_picked_up=previous_status == Status.PICKED_UP,
+            )
+        )
+    emit(events)
+    return order
+
+
+@transaction.atomic
+def assign_delivery(
+    *,
+    actor,
+    delivery_id: int,
+    rider_id: int,
+    expected_version: int | None = None,
+    source=None,
+    via: str = "",
+) -> Delivery:
+    """Assign (or reassign) a waiting or assigned delivery to an on-duty rider of its center.
+
+    Locks the delivery, then the previous and the new rider in id order.
+    """
+    delivery = _lock_delivery(delivery_id)
+    if actor is not None and not access.can_dispatch(actor, delivery.center.code):
+        raise PermissionDenied("You do not dispatch this center.")
+    _check_version(delivery, expected_version, delivery=delivery)
+    if delivery.status not in (Status.WAITING, Status.ASSIGNED):
+        raise InvalidTransition(
+            f"A {delivery.get_status_display().lower()} delivery cannot be assigned.",
+            entity=delivery,
+        )
+    if delivery.rider_id == rider_id:
+        raise InvalidTransition(f"It is already assigned to {delivery.rider.name}.", entity=delivery)
+    riders = _lock_riders(delivery.rider_id, rider_id)
+    new_rider = riders.get(rider_id)
+    if new_rider is None or new_rider.center_id != delivery.center_id:
+        raise ValidationError({"rider": "No such rider in this center."})
+    if not new_rider.on_duty:
+        raise InvalidTransition(f"{new_rider.name} is off duty.", entity=delivery)
+    old_rider = riders.get(delivery.rider_id) if delivery.rider_id else None
+    events = []
+    if old_rider is not None:
+        _change_load(old_rider, -1)
+        events.append(rider_status_event(old_rider))
+    _change_load(new_rider, +1)
+    events.append(rider_status_event(new_rider))
+    previous_status = delivery.status
+    delivery.rider, delivery.status, delivery.assigned_at = (
+        new_rider,
+        Status.ASSIGNED,
+        timezone.now(),
+    )
+    delivery.version += 1
+    delivery.save(update_fields=["rider", "status", "assigned_at", "version", "updated_at"])
+    _record(
+        delivery,
+        actor=actor,
+        via=via,
+        source=source,
+        action="reassigned" if old_rider else "assigned",
+        from_status=previous_status,
+        to_status=Status.ASSIGNED,
+        detail={"rider": new_rider.pk, "rider_name": new_rider.name}
+        | ({"previous_rider": old_rider.pk, "previous_rider_name": old_rider.name} if old_rider else {}),
+    )
+    events += [
+        delivery_event("delivery.assigned", delivery),
+        assignment_new_event(delivery),
+    ]
+    if old_rider is not None:
+        events.append(assignment_revoked_event(delivery, rider=old_rider, reason="reassigned"))
+    emit(events)
+    return delivery
+
+
+@transaction.atomic
+def unassign_delivery(
+    *,
+    actor,
+    delivery_id: int,
+    expected_version: int | None = None,
+    source=None,
+    via: str = "",
+) -> Delivery:
+    """Take an assigned (not yet picked-up) delivery back to waiting. Locks the delivery and rider."""
+    delivery = _lock_delivery(delivery_id)
+    if actor is not None and not access.can_dispatch(actor, delivery.center.code):
+        raise PermissionDenied("You do not dispatch this center.")
+    _check_version(delivery, expected_version, delivery=delivery)
+    if delivery.status != Status.ASSIGNED:
+        raise InvalidTransition(
+            f"Only an assigned delivery can be unassigned; this one is {delivery.get_status_display().lower()}.",
+            entity=delivery,
+        )
+    rider = _lock_riders(delivery.rider_id)[delivery.rider_id]
+    _change_load(rider, -1)
+    delivery.rider, delivery.status, delivery.assigned_at = None, Status.WAITING, None
+    delivery.version += 1
+    delivery.save(update_fields=["rider", "status", "assigned_at", "version", "updated_at"])
+    _record(
+        delivery,
+        actor=actor,
+        via=via,
+        source=source,
+        action="unassigned",
+        from_status=Status.ASSIGNED,
+        to_status=Status.WAITING,
+        detail={"previous_rider": rider.pk, "previous_rider_name": rider.name},
+    )
+    emit(
+        [
+            delivery_event("delivery.unassigned", delivery),
+            rider_status_event(rider),
+            assignment_revoked_event(delivery, rider=rider, reason="unassigned"),
+        ]
+    )
+    return delivery
+
+
+@transaction.atomic
+def pick_up_delivery(
+    *,
+    actor,
+    delivery_id: int,
+    expected_version: int | None = None,
+    source=None,
+    via: str = "",
+) -> Delivery:
+    """Mark an assigned delivery picked up (its rider, or a dispatcher). Locks the delivery."""
+    delivery = _lock_delivery(delivery_id)
+    if actor is not None and not access.can_handle_delivery(
+        actor, center_code=delivery.center.code, rider_id=delivery.rider_id
+    ):
+        raise PermissionDenied("This delivery is not yours.")
+    _check_version(delivery, expected_version, delivery=delivery)
+    if delivery.status != Status.ASSIGNED:
+        raise InvalidTransition(
+            f"Only an assigned delivery can be picked up; this one is {delivery.get_status_display().lower()}.",
+            entity=delivery,
+        )
+    delivery.status, delivery.picked_up_at = Status.PICKED_UP, timezone.now()
+    delivery.version += 1
+    delivery.save(update_fields=["status", "picked_up_at", "version", "updated_at"])
+    _record(
+        delivery,
+        actor=actor,
+        via=via,
+        source=source,
+        action="picked_up",
+        from_status=Status.ASSIGNED,
+        to_status=Status.PICKED_UP,
+    )
+    emit([delivery_event("delivery.picked_up", delivery)])
+    return delivery
+
+
+@transaction.atomic
+def deliver_delivery(
+    *,
+    actor,
+    delivery_id: int,
+    expected_version: int | None = None,
+    source=None,
+    via: str = "",
+) -> Delivery:
+    """Mark a picked-up delivery delivered and its order done. Locks the order, delivery, rider."""
+    order = (
+        Order.objects.select_for_update(of=("self",), no_key=True)
+        .select_related("center", "shop")
+        .get(delivery__pk=delivery_id)
+    )
+    delivery = _lock_delivery(delivery_id)
+    delivery.order = order
+    if actor is not None and not access.can_handle_delivery(
+        actor, center_code=delivery.center.code, rider_id=delivery.rider_id
+    ):
+        raise PermissionDenied("This delivery is not yours.")
+    _check_version(delivery, expected_version, delivery=delivery)
+    if delivery.status != Status.PICKED_UP:
+        raise InvalidTransition(
+            f"Only a picked-up delivery can be delivered; this one is {delivery.get_status_display().lower()}.",
+            entity=delivery,
+        )
+    rider = _lock_riders(delivery.rider_id)[delivery.rider_id]
+    _change_load(rider, -1)
+    delivery.rider = rider
+    delivery.status, delivery.delivered_at = Status.DELIVERED, timezone.now()
+    delivery.version += 1
+    delivery.save(update_fields=["status", "delivered_at", "version", "updated_at"])
+    order.status, order.version = Order.Status.DELIVERED, order.version + 1
+    order.save(update_fields=["status", "version"])
+    order.delivery = delivery
+    _record(
+        delivery,
+        actor=actor,
+        via=via,
+        source=source,
+        action="delivered",
+        from_status=Status.PICKED_UP,
+        to_status=Status.DELIVERED,
+    )
+    emit(
+        [
+            delivery_event("delivery.delivered", delivery),
+            order_event("order.updated", order),
+            rider_status_event(rider),
+        ]
+    )
+    return delivery

@@ -1,0 +1,9 @@
+from django.urls import path
+
+from deliveries import views
+
+urlpatterns = [
+    path("orders/", views.orders_page, name="orders"),
+    path("dispatch/", views.dispatch_overview, name="dispatch-overview"),
+    path("dispatch/<str:center>/", views.dispatch_board, name="dispatch-board"),
+]

@@ -1,0 +1,121 @@
+"""The outbox: events enter their stream's history in the command's transaction, then get published.
+
+`emit` assigns each event the next seq of its stream by bumping the stream's counter row with an
+upsert. That row stays locked until the transaction ends, so per stream the seqs are gapless (a
+rollback undoes the bump together with the change) and commit order equals seq order (a writer
+can only take k+1 once the holder of k has committed). Counter rows are locked in stream-name
+order, so two commands touching the same streams cannot deadlock each other.
+
+Publishing happens after commit; a publish lost to a crash or a Redis outage is picked up by
+`republish_unpublished` (Celery beat), and live connections fill any gap from history anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from realtime.bus import channel_for, get_redis, message_for
+from realtime.events import PendingEvent
+from realtime.models import Event, Stream, new_epoch
+
+logger = logging.getLogger(__name__)
+
+_BUMP_HEAD = f"""
+    INSERT INTO {Stream._meta.db_table} (name, epoch, head) VALUES (%s, %s, %s)
+    ON CONFLICT (name) DO UPDATE SET head = {Stream._meta.db_table}.head + EXCLUDED.head
+    RETURNING head
+"""
+
+
+def emit(events: Sequence[PendingEvent]) -> list[Event]:
+    """Append `events` to their streams in the current transaction and publish them on commit."""
+    connection = transaction.get_connection()
+    if not connection.in_atomic_block:
+        raise RuntimeError("emit() must run inside the transaction of the change it describes")
+    by_stream: dict[str, list[PendingEvent]] = {}
+    for event in events:
+        by_stream.setdefault(event.stream, []).append(event)
+    now = timezone.now()
+    rows: list[Event] = []
+    with connection.cursor() as cursor:
+        for stream in sorted(by_stream):
+            batch = by_stream[stream]
+            cursor.execute(_BUMP_HEAD, [stream, new_epoch(), len(batch)])
+            (head,) = cursor.fetchone()
+            first = head - len(batch) + 1
+            rows.extend(
+                Event(stream=stream, seq=first + i, name=e.name, data=e.data, ts=now) for i, e in enumerate(batch)
+            )
+    Event.objects.bulk_create(rows)
+    transaction.on_commit(lambda: publish(rows), robust=True)
+    return rows
+
+
+def format_ts(ts: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds and a Z, as in protocol examples."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+def encode_frame(event: Event) -> str:
+    """Return the `event` frame of protocol §3, encoded once for every subscriber."""
+    frame = {
+        "type": "event",
+        "stream": event.stream,
+        "seq": event.seq,
+        "event": event.name,
+        "ts": format_ts(event.ts),
+        "data": event.data,
+    }
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+
+
+def publish(events: Sequence[Event]) -> bool:
+    """Publish committed events to the bus and mark them published. Never raises.
+
+    A failure leaves the events unpublished for the sweep; subscribers fill gaps from history.
+    """
+    if not events:
+        return True
+    try:
+        pipe = get_redis().pipeline(transaction=False)
+        for event in events:
+            pipe.publish(channel_for(event.stream), message_for(event.seq, encode_frame(event)))
+        pipe.execute()
+        Event.objects.filter(pk__in=[e.pk for e in events]).update(published_at=timezone.now())
+    except Exception:
+        logger.exception("publishing %d event(s) failed; the outbox sweep will retry", len(events))
+        return False
+    return True
+
+
+def republish_unpublished(*, older_than: timedelta = timedelta(seconds=5), limit: int = 1000) -> int:
+    """Publish events committed more than `older_than` ago but never published; return how many.
+
+    Rows are claimed with SKIP LOCKED, so overlapping sweeps (or several beats) are harmless.
+    """
+    cutoff = timezone.now() - older_than
+    with transaction.atomic():
+        events = list(
+            Event.objects.select_for_update(skip_locked=True)
+            .filter(published_at__isnull=True, ts__lt=cutoff)
+            .order_by("id")[:limit]
+        )
+        if events and not publish(events):
+            return 0
+    return len(events)
+
+
+def prune_history(*, before: datetime, batch: int = 5000) -> int:
+    """Delete events older than `before` in batches; stream heads are kept. Return how many."""
+    deleted = 0
+    while True:
+        ids = list(Event.objects.filter(ts__lt=before).order_by("id").values_list("id", flat=True)[:batch])
+        if not ids:
+            return deleted
+        deleted += Event.objects.filter(pk__in=ids).delete()[0]

@@ -1,0 +1,19 @@
+"""Periodic real-time tasks (Celery beat). Each is idempotent: an overlapping run is harmless."""
+
+from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
+
+from realtime import outbox
+
+
+@shared_task
+def sweep_outbox() -> int:
+    """Publish events whose publish after commit never happened (a crash, a Redis outage)."""
+    return outbox.republish_unpublished()
+
+
+@shared_task
+def prune_history() -> int:
+    """Drop stream history past its retention (protocol §1: at least 24 hours)."""
+    return outbox.prune_history(before=timezone.now() - settings.EVENT_RETENTION)

@@ -1,0 +1,57 @@
+"""Commands on riders: shifts (duty on/off)."""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+
+from deliveries import access
+from deliveries.exceptions import InvalidTransition, StaleVersion
+from realtime.events import rider_status_event
+from realtime.outbox import emit
+from riders.models import PositionSample, Rider
+
+
+@transaction.atomic
+def set_rider_duty(*, actor, rider_id: int, on_duty: bool, expected_version: int | None = None) -> Rider:
+    """Start or end a rider's shift. Locks the rider.
+
+    A rider with active deliveries cannot go off duty: they would be lost to the board.
+    """
+    rider = Rider.objects.select_for_update(of=("self",), no_key=True).select_related("center").get(pk=rider_id)
+    if actor is not None and not access.can_set_duty(actor, center_code=rider.center.code, rider_id=rider.pk):
+        raise PermissionDenied("You cannot change this rider's shift.")
+    if expected_version is not None and expected_version != rider.version:
+        raise StaleVersion(
+            f"The rider changed since you looked (version {expected_version}, now {rider.version}).",
+            entity=rider,
+        )
+    if rider.on_duty == on_duty:
+        raise InvalidTransition(f"{rider.name} is already {'on' if on_duty else 'off'} duty.", entity=rider)
+    if not on_duty and rider.load:
+        raise InvalidTransition(f"{rider.name} still has {rider.load} active deliveries.", entity=rider)
+    rider.on_duty = on_duty
+    rider.version += 1
+    rider.save(update_fields=["on_duty", "version"])
+    emit([rider_status_event(rider)])
+    return rider
+
+
+def record_position(
+    *,
+    rider_id: int,
+    lat: float,
+    lng: float,
+    ts,
+    accuracy: float | None = None,
+    heading: float | None = None,
+    speed: float | None = None,
+) -> None:
+    """Store a rider's latest GPS fix and keep it as a history sample. Positions carry no version.
+
+    The real-time issue adds validation, per-second coalescing, Redis and the `positions` stream.
+    """
+    Rider.objects.filter(pk=rider_id).update(last_lat=lat, last_lng=lng, last_accuracy=accuracy, last_position_at=ts)
+    PositionSample.objects.create(
+        rider_id=rider_id, lat=lat, lng=lng, accuracy=accuracy, heading=heading, speed=speed, recorded_at=ts
+    )
