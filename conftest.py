@@ -21,6 +21,14 @@ def _isolated_redis_prefix():
 
 
 @pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    """Give each test process its own test database, so concurrent runs on one server don't collide."""
+    from pytest_django.fixtures import _set_suffix_to_test_databases
+
+    _set_suffix_to_test_databases(suffix=str(os.getpid()))
+
+
+@pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker):
     """Load the demo data once; rollback tests share it, transactional tests reload it."""
     with django_db_blocker.unblock():
