@@ -1,5 +1,89 @@
-"""The HTTP API (protocol.md §4): one NinjaAPI, routers from each app."""
+"""The HTTP API (protocol.md §4): one NinjaAPI, routers from each app, one error shape.
 
+Errors are JSON `{"detail": …}`: 401 unauthenticated, 403 not allowed, 404 unknown (or not
+visible to the caller), 409 refused by the entity's state (with the current entity and who
+changed it), 422 invalid input (a list of `{"loc", "msg", "type"}` like request validation).
+"""
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404
 from ninja import NinjaAPI
+from ninja.errors import AuthenticationError
 
-api = NinjaAPI(title="BROS API", version="1", urls_namespace="api")
+from bros.api_auth import API_AUTH, IdempotencyKeyError
+from deliveries.api import order_out
+from deliveries.api import router as deliveries_router
+from deliveries.exceptions import CommandRefused
+from deliveries.models import Delivery, Order
+from realtime.events import delivery_data, rider_data
+from riders.api import router as riders_router
+from riders.models import Rider
+
+api = NinjaAPI(
+    title="BROS API",
+    version="1",
+    description="Orders, deliveries and riders of BROS; the real-time protocol is described in protocol.md.",
+    auth=API_AUTH,
+    urls_namespace="api",
+    openapi_url="/openapi.json",
+    docs_url="/docs",
+)
+api.add_router("", deliveries_router)
+api.add_router("", riders_router)
+
+
+def _entity_json(entity) -> dict | None:
+    if isinstance(entity, Delivery):
+        return delivery_data(entity).model_dump(mode="json")
+    if isinstance(entity, Order):
+        return order_out(entity)
+    if isinstance(entity, Rider):
+        return rider_data(entity).model_dump(mode="json")
+    return None
+
+
+@api.exception_handler(CommandRefused)
+def command_refused(request, exc: CommandRefused):
+    body = {"detail": exc.message, "code": exc.code, "current": _entity_json(exc.entity)}
+    if exc.changed_by:
+        body["changed_by"] = exc.changed_by
+    return api.create_response(request, body, status=409)
+
+
+@api.exception_handler(ValidationError)
+def invalid_input(request, exc: ValidationError):
+    if hasattr(exc, "error_dict"):
+        errors = [
+            {"loc": ["body", field], "msg": " ".join(messages), "type": "value_error"}
+            for field, messages in exc.message_dict.items()
+        ]
+    else:
+        errors = [{"loc": ["body"], "msg": " ".join(exc.messages), "type": "value_error"}]
+    return api.create_response(request, {"detail": errors}, status=422)
+
+
+@api.exception_handler(IdempotencyKeyError)
+def bad_idempotency_key(request, exc: IdempotencyKeyError):
+    return api.create_response(request, {"detail": str(exc)}, status=422)
+
+
+@api.exception_handler(PermissionDenied)
+def forbidden(request, exc: PermissionDenied):
+    return api.create_response(request, {"detail": str(exc) or "Not allowed."}, status=403)
+
+
+@api.exception_handler(Http404)
+def not_found(request, exc: Http404):
+    return api.create_response(request, {"detail": str(exc) or "Not found."}, status=404)
+
+
+@api.exception_handler(AuthenticationError)
+def unauthenticated(request, exc: AuthenticationError):
+    return api.create_response(request, {"detail": "Log in or send a valid API token."}, status=401)
+
+
+@api.exception_handler(Order.DoesNotExist)
+@api.exception_handler(Delivery.DoesNotExist)
+@api.exception_handler(Rider.DoesNotExist)
+def missing_entity(request, exc):
+    return api.create_response(request, {"detail": "Not found."}, status=404)

@@ -1,0 +1,129 @@
+"""Who is calling the HTTP API (a session user or an API token) and command idempotency.
+
+Browsers use the Django session (CSRF checked on writes); integrations send
+`Authorization: Bearer <token>`. Tokens are stored hashed and scoped to commands and streams.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import wraps
+
+from django.core.exceptions import PermissionDenied
+from django.db import connection, transaction
+from django.http import HttpRequest
+from django.utils import timezone
+from ninja.security import HttpBearer, SessionAuth
+
+from realtime.models import ApiToken, IdempotencyRecord, hash_token
+from realtime.streams import parse_stream, token_allows
+
+LAST_USED_GRANULARITY = timedelta(minutes=1)
+
+
+class TokenAuth(HttpBearer):
+    """`Authorization: Bearer <token>`: an unrevoked API token, its last use recorded."""
+
+    def authenticate(self, request: HttpRequest, token: str) -> ApiToken | None:
+        api_token = ApiToken.objects.filter(digest=hash_token(token), revoked_at__isnull=True).first()
+        if api_token is None:
+            return None
+        now = timezone.now()
+        # Recording every use would make each call a write; a minute's precision is plenty.
+        if api_token.last_used_at is None or now - api_token.last_used_at > LAST_USED_GRANULARITY:
+            ApiToken.objects.filter(pk=api_token.pk).update(last_used_at=now)
+        return api_token
+
+
+class ActiveSessionAuth(SessionAuth):
+    """The Django session, with CSRF enforced on unsafe methods."""
+
+    def authenticate(self, request: HttpRequest, key: str | None):
+        user = request.user
+        return user if user.is_authenticated and user.is_active else None
+
+
+API_AUTH = [TokenAuth(), ActiveSessionAuth(csrf=True)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The user acting, or the token acting for an integration (then `user` is None)."""
+
+    user: object | None
+    token: ApiToken | None
+
+    @property
+    def owner(self) -> str:
+        return f"token:{self.token.pk}" if self.token else f"user:{self.user.pk}"
+
+    @property
+    def via(self) -> str:
+        return f"API token {self.token.name}" if self.token else ""
+
+    def require_token_scope(self, command: str, stream: str) -> None:
+        """Refuse a token call outside the token's commands or streams (user calls pass)."""
+        if self.token is None:
+            return
+        if command not in self.token.commands or not token_allows(self.token.streams, parse_stream(stream)):
+            raise PermissionDenied("This token is not allowed to do that.")
+
+
+def caller_of(request: HttpRequest) -> Caller:
+    if isinstance(request.auth, ApiToken):
+        return Caller(user=None, token=request.auth)
+    return Caller(user=request.auth, token=None)
+
+
+MAX_KEY_LENGTH = 200
+_CLAIM_KEY = f"""
+    INSERT INTO {IdempotencyRecord._meta.db_table} (owner, key, fingerprint, status_code, body, created_at)
+    VALUES (%s, %s, %s, 0, 'null', now())
+    ON CONFLICT (owner, key) DO NOTHING
+    RETURNING id
+"""
+
+
+class IdempotencyKeyError(Exception):
+    """The Idempotency-Key header is malformed or reused for a different request."""
+
+
+def idempotent(endpoint):
+    """Run a command endpoint at most once per `Idempotency-Key`; a retry gets the first result.
+
+    The key is claimed inside the command's transaction: a concurrent retry blocks on the
+    unique key until the first attempt commits, then returns its stored result. A refused
+    command rolls back with its claim, so nothing is recorded and a retry runs afresh.
+    The endpoint must return `(status_code, json-able body)`.
+    """
+
+    @wraps(endpoint)
+    def wrapper(request: HttpRequest, *args, **kwargs):
+        key = request.headers.get("Idempotency-Key")
+        if key is None:
+            return endpoint(request, *args, **kwargs)
+        if not key or len(key) > MAX_KEY_LENGTH:
+            raise IdempotencyKeyError(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.")
+        owner = caller_of(request).owner
+        fingerprint = hashlib.sha256(
+            json.dumps([request.method, request.path, request.body.decode(errors="replace")]).encode()
+        ).hexdigest()
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(_CLAIM_KEY, [owner, key, fingerprint])
+                claimed = cursor.fetchone() is not None
+            if not claimed:
+                record = IdempotencyRecord.objects.get(owner=owner, key=key)
+                if record.fingerprint != fingerprint:
+                    raise IdempotencyKeyError("This Idempotency-Key was used for a different request.")
+                return record.status_code, record.body
+            status_code, body = endpoint(request, *args, **kwargs)
+            IdempotencyRecord.objects.filter(owner=owner, key=key).update(
+                fingerprint=fingerprint, status_code=status_code, body=body
+            )
+        return status_code, body
+
+    return wrapper

@@ -1,0 +1,301 @@
+"""HTTP API for accounts, centers, shops, orders and deliveries (protocol.md §4): thin adapters.
+
+Each endpoint authorizes, calls one selector or service, and returns the same entity shapes
+the events carry. An entity the caller may not see answers 404, as if it did not exist.
+"""
+
+from datetime import datetime
+
+from django.http import Http404
+from ninja import Field, Query, Router, Schema
+
+from bros.api_auth import caller_of, idempotent
+from deliveries import access, selectors, services
+from deliveries.models import Delivery
+from realtime.events import DeliveryData, OrderData, delivery_data, order_data
+from realtime.streams import parse_stream, token_allows
+
+router = Router(tags=["deliveries"])
+
+
+class MeOut(Schema):
+    id: int
+    username: str
+    role: str | None
+    centers: list[str]
+
+
+class CenterOut(Schema):
+    code: str
+    name: str
+    lat: float
+    lng: float
+
+
+class ShopOut(Schema):
+    id: int
+    center: str = Field(..., alias="center.code")
+    name: str
+    address: str
+    phone: str
+    lat: float
+    lng: float
+    prep_minutes: int
+
+
+class OrderOut(OrderData):
+    delivery: DeliveryData
+
+
+class TimelineOut(Schema):
+    at: datetime
+    by: str
+    source: str
+    action: str
+    from_status: str
+    to_status: str
+    detail: dict
+
+
+class DeliveryDetailOut(DeliveryData):
+    order_detail: OrderData
+    timeline: list[TimelineOut]
+
+
+class OrderIn(Schema):
+    shop: int
+    customer_name: str = Field(max_length=100)
+    customer_phone: str = Field(max_length=30)
+    address: str = Field(max_length=200)
+    lat: float | None = None
+    lng: float | None = None
+    items: list[dict]
+    note: str = Field("", max_length=500)
+    promised_at: datetime | None = None
+
+
+class CancelIn(Schema):
+    reason: str = Field(max_length=200)
+    version: int | None = None
+
+
+class AssignIn(Schema):
+    rider: int
+    version: int | None = None
+
+
+class VersionIn(Schema):
+    version: int | None = None
+
+
+class DeliveryFilter(Schema):
+    center: str
+    status: Delivery.Status | None = None
+    limit: int = Field(200, ge=1, le=2000)
+    offset: int = Field(0, ge=0)
+
+
+def _user_or_404(request):
+    caller = caller_of(request)
+    if caller.user is None:
+        raise Http404("This endpoint needs a user session.")
+    return caller.user
+
+
+def _require_center_view(request, center_code: str, *, stream_namespace: str) -> None:
+    """Users need the center's view right; tokens need the matching stream in their scope."""
+    caller = caller_of(request)
+    if caller.token is not None:
+        allowed = token_allows(caller.token.streams, parse_stream(f"{stream_namespace}:{center_code}"))
+    else:
+        allowed = access.can_view_center(caller.user, center_code)
+    if not allowed:
+        raise Http404("No such center.")
+
+
+def _visible_delivery_center(request, delivery: Delivery | None) -> Delivery:
+    """Return the delivery if the caller may see it (its rider may too), else 404."""
+    if delivery is None:
+        raise Http404("No such delivery.")
+    caller = caller_of(request)
+    is_its_rider = caller.user is not None and access.access_for(caller.user).rider_id == delivery.rider_id
+    if delivery.rider_id is not None and is_its_rider:
+        return delivery
+    _require_center_view(request, delivery.center.code, stream_namespace="deliveries")
+    return delivery
+
+
+@router.get("/me", response=MeOut)
+def me(request):
+    user = _user_or_404(request)
+    user_access = access.access_for(user)
+    return {
+        "id": user.pk,
+        "username": user.get_username(),
+        "role": user_access.role,
+        "centers": user_access.center_codes(),
+    }
+
+
+@router.get("/centers", response=list[CenterOut])
+def centers(request):
+    caller = caller_of(request)
+    if caller.user is None:
+        return []
+    return selectors.centers_by_code(access.access_for(caller.user).center_codes())
+
+
+@router.get("/shops", response=list[ShopOut])
+def shops(request, center: str):
+    _require_center_view(request, center, stream_namespace="orders")
+    return selectors.active_shops(center_code=center).select_related("center")
+
+
+@router.get("/deliveries", response=list[DeliveryData])
+def deliveries(request, filters: Query[DeliveryFilter]):
+    _require_center_view(request, filters.center, stream_namespace="deliveries")
+    rows = selectors.todays_deliveries(center_code=filters.center, status=filters.status)
+    return [delivery_data(d) for d in rows[filters.offset : filters.offset + filters.limit]]
+
+
+@router.get("/deliveries/{int:delivery_id}", response=DeliveryDetailOut)
+def delivery_detail(request, delivery_id: int):
+    delivery = _visible_delivery_center(request, selectors.delivery_with_timeline(delivery_id))
+    timeline = [
+        TimelineOut(
+            at=e.at,
+            by=e.actor_label,
+            source=e.source,
+            action=e.action,
+            from_status=e.from_status,
+            to_status=e.to_status,
+            detail=e.detail,
+        )
+        for e in delivery.timeline.all()
+    ]
+    delivery.order.delivery = delivery
+    return DeliveryDetailOut(
+        **delivery_data(delivery).model_dump(), order_detail=order_data(delivery.order), timeline=timeline
+    )
+
+
+def order_out(order) -> dict:
+    return OrderOut(
+        **order_data(order).model_dump(exclude={"delivery"}), delivery=delivery_data(order.delivery)
+    ).model_dump(mode="json")
+
+
+@router.get("/orders/{int:order_id}", response=OrderOut)
+def order_detail(request, order_id: int):
+    order = selectors.order_with_delivery(order_id)
+    if order is None:
+        raise Http404("No such order.")
+    _visible_delivery_center(request, order.delivery)
+    return order_out(order)
+
+
+@router.post("/orders", response={201: OrderOut})
+@idempotent
+def create_order(request, payload: OrderIn):
+    caller = caller_of(request)
+    shop = selectors.shop_by_id(payload.shop)
+    if shop is not None:
+        caller.require_token_scope("orders.create", f"orders:{shop.center.code}")
+    order = services.create_order(
+        actor=caller.user,
+        shop_id=payload.shop,
+        customer_name=payload.customer_name,
+        customer_phone=payload.customer_phone,
+        address=payload.address,
+        lat=payload.lat,
+        lng=payload.lng,
+        items=payload.items,
+        note=payload.note,
+        promised_at=payload.promised_at,
+        source="api" if caller.token else None,
+        via=caller.via,
+    )
+    return 201, order_out(order)
+
+
+@router.post("/orders/{int:order_id}/cancel", response=OrderOut)
+@idempotent
+def cancel_order(request, order_id: int, payload: CancelIn):
+    caller = caller_of(request)
+    order = selectors.order_with_delivery(order_id)
+    if order is None:
+        raise Http404("No such order.")
+    if caller.token is None:
+        _visible_delivery_center(request, order.delivery)
+    caller.require_token_scope("orders.cancel", f"orders:{order.center.code}")
+    order = services.cancel_order(
+        actor=caller.user,
+        order_id=order_id,
+        reason=payload.reason,
+        expected_version=payload.version,
+        source="api" if caller.token else None,
+        via=caller.via,
+    )
+    return 200, order_out(order)
+
+
+def _delivery_command(request, delivery_id: int, command: str, run) -> tuple[int, dict]:
+    """Authorize a delivery command for the caller, run it, and return the delivery."""
+    caller = caller_of(request)
+    delivery = selectors.deliveries_with_related().filter(pk=delivery_id).first()
+    if delivery is None:
+        raise Http404("No such delivery.")
+    if caller.token is None:
+        _visible_delivery_center(request, delivery)
+    caller.require_token_scope(command, f"deliveries:{delivery.center.code}")
+    updated = run(actor=caller.user, source="api" if caller.token else None, via=caller.via)
+    return 200, delivery_data(updated).model_dump(mode="json")
+
+
+@router.post("/deliveries/{int:delivery_id}/assign", response=DeliveryData)
+@idempotent
+def assign_delivery(request, delivery_id: int, payload: AssignIn):
+    return _delivery_command(
+        request,
+        delivery_id,
+        "deliveries.assign",
+        lambda **caller: services.assign_delivery(
+            delivery_id=delivery_id, rider_id=payload.rider, expected_version=payload.version, **caller
+        ),
+    )
+
+
+@router.post("/deliveries/{int:delivery_id}/unassign", response=DeliveryData)
+@idempotent
+def unassign_delivery(request, delivery_id: int, payload: VersionIn | None = None):
+    version = payload.version if payload else None
+    return _delivery_command(
+        request,
+        delivery_id,
+        "deliveries.unassign",
+        lambda **caller: services.unassign_delivery(delivery_id=delivery_id, expected_version=version, **caller),
+    )
+
+
+@router.post("/deliveries/{int:delivery_id}/pickup", response=DeliveryData)
+@idempotent
+def pick_up_delivery(request, delivery_id: int, payload: VersionIn | None = None):
+    version = payload.version if payload else None
+    return _delivery_command(
+        request,
+        delivery_id,
+        "deliveries.pickup",
+        lambda **caller: services.pick_up_delivery(delivery_id=delivery_id, expected_version=version, **caller),
+    )
+
+
+@router.post("/deliveries/{int:delivery_id}/deliver", response=DeliveryData)
+@idempotent
+def deliver_delivery(request, delivery_id: int, payload: VersionIn | None = None):
+    version = payload.version if payload else None
+    return _delivery_command(
+        request,
+        delivery_id,
+        "deliveries.deliver",
+        lambda **caller: services.deliver_delivery(delivery_id=delivery_id, expected_version=version, **caller),
+    )

@@ -1,0 +1,38 @@
+"""HTTP API for riders: the center's riders with status, load and last position."""
+
+from datetime import datetime
+
+from django.http import Http404
+from ninja import Router
+
+from bros.api_auth import caller_of
+from deliveries import access
+from realtime.events import RiderData, rider_data
+from riders.models import Rider
+
+router = Router(tags=["riders"])
+
+
+class RiderOut(RiderData):
+    last_lat: float | None
+    last_lng: float | None
+    last_accuracy: float | None
+    last_position_at: datetime | None
+
+
+@router.get("/riders", response=list[RiderOut])
+def riders(request, center: str):
+    """Riders of a center: for its dispatchers and HQ."""
+    caller = caller_of(request)
+    if caller.user is None or not access.can_dispatch(caller.user, center):
+        raise Http404("No such center.")
+    return [
+        RiderOut(
+            **rider_data(rider).model_dump(),
+            last_lat=rider.last_lat,
+            last_lng=rider.last_lng,
+            last_accuracy=rider.last_accuracy,
+            last_position_at=rider.last_position_at,
+        )
+        for rider in Rider.objects.filter(center__code=center).select_related("center").order_by("name")
+    ]
