@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -70,20 +71,14 @@ def ensure_venv() -> None:
     """Create .venv and install requirements-dev.txt when new or stale (hash stamp in .venv)."""
     if not VENV_PYTHON.exists():
         say(f"Creating virtualenv {VENV.relative_to(ROOT)} …")
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        if subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=False).returncode != 0:
+            sys.exit("dev.py: `python3 -m venv` failed (on Debian/Ubuntu: apt-get install python3-venv).")
     wanted = requirements_hash()
     if STAMP.exists() and STAMP.read_text().strip() == wanted:
         return
     say("Installing requirements-dev.txt into .venv (a minute or two the first time) …")
     started = time.monotonic()
-    pip = [
-        str(VENV_PYTHON),
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-    ]
+    pip = [str(VENV_PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     args = [*pip, "--progress-bar", "off", "-r", "requirements-dev.txt"]
     result = subprocess.run(args, cwd=ROOT, check=False)
     if result.returncode != 0:
@@ -197,12 +192,12 @@ def start_postgres(stack: contextlib.ExitStack) -> str:
     import pgserver
     import psycopg
 
-    owned = claim("pg")
+    if claim("pg"):  # registered before the start, so a half-started server is stopped too
+        stack.callback(stop_postgres)
     remove_stale_postmaster_pid()
     was_running = (PG_DIR / "postmaster.pid").exists()
-    server = pgserver.get_server(PG_DIR, cleanup_mode=None)  # we stop it ourselves, below
-    if owned:
-        stack.callback(stop_postgres, server)
+    with signals_deferred():
+        server = pgserver.get_server(PG_DIR, cleanup_mode=None)  # we stop it ourselves
     socket_dir = server.get_postmaster_info().socket_dir
     with psycopg.connect(host=str(socket_dir), user="postgres", dbname="postgres") as conn:
         conn.autocommit = True
@@ -211,6 +206,21 @@ def start_postgres(stack: contextlib.ExitStack) -> str:
     state = "reused" if was_running else "started"
     say(f"PostgreSQL {state}: socket {socket_dir}, data {PG_DIR}")
     return f"postgres://postgres@/{socket_dir}/{DB_NAME}"
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the block ends; the Stopper sees them right after.
+
+    pgserver runs pg_ctl in our process group, so a Ctrl-C would kill pg_ctl halfway through a
+    start and pgserver would dump the whole server log. PostgreSQL resets its own signal mask.
+    """
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def remove_stale_postmaster_pid() -> None:
@@ -222,13 +232,18 @@ def remove_stale_postmaster_pid() -> None:
             pid_file.unlink()
 
 
-def stop_postgres(server: object) -> None:
-    """Fast shutdown (clients disconnected, data safe), as the user that runs the server."""
+def stop_postgres() -> None:
+    """Fast shutdown (clients disconnected, data safe), as the user that runs the server.
+
+    pgserver runs PostgreSQL as its own `pgserver` user when we are root (PostgreSQL refuses root).
+    """
     import pgserver
 
-    say("Stopping PostgreSQL …")
-    with contextlib.suppress(subprocess.CalledProcessError):
-        pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=PG_DIR, user=server.system_user)
+    if (PG_DIR / "postmaster.pid").exists():
+        say("Stopping PostgreSQL …")
+        user = "pgserver" if os.geteuid() == 0 else None
+        with contextlib.suppress(subprocess.CalledProcessError):
+            pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=PG_DIR, user=user)
     release("pg")
 
 
@@ -252,15 +267,7 @@ def start_redis(stack: contextlib.ExitStack) -> str:
             say(f"Redis reused: 127.0.0.1:{port}, data {REDIS_DIR}")
             return f"redis://127.0.0.1:{port}/"
     port = free_port(REDIS_PREFERRED_PORT)
-    args = [
-        redis_server,
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dir",
-        str(REDIS_DIR),
-    ]
+    args = [redis_server, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(REDIS_DIR)]
     args += ["--appendonly", "yes", "--save", "", "--daemonize", "no"]
     args += ["--pidfile", str(pid_file), "--logfile", str(REDIS_DIR / "redis.log")]
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, process_group=0)
@@ -467,13 +474,12 @@ def cmd_test(env: dict[str, str], stopper: Stopper, pytest_args: list[str]) -> i
     for key, value in TEST_DEFAULTS.items():
         env.setdefault(key, value)
     if not Path("/usr/bin/chromium").exists():
-        say("Note: /usr/bin/chromium not found, browser tests will be skipped "
-            "(apt-get install chromium fonts-liberation to run them).")  # fmt: skip
+        say("Note: /usr/bin/chromium not found, so browser tests will be skipped (apt-get install chromium).")
     say("ruff check .")
     ruff = run_step([sys.executable, "-m", "ruff", "check", "."], env, stopper)
     if stopper.stopping:
         return 130
-    say("pytest " + " ".join(pytest_args))
+    say(shlex.join(["pytest", *pytest_args]))
     code = run_step([sys.executable, "-m", "pytest", *pytest_args], env, stopper)
     if code == 5:
         say("pytest collected no tests: that is a failure here.")
@@ -500,10 +506,7 @@ def parse_args(argv: list[str]) -> tuple[str, list[str]]:
         description="Run, test or serve BROS for development (see README.md, docs/running.md).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser(
-        "run",
-        help="start everything: services, migrate, demo data, web/worker/beat/sim",
-    )
+    sub.add_parser("run", help="start everything: services, migrate, demo data, web/worker/beat/sim")
     sub.add_parser("test", help="ruff + pytest; extra arguments go to pytest (dev.py test -k chat)")
     sub.add_parser("services", help="start only the embedded PostgreSQL/Redis and print exports")
     if argv[:1] == ["test"]:
