@@ -1,0 +1,396 @@
+"""Admin for centers, shops, staff roles, orders, deliveries and timelines.
+
+Orders, deliveries and timelines are browse-only: their state belongs to the services
+(conventions §2), so the admin changes them only through actions that call those services, as
+the acting admin, and reports each refusal instead of failing the whole batch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
+from django.db.models import CharField, F, Func, Q
+from django.db.models.lookups import Contains
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
+
+from deliveries import services
+from deliveries.exceptions import CommandRefused
+from deliveries.models import Center, Delivery, Order, Shop, Source, StaffProfile, TimelineEntry
+
+HELP_CHANGE_LIST_TEMPLATE = "admin/bros/change_list_with_help.html"
+
+# What a service may refuse with; anything else is a bug and should surface as one.
+REFUSALS = (CommandRefused, PermissionDenied, ValidationError, ObjectDoesNotExist)
+
+
+def refusal_message(exc: Exception) -> str:
+    """Return the service's own words for why a command was refused."""
+    if isinstance(exc, CommandRefused):
+        return exc.message
+    if isinstance(exc, ValidationError):
+        return " ".join(exc.messages)
+    if isinstance(exc, ObjectDoesNotExist):
+        return "It no longer exists."
+    return str(exc) or "You are not allowed to do this."
+
+
+def run_each(
+    model_admin: admin.ModelAdmin,
+    request,
+    objects: Iterable,
+    command: Callable,
+    *,
+    label: Callable = str,
+    done: str,
+) -> int:
+    """Run `command(obj)` for each object and report every refusal and the successes by name.
+
+    Each command is its own transaction, so one refusal leaves the others done.
+    """
+    succeeded = []
+    for obj in objects:
+        try:
+            command(obj)
+        except REFUSALS as exc:
+            model_admin.message_user(request, f"{label(obj)}: {refusal_message(exc)}", messages.ERROR)
+        else:
+            succeeded.append(label(obj))
+    if succeeded:
+        model_admin.message_user(request, f"{done}: {', '.join(succeeded)}.", messages.SUCCESS)
+    return len(succeeded)
+
+
+class HelpChangeListMixin:
+    """Show `changelist_help` above a change list (why it is read-only, where changes are made)."""
+
+    change_list_template = HELP_CHANGE_LIST_TEMPLATE
+    changelist_help = ""
+
+    def changelist_view(self, request, extra_context=None):
+        return super().changelist_view(request, {"changelist_help": self.changelist_help, **(extra_context or {})})
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Browse-only: no adding, editing or deleting (views of state owned by services)."""
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+ORDER_NUMBER = re.compile(r"^#?\s*([0-9]{1,18})$")
+MIN_PHONE_DIGITS = 4
+
+
+class Digits(Func):
+    """The digits of a text column only (PostgreSQL), so "01012345678" finds "010-1234-5678"."""
+
+    function = "REGEXP_REPLACE"
+    template = "%(function)s(%(expressions)s, '[^0-9]', '', 'g')"
+    output_field = CharField()
+
+
+def order_number(term: str) -> int | None:
+    """Return the order number typed as "123" or "#123", or None."""
+    match = ORDER_NUMBER.match(term.strip())
+    return int(match[1]) if match else None
+
+
+class OrderSearchMixin:
+    """Search also by order number ("123" or "#123") and by phone digits, whatever the dashes."""
+
+    order_number_field = "pk"
+    phone_field: str | None = None
+
+    def get_search_results(self, request, queryset, search_term):
+        unsearched = queryset
+        queryset, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        extra = Q()
+        number = order_number(search_term)
+        if number is not None:
+            extra |= Q(**{self.order_number_field: number})
+        digits = re.sub(r"[^0-9]", "", search_term)
+        if self.phone_field and len(digits) >= MIN_PHONE_DIGITS and re.fullmatch(r"[0-9 ()+-]+", search_term.strip()):
+            extra |= Q(Contains(Digits(F(self.phone_field)), digits))
+        if extra:
+            # OR with the list as filtered before the text search, so filters keep applying.
+            queryset = queryset | unsearched.filter(extra)
+        return queryset, may_have_duplicates
+
+
+@admin.register(Center)
+class CenterAdmin(admin.ModelAdmin):
+    list_display = ["code", "name", "lat", "lng"]
+    search_fields = ["code", "name"]
+
+
+@admin.register(Shop)
+class ShopAdmin(admin.ModelAdmin):
+    list_display = ["name", "center", "address", "phone", "prep_minutes", "is_active"]
+    list_filter = ["center", "is_active"]
+    list_select_related = ["center"]
+    search_fields = ["name", "address"]
+
+
+class StaffProfileForm(forms.ModelForm):
+    class Meta:
+        model = StaffProfile
+        fields = ["user", "role", "centers"]
+        help_texts = {"centers": "Leave empty for HQ admins: they work for every center."}
+
+
+@admin.register(StaffProfile)
+class StaffProfileAdmin(admin.ModelAdmin):
+    form = StaffProfileForm
+    list_display = ["user", "full_name", "role", "center_list"]
+    list_filter = ["role", "centers"]
+    list_select_related = ["user"]
+    search_fields = ["user__username", "user__first_name", "user__last_name"]
+    autocomplete_fields = ["user"]
+    filter_horizontal = ["centers"]
+    ordering = ["user__username"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("centers")
+
+    @admin.display(description="Name", ordering="user__first_name")
+    def full_name(self, profile: StaffProfile) -> str:
+        return profile.user.get_full_name()
+
+    @admin.display(description="Centers")
+    def center_list(self, profile: StaffProfile) -> str:
+        codes = ", ".join(center.code for center in profile.centers.all())
+        if not codes and profile.role == StaffProfile.Role.HQ:
+            return "all (HQ)"
+        return codes
+
+
+class StaffProfileInline(admin.StackedInline):
+    model = StaffProfile
+    form = StaffProfileForm
+    fields = ["role", "centers"]
+    filter_horizontal = ["centers"]
+    can_delete = True
+    max_num = 1
+    verbose_name = verbose_name_plural = "role and centers"
+
+
+User = get_user_model()
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class BrosUserAdmin(UserAdmin):
+    """Django's user admin plus the user's role and centers."""
+
+    inlines = [StaffProfileInline]
+    list_display = [*UserAdmin.list_display, "role"]
+    list_filter = [*UserAdmin.list_filter, "staff__role"]
+    list_select_related = ["staff"]
+
+    def get_inline_instances(self, request, obj=None):
+        # Django's two-step user creation: the role is set on the change page that follows.
+        return super().get_inline_instances(request, obj) if obj is not None else []
+
+    @admin.display(description="Role", ordering="staff__role")
+    def role(self, user) -> str:
+        profile = getattr(user, "staff", None)
+        return profile.get_role_display() if profile else "—"
+
+
+class CancelOrdersForm(forms.Form):
+    reason = forms.CharField(
+        max_length=200,
+        initial="Cancelled by admin",
+        help_text="Shown to the call center, the dispatcher and the rider.",
+    )
+
+
+@admin.register(Order)
+class OrderAdmin(OrderSearchMixin, HelpChangeListMixin, ReadOnlyAdmin):
+    changelist_help = (
+        "Orders are taken on the call-center page or through the API, so they cannot be added or edited "
+        "here. Cancel them with the “Cancel selected orders” action."
+    )
+    list_display = [
+        "number",
+        "center",
+        "shop",
+        "customer_name",
+        "customer_phone",
+        "status",
+        "created_at",
+        "promised_at",
+    ]
+    list_filter = ["center", "status", "created_at"]
+    list_select_related = ["center", "shop"]
+    date_hierarchy = "created_at"
+    search_fields = ["customer_phone", "address", "customer_name"]
+    search_help_text = "Order number (123 or #123), phone, address or customer name."
+    phone_field = "customer_phone"
+    show_full_result_count = False
+    actions = ["cancel_selected"]
+    fieldsets = [
+        (None, {"fields": ["center", "shop", "status", "delivery_link", "cancel_reason", "version"]}),
+        ("Customer", {"fields": ["customer_name", "customer_phone", "address", "lat", "lng"]}),
+        ("Order", {"fields": ["item_list", "note", "promised_at", "created_at", "created_by"]}),
+    ]
+    readonly_fields = ["delivery_link", "item_list", "created_at"]
+
+    @admin.display(description="Order", ordering="pk")
+    def number(self, order: Order) -> str:
+        return f"#{order.pk}"
+
+    @admin.display(description="Delivery")
+    def delivery_link(self, order: Order) -> str:
+        delivery = getattr(order, "delivery", None)
+        if delivery is None:
+            return "—"
+        url = reverse("admin:deliveries_delivery_change", args=[delivery.pk])
+        return format_html('<a href="{}">{} (timeline)</a>', url, delivery.get_status_display())
+
+    @admin.display(description="Items")
+    def item_list(self, order: Order) -> str:
+        return ", ".join(f"{item.get('qty', 1)} × {item.get('name', '?')}" for item in order.items) or "—"
+
+    def has_cancel_permission(self, request) -> bool:
+        return request.user.has_perm("deliveries.change_order")
+
+    @admin.action(description="Cancel selected orders", permissions=["cancel"])
+    def cancel_selected(self, request, queryset):
+        """Ask for a reason, then cancel each order through `cancel_order`."""
+        form = CancelOrdersForm(request.POST if "apply" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            reason = form.cleaned_data["reason"]
+            run_each(
+                self,
+                request,
+                queryset.order_by("pk"),
+                lambda order: services.cancel_order(
+                    actor=request.user, order_id=order.pk, reason=reason, source=Source.ADMIN
+                ),
+                done="Cancelled",
+            )
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Cancel orders",
+            "opts": self.opts,
+            "orders": queryset.order_by("pk"),
+            "form": form,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "action_name": "cancel_selected",
+        }
+        return TemplateResponse(request, "admin/deliveries/order/cancel_selected_confirmation.html", context)
+
+
+class TimelineInline(admin.TabularInline):
+    model = TimelineEntry
+    fields = ["at", "actor_label", "source", "action", "from_status", "to_status", "detail"]
+    readonly_fields = fields
+    ordering = ["at", "pk"]
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(OrderSearchMixin, HelpChangeListMixin, ReadOnlyAdmin):
+    changelist_help = (
+        "Deliveries change only through their commands: use the actions below "
+        "(or the dispatcher board), never by editing."
+    )
+    list_display = [
+        "order",
+        "center",
+        "shop",
+        "status",
+        "rider",
+        "created_at",
+        "assigned_at",
+        "picked_up_at",
+        "delivered_at",
+        "version",
+    ]
+    list_filter = ["center", "status", "created_at"]
+    list_select_related = ["order", "center", "shop", "rider"]
+    date_hierarchy = "created_at"
+    search_fields = ["order__customer_phone", "order__address", "rider__name"]
+    search_help_text = "Order number (123 or #123), phone, address or rider name."
+    order_number_field = "order_id"
+    phone_field = "order__customer_phone"
+    show_full_result_count = False
+    inlines = [TimelineInline]
+    actions = ["unassign_selected", "pick_up_selected", "deliver_selected"]
+    fields = [
+        "order",
+        "center",
+        "shop",
+        "status",
+        "rider",
+        "version",
+        "created_at",
+        "assigned_at",
+        "picked_up_at",
+        "delivered_at",
+        "cancelled_at",
+        "updated_at",
+    ]
+    readonly_fields = fields
+
+    def has_dispatch_permission(self, request) -> bool:
+        return request.user.has_perm("deliveries.change_delivery")
+
+    def _run(self, request, queryset, command, done: str) -> None:
+        run_each(
+            self,
+            request,
+            queryset.order_by("pk"),
+            lambda delivery: command(actor=request.user, delivery_id=delivery.pk, source=Source.ADMIN),
+            label=lambda delivery: f"#{delivery.order_id}",
+            done=done,
+        )
+
+    @admin.action(description="Unassign selected deliveries", permissions=["dispatch"])
+    def unassign_selected(self, request, queryset):
+        self._run(request, queryset, services.unassign_delivery, "Unassigned")
+
+    @admin.action(description="Mark selected deliveries picked up", permissions=["dispatch"])
+    def pick_up_selected(self, request, queryset):
+        self._run(request, queryset, services.pick_up_delivery, "Marked picked up")
+
+    @admin.action(description="Mark selected deliveries delivered", permissions=["dispatch"])
+    def deliver_selected(self, request, queryset):
+        self._run(request, queryset, services.deliver_delivery, "Marked delivered")
+
+
+@admin.register(TimelineEntry)
+class TimelineEntryAdmin(OrderSearchMixin, ReadOnlyAdmin):
+    list_display = ["at", "delivery", "actor_label", "source", "action", "from_status", "to_status"]
+    list_filter = ["source", "action", "at"]
+    list_select_related = ["delivery"]
+    date_hierarchy = "at"
+    search_fields = ["actor_label"]
+    search_help_text = "Order number (123 or #123) or who made the change."
+    order_number_field = "delivery__order_id"
+    show_full_result_count = False
+    fields = ["delivery", "at", "actor", "actor_label", "source", "action", "from_status", "to_status", "detail"]
