@@ -1,0 +1,1 @@
+"""Admin for chat: nothing to register until chat has models."""
