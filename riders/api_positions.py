@@ -1,0 +1,67 @@
+"""HTTP API for a rider's buffered GPS fixes (protocol §4 `POST /api/v1/positions`): a thin adapter.
+
+While its socket is down the rider app keeps its fixes and posts them here when it can. Each
+entry is checked like a WebSocket `position` frame; the valid ones go through the same per-second
+coalescing, so posting the same fixes twice keeps nothing new (no Idempotency-Key needed).
+"""
+
+from typing import Any
+
+from django.utils import timezone
+from ninja import Router, Schema, Status
+
+from bros.api_auth import caller_of
+from deliveries.access import Role, access_for
+from riders.positions import InvalidFix, accept_fixes, parse_fix
+
+router = Router(tags=["positions"])
+
+MAX_POSITIONS = 500
+
+
+class PositionsIn(Schema):
+    positions: list[Any]
+
+
+class PositionErrorOut(Schema):
+    index: int
+    msg: str
+
+
+class PositionsAcceptedOut(Schema):
+    accepted: int
+    dropped: int
+    errors: list[PositionErrorOut]
+
+
+class DetailOut(Schema):
+    detail: str
+
+
+@router.post(
+    "/positions",
+    response={202: PositionsAcceptedOut, 403: DetailOut, 413: DetailOut},
+    summary="Send a rider's buffered GPS fixes",
+)
+def post_positions(request, body: PositionsIn):
+    """Accept the calling rider's fixes: at most one per second is kept, invalid entries are listed.
+
+    `accepted` counts the fixes kept, `dropped` the valid ones coalesced away (under a second after
+    another, or older than the rider's latest), `errors` the invalid entries by index.
+    """
+    caller = caller_of(request)
+    rider_access = access_for(caller.user) if caller.token is None else None
+    if rider_access is None or rider_access.role != Role.RIDER or rider_access.rider_id is None:
+        return Status(403, {"detail": "Only riders send positions."})
+    if len(body.positions) > MAX_POSITIONS:
+        return Status(413, {"detail": f"At most {MAX_POSITIONS} positions per request."})
+    now = timezone.now()
+    fixes, errors = [], []
+    for index, entry in enumerate(body.positions):
+        try:
+            fixes.append(parse_fix(entry, now=now))
+        except InvalidFix as exc:
+            errors.append({"index": index, "msg": str(exc)})
+    (center_code,) = rider_access.centers
+    accepted = accept_fixes(rider_id=rider_access.rider_id, center_code=center_code, fixes=fixes)
+    return Status(202, {"accepted": accepted, "dropped": len(fixes) - accepted, "errors": errors})

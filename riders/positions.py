@@ -1,0 +1,370 @@
+"""Live rider positions: validate GPS fixes, coalesce them per rider, batch them per center per second.
+
+Positions are the one high-rate, ephemeral stream (protocol §1, §3 "Positions"). The hot path is
+Redis only:
+
+- `accept_fixes` keeps at most one fix per rider per second. One Lua script per fix checks the
+  rider's last kept fix and stores the new one atomically, because several server processes (and
+  threads) take fixes of the same rider at once. The latest fix of every rider of a center lives
+  in one hash; the riders that moved since the last batch are marked in the center's dirty set.
+- `publish_position_batches` runs once a second in every server process. Per center and unix
+  second one process wins the tick, takes the dirty set atomically and publishes one
+  `rider.positions` frame (no `seq`) on the bus, encoded once. The winner also writes the riders'
+  latest position columns and the history samples with a constant number of queries.
+
+Redis keys (`P` is `settings.REDIS_PREFIX`, read at call time):
+
+    P:pos:latest:<center>   hash   rider id -> position JSON (protocol shape)
+    P:pos:dirty:<center>    set    rider ids moved since the center's last batch
+    P:pos:sample:<center>   hash   rider id -> position JSON due for a PositionSample row
+    P:pos:centers           set    centers with a non-empty dirty set
+    P:pos:rider:<rider>     hash   kept / sampled: µs timestamps of the last kept and sampled fix
+    P:pos:tick:<center>:<s> string the claim of unix second s's batch of the center (NX, 1.5 s)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+from django.utils import timezone
+
+from realtime.bus import channel_for, get_redis, message_for
+from realtime.outbox import format_ts
+from riders.models import PositionSample, Rider
+
+logger = logging.getLogger(__name__)
+
+MAX_FUTURE = timedelta(seconds=30)
+MAX_AGE = timedelta(minutes=10)
+MIN_INTERVAL_US = 1_000_000
+SAMPLE_INTERVAL_US = 15_000_000
+# Longer than MAX_AGE: once a rider's guard expires, every fix parse_fix lets through is newer.
+RIDER_STATE_TTL_MS = 15 * 60 * 1000
+TICK_TTL_MS = 1500
+LATEST_TTL_MS = 24 * 60 * 60 * 1000
+MAX_TS_LENGTH = 40
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FIX_FIELDS = frozenset({"type", "lat", "lng", "accuracy", "heading", "speed", "ts"})
+
+_scripts: dict[str, object] = {}
+
+# KEYS: rider state, latest hash, dirty set, sample hash, dirty centers.
+# ARGV: fix µs, rider id, position JSON, center, min interval µs, sample interval µs, state TTL ms,
+#       latest TTL ms.
+_ACCEPT_FIX = """
+local ts = tonumber(ARGV[1])
+local kept = redis.call('HGET', KEYS[1], 'kept')
+if kept and ts < tonumber(kept) + tonumber(ARGV[5]) then
+    return 0
+end
+redis.call('HSET', KEYS[1], 'kept', ARGV[1])
+local sampled = redis.call('HGET', KEYS[1], 'sampled')
+if not sampled or ts >= tonumber(sampled) + tonumber(ARGV[6]) then
+    redis.call('HSET', KEYS[1], 'sampled', ARGV[1])
+    redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[8])
+redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('SADD', KEYS[5], ARGV[4])
+return 1
+"""
+
+# KEYS: dirty set, tick claim, latest hash, sample hash, dirty centers.  ARGV: center, tick TTL ms.
+# Returns nil if another process has this second's batch, else {latest JSONs, sample JSONs}.
+# A center with nothing dirty claims no tick, so a fix arriving later that second still goes out.
+_TAKE_BATCH = """
+local riders = redis.call('SMEMBERS', KEYS[1])
+if #riders == 0 then
+    redis.call('SREM', KEYS[5], ARGV[1])
+    return {{}, {}}
+end
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then
+    return nil
+end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[5], ARGV[1])
+local latest = {}
+for i = 1, #riders do
+    local position = redis.call('HGET', KEYS[3], riders[i])
+    if position then
+        latest[#latest + 1] = position
+    end
+end
+local samples = redis.call('HVALS', KEYS[4])
+redis.call('DEL', KEYS[4])
+return {latest, samples}
+"""
+
+
+class InvalidFix(ValueError):
+    """A GPS fix that breaks protocol §3 "Positions"; the message says which field and why."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fix:
+    lat: float
+    lng: float
+    accuracy: float | None = None
+    heading: float | None = None
+    speed: float | None = None
+    ts: datetime
+
+
+def _number(data: dict, name: str, *, low: float | None = None, high: float | None = None, required: bool = False):
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise InvalidFix(f"{name} is required")
+        return None
+    # bool is an int to Python, never a coordinate to us.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidFix(f"{name} must be a number")
+    value = float(value)
+    if not math.isfinite(value):
+        raise InvalidFix(f"{name} must be a finite number")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise InvalidFix(f"{name} must be between {low} and {high}" if high is not None else f"{name} must be ≥ {low}")
+    return value
+
+
+def _timestamp(value: object, *, now: datetime) -> datetime:
+    if value is None:
+        return now
+    if not isinstance(value, str) or len(value) > MAX_TS_LENGTH:
+        raise InvalidFix("ts must be an ISO 8601 string")
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidFix("ts must be an ISO 8601 string") from None
+    if ts.tzinfo is None:
+        raise InvalidFix("ts needs a time zone (e.g. a trailing Z)")
+    if ts > now + MAX_FUTURE:
+        raise InvalidFix("ts is in the future")
+    if ts < now - MAX_AGE:
+        raise InvalidFix("stale")
+    return ts.astimezone(UTC)
+
+
+def parse_fix(data: dict, *, now: datetime) -> Fix:
+    """Return the fix described by a `position` frame (with or without its "type"), or raise InvalidFix.
+
+    `ts` is optional (the fix is then taken as of `now`); it may be at most 30 s ahead of `now`
+    and at most 10 minutes behind it.
+    """
+    if not isinstance(data, dict):
+        raise InvalidFix("a position must be an object")
+    unknown = set(data) - FIX_FIELDS
+    if unknown:
+        raise InvalidFix(f"unknown field {sorted(map(str, unknown))[0]}")
+    if "type" in data and data["type"] != "position":
+        raise InvalidFix("type must be position")
+    return Fix(
+        lat=_number(data, "lat", low=-90, high=90, required=True),
+        lng=_number(data, "lng", low=-180, high=180, required=True),
+        accuracy=_number(data, "accuracy", low=0),
+        heading=_number(data, "heading", low=0, high=360),
+        speed=_number(data, "speed", low=0),
+        ts=_timestamp(data.get("ts"), now=now),
+    )
+
+
+def position_data(rider_id: int, fix: Fix) -> dict:
+    """Return the position object of protocol §3 for a rider's fix."""
+    return {
+        "rider": rider_id,
+        "lat": fix.lat,
+        "lng": fix.lng,
+        "accuracy": fix.accuracy,
+        "heading": fix.heading,
+        "speed": fix.speed,
+        "ts": format_ts(fix.ts),
+    }
+
+
+def _key(*parts: object) -> str:
+    return ":".join([settings.REDIS_PREFIX, "pos", *map(str, parts)])
+
+
+def _script(name: str, source: str):
+    """Return the registered Lua script (one per process; redis-py reloads it after a flush)."""
+    script = _scripts.get(name)
+    if script is None:
+        script = _scripts[name] = get_redis().register_script(source)
+    return script
+
+
+def _micros(ts: datetime) -> int:
+    return (ts - EPOCH) // timedelta(microseconds=1)
+
+
+def accept_fixes(*, rider_id: int, center_code: str, fixes: list[Fix]) -> int:
+    """Keep at most one fix per rider per second and mark the rider for its center's next batch.
+
+    A fix is kept only if it is at least 1 s after the rider's last kept fix (so older and
+    duplicate fixes are dropped); the fixes of one call are taken in time order. Each fix is one
+    atomic script call, all of them sent in one round trip. Return how many fixes were kept.
+    """
+    if not fixes:
+        return 0
+    accept = _script("accept", _ACCEPT_FIX)
+    keys = [
+        _key("rider", rider_id),
+        _key("latest", center_code),
+        _key("dirty", center_code),
+        _key("sample", center_code),
+        _key("centers"),
+    ]
+    calls = []
+    for fix in sorted(fixes, key=lambda f: f.ts):
+        position = json.dumps(position_data(rider_id, fix), separators=(",", ":"))
+        args = [
+            _micros(fix.ts),
+            rider_id,
+            position,
+            center_code,
+            MIN_INTERVAL_US,
+            SAMPLE_INTERVAL_US,
+            RIDER_STATE_TTL_MS,
+            LATEST_TTL_MS,
+        ]
+        calls.append(args)
+    if len(calls) == 1:
+        # The WebSocket case: one EVALSHA, without the pipeline's script-existence check.
+        return int(accept(keys=keys, args=calls[0]))
+    pipe = get_redis().pipeline(transaction=False)
+    for args in calls:
+        accept(keys=keys, args=args, client=pipe)
+    return sum(int(kept) for kept in pipe.execute())
+
+
+def record_fix(
+    *,
+    rider_id: int,
+    center_code: str,
+    lat: float,
+    lng: float,
+    ts: datetime,
+    accuracy: float | None = None,
+    heading: float | None = None,
+    speed: float | None = None,
+) -> bool:
+    """Offer one trusted fix (e.g. from the simulator, unvalidated); return whether it was kept."""
+    fix = Fix(lat=lat, lng=lng, accuracy=accuracy, heading=heading, speed=speed, ts=ts)
+    return accept_fixes(rider_id=rider_id, center_code=center_code, fixes=[fix]) == 1
+
+
+def forget_position(*, rider_id: int, center_code: str) -> None:
+    """Drop a rider's live position from the center (e.g. at the end of a shift)."""
+    pipe = get_redis().pipeline(transaction=True)
+    pipe.hdel(_key("latest", center_code), rider_id)
+    pipe.srem(_key("dirty", center_code), rider_id)
+    pipe.execute()
+
+
+def _positions_frame(center_code: str, positions: list[dict], now: datetime) -> str:
+    stream = f"positions:{center_code}"
+    frame = {
+        "type": "event",
+        "stream": stream,
+        "event": "rider.positions",
+        "ts": format_ts(now),
+        "data": {"positions": positions},
+    }
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+
+
+def _decode(raw: list[bytes]) -> list[dict]:
+    return sorted((json.loads(item) for item in raw), key=lambda position: position["rider"])
+
+
+def current_positions(center_code: str) -> list[dict]:
+    """Return the latest position of every rider of the center known to Redis, by rider id."""
+    return _decode(get_redis().hvals(_key("latest", center_code)))
+
+
+def positions_snapshot_frame(center_code: str, *, now: datetime | None = None) -> str:
+    """Return the encoded `rider.positions` frame with every rider of the center (a new subscriber's first)."""
+    return _positions_frame(center_code, current_positions(center_code), now or timezone.now())
+
+
+def publish_position_batches(*, now: datetime | None = None) -> int:
+    """Publish this second's `rider.positions` batch of each center with moved riders; return how many.
+
+    Every server process calls this once a second; per center and unix second only one of them
+    wins and publishes. The winner then stores the riders' latest positions and due history
+    samples. Redis errors propagate (the caller's loop logs them and carries on); database errors
+    are logged and never raised, since the live batch has already gone out.
+    """
+    now = now or timezone.now()
+    second = int(now.timestamp())
+    redis = get_redis()
+    take = _script("take", _TAKE_BATCH)
+    published = 0
+    for raw_center in sorted(redis.smembers(_key("centers"))):
+        center_code = raw_center.decode()
+        keys = [
+            _key("dirty", center_code),
+            _key("tick", center_code, second),
+            _key("latest", center_code),
+            _key("sample", center_code),
+            _key("centers"),
+        ]
+        batch = take(keys=keys, args=[center_code, TICK_TTL_MS])
+        if batch is None:
+            continue
+        latest, samples = _decode(batch[0]), _decode(batch[1])
+        if latest:
+            frame = _positions_frame(center_code, latest, now)
+            redis.publish(channel_for(f"positions:{center_code}"), message_for(None, frame))
+            published += 1
+        if latest or samples:
+            _store_positions(latest, samples)
+    return published
+
+
+def _store_positions(latest: list[dict], samples: list[dict]) -> None:
+    """Write the riders' latest position columns and their history samples: three queries."""
+    if not connection.in_atomic_block:
+        # The hub calls this from a long-lived thread, outside Django's request cycle.
+        close_old_connections()
+    try:
+        with transaction.atomic():
+            ids = {p["rider"] for p in latest} | {p["rider"] for p in samples}
+            riders = Rider.objects.filter(pk__in=ids).only("pk", "last_position_at").in_bulk()
+            moved = []
+            for position in latest:
+                rider = riders.get(position["rider"])
+                ts = datetime.fromisoformat(position["ts"])
+                # A slower batch of the previous second must not overwrite a newer position.
+                if rider is None or (rider.last_position_at is not None and rider.last_position_at >= ts):
+                    continue
+                rider.last_lat, rider.last_lng = position["lat"], position["lng"]
+                rider.last_accuracy, rider.last_position_at = position["accuracy"], ts
+                moved.append(rider)
+            if moved:
+                Rider.objects.bulk_update(moved, ["last_lat", "last_lng", "last_accuracy", "last_position_at"])
+            rows = [
+                PositionSample(
+                    rider_id=p["rider"],
+                    lat=p["lat"],
+                    lng=p["lng"],
+                    accuracy=p["accuracy"],
+                    heading=p["heading"],
+                    speed=p["speed"],
+                    recorded_at=datetime.fromisoformat(p["ts"]),
+                )
+                for p in samples
+                if p["rider"] in riders
+            ]
+            if rows:
+                PositionSample.objects.bulk_create(rows)
+    except Exception:
+        logger.exception("Could not store %d rider positions", len(latest))
