@@ -1,0 +1,296 @@
+"""Presence: who is connected, per stream, user, role, center and server process (protocol §3).
+
+Each server process registers itself under a key that expires unless its heartbeat refreshes
+it, and keeps its connections in one hash. A process that dies (even by SIGKILL) stops
+refreshing, its key expires within `PROCESS_TTL`, and readers then ignore it and delete its hash.
+Data stays flat (the seeds' incident: KEYS plus one HGETALL per key): a reader makes three round
+trips however many processes and connections there are.
+
+Redis layout (`<p>` is settings.REDIS_PREFIX, read at call time):
+- `<p>:presence:procs`        set of process ids
+- `<p>:presence:proc:<id>`    JSON {host, pid, started, cpu, rss}, TTL `PROCESS_TTL`
+- `<p>:presence:conns:<id>`   hash: connection id -> JSON {user, username, role, streams, since}
+
+A process keeps its own connections in memory as well; the heartbeat writes them back whenever
+Redis lost them (the process key expired during a stall, or a write failed), so a failed
+presence write never needs to be retried by the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from collections import Counter
+
+import redis.asyncio
+from django.conf import settings
+
+from realtime.bus import get_redis
+from realtime.streams import UnknownStream, parse_stream
+
+try:
+    import psutil
+except ImportError:  # optional: the ops monitor then shows no CPU or memory
+    psutil = None
+
+logger = logging.getLogger(__name__)
+
+# A process unseen for this long is gone, with its connections (protocol §3: 45 s).
+PROCESS_TTL = 45
+HEARTBEAT_INTERVAL = 15
+
+# Delete a dead process's hash and set membership only if its key is still missing: a check
+# and a delete in two commands could erase a process that heart-beat in between.
+_COLLECT_DEAD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+    redis.call('DEL', KEYS[2])
+    redis.call('SREM', KEYS[3], ARGV[1])
+    return 1
+end
+return 0
+"""
+
+
+def _key(*parts: str) -> str:
+    return ":".join((settings.REDIS_PREFIX, "presence", *parts))
+
+
+def procs_key() -> str:
+    return _key("procs")
+
+
+def proc_key(process_id: str) -> str:
+    return _key("proc", process_id)
+
+
+def conns_key(process_id: str) -> str:
+    return _key("conns", process_id)
+
+
+def _compact(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class Presence:
+    """This server process's entry in presence: its heartbeat and its connections.
+
+    Used from the process's event loop only. The hub calls `start()` once, `heartbeat()` every
+    `heartbeat_interval` seconds (or runs `keep_alive()`), and `stop()` on shutdown; the
+    consumer calls `connect()`, `set_streams()` and `disconnect()`. Each of those is one round
+    trip to Redis (a heartbeat that has to write the connections back takes two).
+    """
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis | None = None,
+        *,
+        ttl: float = PROCESS_TTL,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        process_id: str | None = None,
+    ):
+        if heartbeat_interval >= ttl:
+            raise ValueError("The heartbeat must come more often than the process key expires.")
+        self._owns_client = client is None
+        self.redis = client if client is not None else redis.asyncio.Redis.from_url(settings.REDIS_URL)
+        self.ttl = ttl
+        self.heartbeat_interval = heartbeat_interval
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.process_id = process_id or f"{self.host}-{self.pid}-{secrets.token_hex(3)}"
+        self.started = time.time()
+        self._conns: dict[str, dict] = {}
+        self._stopped = False
+        self._process = psutil.Process() if psutil is not None else None
+        if self._process is not None:
+            self._process.cpu_percent(None)  # the first reading only starts the measurement
+
+    @property
+    def _ttl_ms(self) -> int:
+        return int(self.ttl * 1000)
+
+    def _process_record(self) -> str:
+        record = {"host": self.host, "pid": self.pid, "started": round(self.started, 3), "cpu": None, "rss": None}
+        if self._process is not None:
+            try:
+                record["cpu"] = self._process.cpu_percent(None)
+                record["rss"] = self._process.memory_info().rss
+            except psutil.Error:
+                pass
+        return _compact(record)
+
+    def _write_all(self, pipe) -> None:
+        """Queue a rewrite of this process's hash from its in-memory connections."""
+        pipe.delete(conns_key(self.process_id))
+        if self._conns:
+            pipe.hset(
+                conns_key(self.process_id),
+                mapping={conn_id: _compact(conn) for conn_id, conn in self._conns.items()},
+            )
+
+    async def start(self) -> None:
+        """Register this process (and any connections it already holds)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(proc_key(self.process_id), self._process_record(), px=self._ttl_ms)
+            pipe.sadd(procs_key(), self.process_id)
+            self._write_all(pipe)
+            await pipe.execute()
+
+    async def heartbeat(self) -> None:
+        """Keep this process alive in presence and record its CPU and memory.
+
+        If Redis no longer holds exactly this process's connections (its key expired during a
+        stall and a reader collected it, or a connect/disconnect write failed), write them back.
+        """
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.exists(proc_key(self.process_id))
+            pipe.set(proc_key(self.process_id), self._process_record(), px=self._ttl_ms)
+            pipe.sadd(procs_key(), self.process_id)
+            pipe.hlen(conns_key(self.process_id))
+            existed, _, _, stored = await pipe.execute()
+        if existed and stored == len(self._conns):
+            return
+        if not existed:
+            logger.warning("Presence key of process %s had expired; registering it again.", self.process_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            self._write_all(pipe)
+            await pipe.execute()
+
+    async def keep_alive(self) -> None:
+        """Heartbeat every `heartbeat_interval` seconds until cancelled; Redis errors are logged."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                await self.heartbeat()
+            except redis.RedisError:
+                logger.exception("Presence heartbeat of process %s failed.", self.process_id)
+
+    async def stop(self) -> None:
+        """Remove this process and all its connections from presence (a second call does nothing)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._conns.clear()
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(proc_key(self.process_id), conns_key(self.process_id))
+                pipe.srem(procs_key(), self.process_id)
+                await pipe.execute()
+        finally:
+            if self._owns_client:
+                await self.redis.aclose()
+
+    async def connect(self, conn_id: str, *, user_id: int, username: str, role: str | None) -> None:
+        """Record an authenticated connection of this process, subscribed to nothing yet."""
+        conn = {"user": user_id, "username": username, "role": role, "streams": [], "since": round(time.time(), 3)}
+        self._conns[conn_id] = conn
+        await self.redis.hset(conns_key(self.process_id), conn_id, _compact(conn))
+
+    async def set_streams(self, conn_id: str, streams: list[str]) -> None:
+        """Record the full list of streams a connection is now subscribed to.
+
+        A connection already disconnected is ignored: a subscribe may finish after its socket closed.
+        """
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return
+        conn["streams"] = sorted(set(streams))
+        await self.redis.hset(conns_key(self.process_id), conn_id, _compact(conn))
+
+    async def disconnect(self, conn_id: str) -> None:
+        """Remove a connection of this process."""
+        self._conns.pop(conn_id, None)
+        await self.redis.hdel(conns_key(self.process_id), conn_id)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _live_processes() -> list[tuple[str, dict, list[dict]]]:
+    """Return (process id, process record, connections) of every live process; collect dead ones.
+
+    Three round trips: the set, the process keys, then the live hashes (and the dead ones' cleanup).
+    """
+    client = get_redis()
+    process_ids = sorted(_text(member) for member in client.smembers(procs_key()))
+    if not process_ids:
+        return []
+    with client.pipeline(transaction=False) as pipe:
+        for process_id in process_ids:
+            pipe.get(proc_key(process_id))
+        records = pipe.execute()
+    live = [(process_id, json.loads(record)) for process_id, record in zip(process_ids, records, strict=True) if record]
+    dead = [process_id for process_id, record in zip(process_ids, records, strict=True) if not record]
+    with client.pipeline(transaction=False) as pipe:
+        for process_id, _ in live:
+            pipe.hgetall(conns_key(process_id))
+        for process_id in dead:
+            pipe.eval(_COLLECT_DEAD, 3, proc_key(process_id), conns_key(process_id), procs_key(), process_id)
+        results = pipe.execute()
+    if dead:
+        logger.info("Presence collected dead processes: %s", ", ".join(dead))
+    return [
+        (process_id, record, [json.loads(value) for value in conns.values()])
+        for (process_id, record), conns in zip(live, results[: len(live)], strict=True)
+    ]
+
+
+def _center_of(stream: str) -> str | None:
+    try:
+        return parse_stream(stream).center_code
+    except UnknownStream:
+        return None
+
+
+def presence_snapshot() -> dict:
+    """Return who is connected now, across all live server processes.
+
+    `by_stream` counts connections subscribed to each stream, `by_center` connections subscribed
+    to at least one stream of the center, `by_user` connections per user id, `by_role` per role.
+    """
+    processes = []
+    by_stream: Counter[str] = Counter()
+    by_user: Counter[int] = Counter()
+    by_role: Counter[str] = Counter()
+    by_center: Counter[str] = Counter()
+    for process_id, record, conns in _live_processes():
+        processes.append(
+            {
+                "id": process_id,
+                "host": record.get("host"),
+                "pid": record.get("pid"),
+                "started": record.get("started"),
+                "connections": len(conns),
+                "cpu": record.get("cpu"),
+                "rss": record.get("rss"),
+            }
+        )
+        for conn in conns:
+            by_user[conn["user"]] += 1
+            by_role[conn.get("role") or "none"] += 1
+            streams = set(conn.get("streams", ()))
+            by_stream.update(streams)
+            by_center.update({_center_of(stream) for stream in streams} - {None})
+    return {
+        "processes": processes,
+        "connections": sum(process["connections"] for process in processes),
+        "by_stream": dict(sorted(by_stream.items())),
+        "by_user": {str(user_id): n for user_id, n in sorted(by_user.items())},
+        "by_role": dict(sorted(by_role.items())),
+        "by_center": dict(sorted(by_center.items())),
+    }
+
+
+def connections_of_user(user_id: int) -> int:
+    """Return how many live connections the user has, across all server processes."""
+    return sum(1 for _, _, conns in _live_processes() for conn in conns if conn["user"] == user_id)
+
+
+def is_user_online(user_id: int) -> bool:
+    """Return whether the user has at least one live connection."""
+    return connections_of_user(user_id) > 0
