@@ -8,6 +8,7 @@ import uuid
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
+from django.db import connections
 
 from deliveries.demo import load_demo_data
 from deliveries.models import Center, Shop
@@ -28,11 +29,26 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
     _set_suffix_to_test_databases(suffix=str(os.getpid()))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _plain_static_storage():
+    """Tests render pages without `collectstatic`: serve static files unhashed."""
+    django_settings.STORAGES = {
+        **django_settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker):
     """Load the demo data once; rollback tests share it, transactional tests reload it."""
     with django_db_blocker.unblock():
         load_demo_data()
+    yield
+    # Threads of async tests and live servers leave connections in the pool: close them all,
+    # or the test database cannot be dropped.
+    for db in connections.all():
+        if getattr(db, "pool", None) is not None:
+            db.close_pool()
 
 
 class Demo:

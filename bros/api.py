@@ -5,18 +5,21 @@ visible to the caller), 409 refused by the entity's state (with the current enti
 changed it), 422 invalid input (a list of `{"loc", "msg", "type"}` like request validation).
 """
 
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, ValidationError
 from django.http import Http404
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError
+from ninja.errors import ValidationError as NinjaValidationError
 
 from bros.api_auth import API_AUTH, IdempotencyKeyError
 from deliveries.api import order_out
 from deliveries.api import router as deliveries_router
 from deliveries.exceptions import CommandRefused
 from deliveries.models import Delivery, Order
+from realtime.api_presence import router as presence_router
 from realtime.events import delivery_data, rider_data
 from riders.api import router as riders_router
+from riders.api_positions import router as positions_router
 from riders.models import Rider
 
 api = NinjaAPI(
@@ -30,6 +33,8 @@ api = NinjaAPI(
 )
 api.add_router("", deliveries_router)
 api.add_router("", riders_router)
+api.add_router("", positions_router)
+api.add_router("/ops", presence_router)
 
 
 def _entity_json(entity) -> dict | None:
@@ -59,6 +64,23 @@ def invalid_input(request, exc: ValidationError):
         ]
     else:
         errors = [{"loc": ["body"], "msg": " ".join(exc.messages), "type": "value_error"}]
+    return api.create_response(request, {"detail": errors}, status=422)
+
+
+@api.exception_handler(RequestDataTooBig)
+def too_large(request, exc: RequestDataTooBig):
+    return api.create_response(request, {"detail": "Request body too large."}, status=413)
+
+
+@api.exception_handler(NinjaValidationError)
+def invalid_request(request, exc: NinjaValidationError):
+    """Request validation errors in the same shape as the services' (`["body", field]`)."""
+    errors = []
+    for error in exc.errors:
+        loc = list(error.get("loc", []))
+        if len(loc) >= 2 and loc[0] == "body" and loc[1] == "payload":
+            loc = ["body", *loc[2:]]
+        errors.append({"loc": loc, "msg": error.get("msg", ""), "type": error.get("type", "value_error")})
     return api.create_response(request, {"detail": errors}, status=422)
 
 

@@ -16,6 +16,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import connection, transaction
 from django.http import HttpRequest
 from django.utils import timezone
+from ninja import Status
 from ninja.security import HttpBearer, SessionAuth
 
 from realtime.models import ApiToken, IdempotencyRecord, hash_token
@@ -39,7 +40,16 @@ class TokenAuth(HttpBearer):
 
 
 class ActiveSessionAuth(SessionAuth):
-    """The Django session, with CSRF enforced on unsafe methods."""
+    """The Django session, with CSRF enforced on unsafe methods.
+
+    Without a logged-in user this answers "not authenticated" before any CSRF check, so an
+    integration whose token was refused is told 401, not about CSRF.
+    """
+
+    def __call__(self, request: HttpRequest):
+        if not request.user.is_authenticated:
+            return None
+        return super().__call__(request)
 
     def authenticate(self, request: HttpRequest, key: str | None):
         user = request.user
@@ -104,7 +114,7 @@ def idempotent(endpoint):
     def wrapper(request: HttpRequest, *args, **kwargs):
         key = request.headers.get("Idempotency-Key")
         if key is None:
-            return endpoint(request, *args, **kwargs)
+            return Status(*endpoint(request, *args, **kwargs))
         if not key or len(key) > MAX_KEY_LENGTH:
             raise IdempotencyKeyError(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.")
         owner = caller_of(request).owner
@@ -119,11 +129,11 @@ def idempotent(endpoint):
                 record = IdempotencyRecord.objects.get(owner=owner, key=key)
                 if record.fingerprint != fingerprint:
                     raise IdempotencyKeyError("This Idempotency-Key was used for a different request.")
-                return record.status_code, record.body
+                return Status(record.status_code, record.body)
             status_code, body = endpoint(request, *args, **kwargs)
             IdempotencyRecord.objects.filter(owner=owner, key=key).update(
                 fingerprint=fingerprint, status_code=status_code, body=body
             )
-        return status_code, body
+        return Status(status_code, body)
 
     return wrapper

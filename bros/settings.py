@@ -179,3 +179,12 @@ EVENT_RETENTION = timedelta(hours=env.int("EVENT_RETENTION_HOURS", default=25))
 SLA_UNASSIGNED_MINUTES = env.int("SLA_UNASSIGNED_MINUTES", default=5)
 SLA_DEFAULT_PROMISE_MINUTES = env.int("SLA_DEFAULT_PROMISE_MINUTES", default=50)
 IDEMPOTENCY_TTL = timedelta(hours=env.int("IDEMPOTENCY_TTL_HOURS", default=48))
+
+# Real-time protocol (protocol.md §3).
+REALTIME_HEADS_INTERVAL = env.float("REALTIME_HEADS_INTERVAL", default=5.0)  # hub self-check vs database heads
+REALTIME_PING_INTERVAL = env.float("REALTIME_PING_INTERVAL", default=20.0)
+REALTIME_IDLE_TIMEOUT = env.float("REALTIME_IDLE_TIMEOUT", default=45.0)
+REALTIME_QUEUE_LIMIT = env.int("REALTIME_QUEUE_LIMIT", default=2000)  # frames queued per socket before 4001
+REALTIME_MAX_FRAME = 64 * 1024
+REALTIME_PUBLISH_RATE = env.float("REALTIME_PUBLISH_RATE", default=5.0)  # publishes per second per socket
+REALTIME_PUBLISH_BURST = env.int("REALTIME_PUBLISH_BURST", default=20)

@@ -11,9 +11,9 @@ from ninja import Field, Query, Router, Schema
 
 from bros.api_auth import caller_of, idempotent
 from deliveries import access, selectors, services
-from deliveries.models import Delivery
+from deliveries.models import Center, Delivery
 from realtime.events import DeliveryData, OrderData, delivery_data, order_data
-from realtime.streams import parse_stream, token_allows
+from realtime.streams import UnknownStream, parse_stream, token_allows
 
 router = Router(tags=["deliveries"])
 
@@ -105,15 +105,19 @@ def _user_or_404(request):
 def _require_center_view(request, center_code: str, *, stream_namespace: str) -> None:
     """Users need the center's view right; tokens need the matching stream in their scope."""
     caller = caller_of(request)
+    try:
+        stream = parse_stream(f"{stream_namespace}:{center_code}")
+    except UnknownStream:
+        raise Http404("No such center.") from None
     if caller.token is not None:
-        allowed = token_allows(caller.token.streams, parse_stream(f"{stream_namespace}:{center_code}"))
+        allowed = token_allows(caller.token.streams, stream)
     else:
         allowed = access.can_view_center(caller.user, center_code)
-    if not allowed:
+    if not allowed or not Center.objects.filter(code=center_code).exists():
         raise Http404("No such center.")
 
 
-def _visible_delivery_center(request, delivery: Delivery | None) -> Delivery:
+def _visible_delivery_center(request, delivery: Delivery | None, *, stream_namespace="deliveries") -> Delivery:
     """Return the delivery if the caller may see it (its rider may too), else 404."""
     if delivery is None:
         raise Http404("No such delivery.")
@@ -121,7 +125,7 @@ def _visible_delivery_center(request, delivery: Delivery | None) -> Delivery:
     is_its_rider = caller.user is not None and access.access_for(caller.user).rider_id == delivery.rider_id
     if delivery.rider_id is not None and is_its_rider:
         return delivery
-    _require_center_view(request, delivery.center.code, stream_namespace="deliveries")
+    _require_center_view(request, delivery.center.code, stream_namespace=stream_namespace)
     return delivery
 
 
@@ -190,7 +194,7 @@ def order_detail(request, order_id: int):
     order = selectors.order_with_delivery(order_id)
     if order is None:
         raise Http404("No such order.")
-    _visible_delivery_center(request, order.delivery)
+    _visible_delivery_center(request, order.delivery, stream_namespace="orders")
     return order_out(order)
 
 

@@ -31,7 +31,7 @@ from realtime.outbox import emit
 from riders.models import Rider
 
 Status = Delivery.Status
-PHONE = re.compile(r"^\+?[0-9][0-9 ()-]{5,28}[0-9]$")
+PHONE = re.compile(r"^\+?[0-9][0-9 ()-]{5,27}[0-9]$")  # at most 30 characters, like the column
 
 _SOURCE_BY_ROLE = {
     access.Role.HQ: Source.DISPATCHER,
@@ -49,11 +49,14 @@ def source_for(actor) -> str:
 
 
 def actor_label(actor, via: str = "") -> str:
+    """Who acted, as the timeline shows it (cut to the column's 150 characters)."""
     if via:
-        return via
-    if actor is None:
-        return "system"
-    return actor.get_full_name() or actor.get_username()
+        label = via
+    elif actor is None:
+        label = "system"
+    else:
+        label = actor.get_full_name() or actor.get_username()
+    return label[:150]
 
 
 def _record(delivery, *, actor, via, source, action, from_status="", to_status="", detail=None) -> None:
@@ -105,14 +108,33 @@ def _lock_riders(*rider_ids: int | None) -> dict[int, Rider]:
     return {rider.pk: rider for rider in riders.order_by("pk")}
 
 
-def _change_load(rider: Rider, delta: int) -> None:
+def _change_load(rider: Rider, delta: int, *, actor, via: str) -> None:
     rider.load += delta
     rider.version += 1
-    rider.save(update_fields=["load", "version"])
+    rider.changed_by, rider.changed_at = actor_label(actor, via), timezone.now()
+    rider.save(update_fields=["load", "version", "changed_by", "changed_at"])
 
 
 def _clean_order_input(*, customer_name, customer_phone, address, lat, lng, items, note) -> dict:
     errors: dict[str, str] = {}
+    for name, value in (
+        ("customer_name", customer_name),
+        ("customer_phone", customer_phone),
+        ("address", address),
+        ("note", note),
+    ):
+        if value is not None and not isinstance(value, str):
+            errors[name] = "Must be text."
+    for name, value in (("customer_name", customer_name), ("address", address), ("note", note)):
+        if isinstance(value, str) and "\x00" in value:
+            errors[name] = "Contains a NUL character."
+    if isinstance(items, list) and any(isinstance(i, dict) and "\x00" in str(i.get("name", "")) for i in items):
+        errors["items"] = "Contains a NUL character."
+    for name, value in (("lat", lat), ("lng", lng)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            errors[name] = "Must be a number."
+    if errors:
+        raise ValidationError(errors)
     customer_name = (customer_name or "").strip()
     customer_phone = (customer_phone or "").strip()
     address = (address or "").strip()
@@ -188,6 +210,8 @@ def create_order(
     now = timezone.now()
     if promised_at is None:
         promised_at = now + timedelta(minutes=settings.SLA_DEFAULT_PROMISE_MINUTES)
+    elif timezone.is_naive(promised_at):
+        raise ValidationError({"promised_at": "Include a UTC offset, e.g. 2026-11-21T19:30:00+09:00."})
     elif promised_at < now - timedelta(minutes=1):
         raise ValidationError({"promised_at": "The promised time is in the past."})
     order = Order.objects.create(
@@ -229,6 +253,8 @@ def cancel_order(
 ) -> Order:
     """Cancel an order and its delivery before it is delivered. Locks the order, delivery, rider."""
     reason = (reason or "").strip()
+    if "\x00" in reason:
+        raise ValidationError({"reason": "Contains a NUL character."})
     if not reason:
         raise ValidationError({"reason": "Say why the order is cancelled."})
     if len(reason) > 200:
@@ -249,7 +275,7 @@ def cancel_order(
     events = []
     if previous_rider is not None:
         rider = _lock_riders(previous_rider.pk)[previous_rider.pk]
-        _change_load(rider, -1)
+        _change_load(rider, -1, actor=actor, via=via)
         delivery.rider = rider
         events.append(rider_status_event(rider))
     now = timezone.now()
@@ -326,9 +352,9 @@ def assign_delivery(
     old_rider = riders.get(delivery.rider_id) if delivery.rider_id else None
     events = []
     if old_rider is not None:
-        _change_load(old_rider, -1)
+        _change_load(old_rider, -1, actor=actor, via=via)
         events.append(rider_status_event(old_rider))
-    _change_load(new_rider, +1)
+    _change_load(new_rider, +1, actor=actor, via=via)
     events.append(rider_status_event(new_rider))
     previous_status = delivery.status
     delivery.rider, delivery.status, delivery.assigned_at = (
@@ -379,7 +405,7 @@ def unassign_delivery(
             entity=delivery,
         )
     rider = _lock_riders(delivery.rider_id)[delivery.rider_id]
-    _change_load(rider, -1)
+    _change_load(rider, -1, actor=actor, via=via)
     delivery.rider, delivery.status, delivery.assigned_at = None, Status.WAITING, None
     delivery.version += 1
     delivery.save(update_fields=["rider", "status", "assigned_at", "version", "updated_at"])
@@ -468,7 +494,7 @@ def deliver_delivery(
             entity=delivery,
         )
     rider = _lock_riders(delivery.rider_id)[delivery.rider_id]
-    _change_load(rider, -1)
+    _change_load(rider, -1, actor=actor, via=via)
     delivery.rider = rider
     delivery.status, delivery.delivered_at = Status.DELIVERED, timezone.now()
     delivery.version += 1

@@ -8,12 +8,15 @@ the same entity schemas, so a client sees one shape of a delivery everywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from realtime.streams import stream_for_center, stream_for_user
+
+# Every timestamp leaves in UTC, so an entity has one shape whether built in memory or read back.
+UtcDatetime = Annotated[datetime, AfterValidator(lambda value: value.astimezone(UTC))]
 
 
 class Schema(BaseModel):
@@ -38,12 +41,12 @@ class DeliveryData(Schema):
     address: str
     lat: float | None
     lng: float | None
-    promised_at: datetime
-    created_at: datetime
-    assigned_at: datetime | None
-    picked_up_at: datetime | None
-    delivered_at: datetime | None
-    cancelled_at: datetime | None
+    promised_at: UtcDatetime
+    created_at: UtcDatetime
+    assigned_at: UtcDatetime | None
+    picked_up_at: UtcDatetime | None
+    delivered_at: UtcDatetime | None
+    cancelled_at: UtcDatetime | None
 
 
 class OrderData(Schema):
@@ -61,8 +64,8 @@ class OrderData(Schema):
     lng: float | None
     items: list[OrderItem]
     note: str
-    promised_at: datetime
-    created_at: datetime
+    promised_at: UtcDatetime
+    created_at: UtcDatetime
     cancel_reason: str
 
 
@@ -90,7 +93,16 @@ class AssignmentRevokedData(Schema):
 
 class NoticeData(Schema):
     text: str = Field(min_length=1, max_length=2000)
-    level: str = "info"
+    level: Literal["info", "warning", "urgent"] = "info"
+
+
+class ChatMessageData(Schema):
+    id: str
+    text: str = Field(min_length=1, max_length=2000)
+    client_msg_id: str | None = Field(None, max_length=100)
+    author_id: int | None
+    author_name: str
+    sent_at: UtcDatetime
 
 
 EVENT_SCHEMAS: dict[str, type[Schema]] = {
@@ -109,6 +121,7 @@ EVENT_SCHEMAS: dict[str, type[Schema]] = {
     "assignment.new": AssignmentData,
     "assignment.revoked": AssignmentRevokedData,
     "notice": NoticeData,
+    "chat.message": ChatMessageData,
 }
 
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from realtime.bus import channel_for, get_redis, message_for
@@ -119,3 +120,62 @@ def prune_history(*, before: datetime, batch: int = 5000) -> int:
         if not ids:
             return deleted
         deleted += Event.objects.filter(pk__in=ids).delete()[0]
+
+
+_ENSURE_STREAM = f"""
+    INSERT INTO {Stream._meta.db_table} (name, epoch, head) VALUES (%s, %s, 0)
+    ON CONFLICT (name) DO NOTHING
+"""
+
+
+def stream_position(stream: str) -> tuple[str, int]:
+    """Return the stream's (epoch, head), creating its counter row if nothing was written yet."""
+    row = Stream.objects.filter(name=stream).values_list("epoch", "head").first()
+    if row is None:
+        with connection.cursor() as cursor:
+            cursor.execute(_ENSURE_STREAM, [stream, new_epoch()])
+        row = Stream.objects.filter(name=stream).values_list("epoch", "head").get()
+    return row
+
+
+def stream_heads(streams: Sequence[str]) -> dict[str, int]:
+    """Current heads of several streams in one query (absent streams are left out)."""
+    return dict(Stream.objects.filter(name__in=list(streams)).values_list("name", "head"))
+
+
+@dataclass(frozen=True)
+class History:
+    """What a client that last applied `since` must know: the events after it, or that it must reset."""
+
+    stream: str
+    epoch: str
+    head: int
+    events: list[Event]
+    reset: bool
+
+    @property
+    def last_seq(self) -> int:
+        return self.events[-1].seq if self.events else self.head
+
+
+def read_history(stream: str, *, since: int | None, epoch: str | None, limit: int = 500) -> History:
+    """Return up to `limit` events after `since`, or `reset=True` if they can't be given exactly.
+
+    Reset when the epoch differs, `since` is beyond the head, or history no longer holds
+    `since + 1`. This one function serves the WebSocket replay and the HTTP events endpoint.
+    """
+    current_epoch, head = stream_position(stream)
+    if since is None or epoch != current_epoch or since > head:
+        return History(stream, current_epoch, head, [], reset=since is not None)
+    events = list(Event.objects.filter(stream=stream, seq__gt=since).order_by("seq")[:limit])
+    expected_first = since + 1
+    if since < head and (not events or events[0].seq != expected_first):
+        return History(stream, current_epoch, head, [], reset=True)
+    # Events committed after the head was read may be included: report the head they reach.
+    head = max(head, events[-1].seq) if events else head
+    return History(stream, current_epoch, head, events, reset=False)
+
+
+def frame_dict(event: Event) -> dict:
+    """The event as the protocol object (the HTTP form of `encode_frame`)."""
+    return json.loads(encode_frame(event))

@@ -26,6 +26,9 @@ class Rider(models.Model):
     # Active (assigned or picked-up) deliveries; kept by the delivery services under the rider's lock.
     load = models.PositiveIntegerField(default=0)
     version = models.PositiveIntegerField(default=1)
+    # Who changed duty or load last, for stale-version refusals ("changed by … at …").
+    changed_by = models.CharField(max_length=150, blank=True)
+    changed_at = models.DateTimeField(null=True, blank=True)
     last_lat = models.FloatField(null=True, blank=True)
     last_lng = models.FloatField(null=True, blank=True)
     last_accuracy = models.FloatField(null=True, blank=True)

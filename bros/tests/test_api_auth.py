@@ -226,11 +226,6 @@ def test_token_invalid_command_from_test_client_is_401(demo, client, kind):
     assert counts() == before
 
 
-@pytest.mark.xfail(
-    reason="BUG: bros/api_auth.py API_AUTH falls through to SessionAuth(csrf=True), whose CSRF check runs "
-    "before it looks for a session, so an integration's write with a bad token gets 403 'CSRF check Failed'",
-    strict=True,
-)
 @pytest.mark.parametrize("kind", ["revoked", "unknown", "none"])
 def test_token_invalid_command_from_integration_is_401(demo, kind):
     """A real client (no CSRF exemption) with a revoked, unknown or no token gets 401, not a CSRF 403."""
@@ -321,11 +316,6 @@ def test_token_shops_need_orders_scope(demo, client):
     assert client.get(f"{API}/shops", {"center": "mapo"}, headers=bearer(raw)).status_code == 404
 
 
-@pytest.mark.xfail(
-    reason="BUG: deliveries/api.py order_detail checks the token against deliveries:<center> "
-    "(_visible_delivery_center hard-codes that namespace) instead of orders:<center>",
-    strict=True,
-)
 def test_token_reads_back_order_it_may_create(demo, client):
     """A token scoped to orders:gangnam can read back the orders of gangnam (GET /orders/{id})."""
     _, raw = make_token(**ORDER_TAKER)
@@ -335,11 +325,6 @@ def test_token_reads_back_order_it_may_create(demo, client):
     assert response.status_code == 200
 
 
-@pytest.mark.xfail(
-    reason="BUG: deliveries/api.py _require_center_view calls parse_stream on the caller's `center` for a "
-    "token; a code that is not a valid room raises UnknownStream, unhandled → 500 instead of 404",
-    strict=True,
-)
 @pytest.mark.parametrize("endpoint", ["deliveries", "shops"])
 @pytest.mark.parametrize("center", ["Gangnam", "a:b", ""])
 def test_token_read_with_malformed_center_is_404(demo, endpoint, center):

@@ -541,11 +541,6 @@ def test_create_order_with_future_promised_time(demo, client):
     assert Order.objects.get(pk=response.json()["id"]).promised_at == promised
 
 
-@pytest.mark.xfail(
-    reason="BUG: deliveries/services.py create_order compares a naive promised_at with an aware now "
-    "(TypeError → 500); the API must reject or localize a datetime without offset",
-    strict=True,
-)
 def test_create_order_promised_time_without_offset_is_not_500(demo):
     """A promised time without a UTC offset is answered 201 or 422, never 500."""
     client = Client(raise_request_exception=False)
@@ -558,11 +553,6 @@ def test_create_order_promised_time_without_offset_is_not_500(demo):
         assert counts() == before
 
 
-@pytest.mark.xfail(
-    reason="BUG: deliveries/services.py _clean_order_input lets NUL characters through; PostgreSQL "
-    "rejects them on INSERT (DataError) → 500 instead of a 422 field error",
-    strict=True,
-)
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [
@@ -583,11 +573,6 @@ def test_create_order_nul_character_is_422(demo, overrides, field):
     assert response.json()["detail"][0]["loc"] == ["body", field]
 
 
-@pytest.mark.xfail(
-    reason="BUG: bros/api.py has no handler for django.core.exceptions.RequestDataTooBig: a body over "
-    "DATA_UPLOAD_MAX_MEMORY_SIZE gets Django's HTML 400 page instead of a JSON 413 {detail}",
-    strict=True,
-)
 def test_create_order_oversized_body_is_413_json(demo, settings):
     """A body over the upload limit is refused with 413 and a JSON detail; nothing is created."""
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000
@@ -675,11 +660,6 @@ def test_cancel_order_without_reason_is_422(demo, client, body):
     assert state(order.delivery.pk) == before
 
 
-@pytest.mark.xfail(
-    reason="BUG: deliveries/services.py cancel_order accepts a reason with a NUL character; "
-    "PostgreSQL rejects it on UPDATE (DataError) → 500 instead of 422",
-    strict=True,
-)
 def test_cancel_order_nul_in_reason_is_422(demo):
     """A NUL character in the cancel reason is a field error, never a 500; nothing changes."""
     order = make_order(demo)

@@ -366,15 +366,6 @@ def test_create_order_keeps_given_promised_time(demo):
     assert current_order(action.result.pk).promised_at == promised
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: realtime/events.py order_data()/delivery_data() serialize promised_at exactly as the caller "
-        "passed it; create_order() (deliveries/services.py:193) builds its events from the in-memory Order, so a "
-        "promised_at in +09:00 is emitted as '...+09:00' while the same order re-read from the database "
-        "(and every later event/snapshot) says '...Z': two shapes of one state"
-    ),
-    strict=True,
-)
 def test_create_order_emits_promised_time_as_stored(demo):
     """An order promised in another time zone emits the same promised_at as the stored order serializes to."""
     promised = timezone.now().astimezone(ZoneInfo("Asia/Seoul")) + timedelta(hours=1)
@@ -433,14 +424,6 @@ def test_create_order_reports_every_bad_field_at_once(demo):
     assert set(info.value.message_dict) == {"customer_name", "customer_phone", "address", "items", "lat"}
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: deliveries/services.py:34 PHONE allows up to 31 characters (optional '+', digit, 5..28, digit) "
-        "but Order.customer_phone is max_length=30 (deliveries/models.py:84), so a 31-character phone passes "
-        "validation and PostgreSQL raises DataError (a 500) instead of ValidationError"
-    ),
-    strict=True,
-)
 def test_create_order_refuses_phone_too_long_for_the_database(demo):
     """A phone number longer than 30 characters raises ValidationError on customer_phone."""
     phone = "+8210" + "1" * 26  # 31 characters, matches PHONE
@@ -475,14 +458,6 @@ def test_create_order_refuses_anonymous_user(demo):
         create_order(actor=AnonymousUser(), shop_id=demo.shop().pk, **ORDER_INPUT)
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: deliveries/services.py:56 actor_label() stores get_full_name() unbounded, but "
-        "TimelineEntry.actor_label is max_length=150 (deliveries/models.py:186) while a Django full name can be "
-        "301 characters (first_name 150 + last_name 150), so every command by such a user fails with DataError"
-    ),
-    strict=True,
-)
 def test_create_order_by_user_with_long_full_name_succeeds(demo):
     """A user whose full name exceeds 150 characters can still take an order."""
     user = get_user_model().objects.create_user("long-name", first_name="F" * 100, last_name="L" * 100)

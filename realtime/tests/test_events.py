@@ -43,6 +43,14 @@ def payloads(delivery) -> dict[str, dict]:
         EVENT_SCHEMAS["assignment.new"]: assignment_new_event(delivery).data,
         EVENT_SCHEMAS["assignment.revoked"]: assignment_revoked_event(delivery, rider=rider, reason="unassigned").data,
         NoticeData: {"text": "Rain on Teheran-ro, expect delays", "level": "warning"},
+        EVENT_SCHEMAS["chat.message"]: {
+            "id": "4b0e",
+            "text": "Rain on Teheran-ro",
+            "client_msg_id": "c1",
+            "author_id": 1,
+            "author_name": "Dispatch Gangnam",
+            "sent_at": "2026-11-21T18:02:03.512Z",
+        },
     }
     return {name: by_schema[schema] for name, schema in EVENT_SCHEMAS.items()}
 

@@ -141,14 +141,6 @@ def test_set_rider_duty_refuses_stale_version(demo):
     assert (info.value.entity.pk, info.value.entity.version, info.value.entity.on_duty) == (rider.pk, 2, True)
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: riders/services.py:25-28 raises StaleVersion without changed_by (riders have no timeline or "
-        "last-changed-by record), so the 409 cannot say who changed the rider, as protocol.md §4 requires "
-        "('refused with 409 and the current entity (with who changed it)')"
-    ),
-    strict=True,
-)
 def test_set_rider_duty_stale_version_names_who_changed_rider(demo):
     """A stale shift change names who changed the rider last (here the dispatcher who assigned them)."""
     rider = on_duty_rider(demo)

@@ -1,0 +1,384 @@
+"""The protocol consumer for `/ws/v1/` (protocol.md §3): authenticate, authorize, relay. No business rules.
+
+Unlike the textbook Channels consumer, a connection has no channel-layer channel of its own: the
+process's hub (`realtime.hub`) receives each event once and hands the encoded text to every local
+connection's `FrameSender`. Each sender has a bounded queue and its own writer task, so a client
+that stops reading fills only its own queue and is closed with 4001; nobody else waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from collections import deque
+
+from channels.consumer import AsyncConsumer
+from channels.db import database_sync_to_async
+from django.conf import settings
+from redis.exceptions import RedisError
+
+from deliveries.access import access_for
+from realtime import frames, services
+from realtime.hub import Hub, get_hub, on_hub_start
+from realtime.presence import Presence
+from realtime.streams import UnknownStream, can_publish, can_subscribe, parse_stream
+
+logger = logging.getLogger(__name__)
+
+CLOSE_TOO_SLOW = 4001
+CLOSE_IDLE = 4002
+CLOSE_TOO_LARGE = 1009
+CLOSE_TIMEOUT = 2.0
+MAX_ID_LENGTH = 100
+
+_conn_ids = itertools.count(1)
+PROCESS_ID = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class BadFrame(ValueError):
+    """A client frame that breaks the protocol; answered with `error`, the socket stays open."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class FrameSender:
+    """A socket's bounded outgoing queue, drained by its own writer task."""
+
+    def __init__(self, send, *, limit: int, on_overflow):
+        self._send = send
+        self._queue: deque[str] = deque()
+        self._limit = limit
+        self._on_overflow = on_overflow
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._task = asyncio.create_task(self._write())
+        self.frames_sent = 0
+
+    def put(self, frame: str) -> bool:
+        """Queue a frame; False (and the overflow callback) if the client is too far behind."""
+        if len(self._queue) >= self._limit:
+            self._on_overflow("too slow")
+            return False
+        self._queue.append(frame)
+        if len(self._queue) > self._limit // 2:
+            self._room.clear()
+        self._wake.set()
+        return True
+
+    async def wait_for_room(self, timeout: float = 30.0) -> None:
+        """Wait until the queue is at most half full (pacing for replays)."""
+        await asyncio.wait_for(self._room.wait(), timeout)
+
+    async def _write(self) -> None:
+        queue, send = self._queue, self._send
+        while True:
+            if not queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            frame = queue.popleft()
+            if not self._room.is_set() and len(queue) <= self._limit // 2:
+                self._room.set()
+            await send({"type": "websocket.send", "text": frame})
+            self.frames_sent += 1
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
+
+
+class ProtocolConsumer(AsyncConsumer):
+    """One WebSocket connection speaking protocol v1."""
+
+    async def __call__(self, scope, receive, send):
+        self.scope = scope
+        self.base_send = send
+        self.conn_id = f"{PROCESS_ID}-{next(_conn_ids)}"
+        self.user = scope.get("user")
+        self.streams: set[str] = set()
+        self.hub: Hub | None = None
+        self.sender: FrameSender | None = None
+        self.last_seen = time.monotonic()
+        self._publish_allowance = float(settings.REALTIME_PUBLISH_BURST)
+        self._publish_checked = time.monotonic()
+        self._stop = asyncio.Event()
+        self._close_code: int | None = None
+        receiving = asyncio.ensure_future(self._receive_loop(receive))
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (receiving, stopping):
+                task.cancel()
+            await asyncio.gather(receiving, stopping, return_exceptions=True)
+            await self._cleanup()
+        # Returning ends the ASGI connection: the server closes the transport even if the
+        # client stopped reading and a polite close frame could not be written.
+
+    # -- connection lifecycle ----------------------------------------------------------------
+
+    async def _receive_loop(self, receive) -> None:
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.connect":
+                if not await self._accept():
+                    return
+            elif kind == "websocket.receive":
+                await self._on_frame(message)
+            elif kind == "websocket.disconnect":
+                return
+
+    async def _accept(self) -> bool:
+        """Refuse (HTTP 403) a handshake without an authenticated active user; else accept."""
+        user = self.user
+        if user is None or not user.is_authenticated or not user.is_active:
+            await self.base_send({"type": "websocket.close"})
+            return False
+        self.access = await database_sync_to_async(access_for)(user)
+        await self.base_send({"type": "websocket.accept"})
+        self.hub = get_hub()
+        self.sender = FrameSender(self.base_send, limit=settings.REALTIME_QUEUE_LIMIT, on_overflow=self.overflow)
+        self.hub.connections.add(self)
+        await self._presence(
+            "connect", self.conn_id, user_id=user.pk, username=user.get_username(), role=self.access.role
+        )
+        return True
+
+    async def _presence(self, method: str, *args, **kwargs) -> None:
+        """Report to presence; a failed write is repaired by the process's next heartbeat."""
+        presence = getattr(self.hub, "presence", None)
+        if presence is None:
+            return
+        try:
+            await getattr(presence, method)(*args, **kwargs)
+        except RedisError:
+            logger.warning("presence %s failed for %s", method, self.conn_id, exc_info=True)
+
+    async def _cleanup(self) -> None:
+        if self.hub is not None:
+            self.hub.connections.discard(self)
+            for stream in list(self.streams):
+                await self.hub.leave(self, stream)
+            self.streams.clear()
+            await self._presence("disconnect", self.conn_id)
+        if self.sender is not None:
+            await self.sender.stop()
+
+    def close_soon(self, code: int) -> None:
+        """Close with `code`; if the client no longer reads, drop the connection instead."""
+        if self._close_code is not None:
+            return
+        self._close_code = code
+        asyncio.create_task(self._close(code))
+
+    async def _close(self, code: int) -> None:
+        if self.sender is not None:
+            await self.sender.stop()
+        with contextlib.suppress(TimeoutError, Exception):
+            await asyncio.wait_for(self.base_send({"type": "websocket.close", "code": code}), CLOSE_TIMEOUT)
+        self._stop.set()
+
+    # -- what the hub calls ----------------------------------------------------------------------
+
+    def deliver(self, frame: str) -> None:
+        if self._close_code is None:
+            self.sender.put(frame)
+
+    async def wait_for_room(self) -> None:
+        try:
+            await self.sender.wait_for_room()
+        except TimeoutError:
+            self.overflow("replay not read")
+            raise
+
+    def overflow(self, reason: str) -> None:
+        logger.info("closing %s (%s): %s", self.conn_id, self.user, reason)
+        self.close_soon(CLOSE_TOO_SLOW)
+
+    def tick(self, now: float, heads: dict[str, int] | None) -> None:
+        """Drop a client silent past the idle timeout; send `ping` with heads when asked."""
+        if now - self.last_seen > settings.REALTIME_IDLE_TIMEOUT:
+            self.close_soon(CLOSE_IDLE)
+        elif heads is not None:
+            mine = {stream: heads.get(stream, 0) for stream in self.streams if parse_stream(stream).logged}
+            self.deliver(frames.dumps({"type": "ping", "heads": mine}))
+
+    # -- client frames -------------------------------------------------------------------------
+
+    async def _on_frame(self, message: dict) -> None:
+        self.last_seen = time.monotonic()
+        text = message.get("text")
+        frame_id = None
+        try:
+            if text is None:
+                raise BadFrame("bad_request", "Frames must be JSON text.")
+            if len(text) > settings.REALTIME_MAX_FRAME:
+                raise BadFrame("too_large", "Frames are limited to 64 KiB.")
+            try:
+                frame = json.loads(text)
+            except ValueError:
+                raise BadFrame("bad_request", "Not JSON.") from None
+            if not isinstance(frame, dict):
+                raise BadFrame("bad_request", "A frame is a JSON object.")
+            frame_id = frame.get("id")
+            if frame_id is not None and (not isinstance(frame_id, str) or len(frame_id) > MAX_ID_LENGTH):
+                frame_id = None
+                raise BadFrame("bad_request", f'"id" must be a string of at most {MAX_ID_LENGTH} characters.')
+            handler = self._handlers.get(frame.get("type"))
+            if handler is None:
+                raise BadFrame("bad_request", "Unknown frame type.")
+            await handler(self, frame, frame_id)
+        except BadFrame as bad:
+            self.deliver(frames.error(id=frame_id, code=bad.code, message=bad.message))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("frame from %s failed", self.conn_id)
+            self.deliver(frames.error(id=frame_id, code="internal", message="Something went wrong on our side."))
+
+    def _stream_of(self, frame: dict):
+        try:
+            return parse_stream(frame.get("stream"))
+        except UnknownStream:
+            raise BadFrame("unknown_stream", "No such stream.") from None
+
+    async def _subscribe(self, frame: dict, frame_id) -> None:
+        stream = self._stream_of(frame)
+        since, epoch = frame.get("since"), frame.get("epoch")
+        if since is not None and (type(since) is not int or since < 0):
+            raise BadFrame("bad_request", '"since" must be a non-negative integer.')
+        if epoch is not None and not isinstance(epoch, str):
+            raise BadFrame("bad_request", '"epoch" must be a string.')
+        if not await database_sync_to_async(can_subscribe)(self.user, stream):
+            raise BadFrame("forbidden", "not allowed")
+        name = str(stream)
+        if name in self.streams:
+            return  # idempotent: one `subscribed`, no duplicate delivery
+        self.streams.add(name)
+        try:
+            await self.hub.join(self, stream, id=frame_id, since=since, epoch=epoch)
+        except BaseException:
+            self.streams.discard(name)
+            raise
+        await self._presence("set_streams", self.conn_id, sorted(self.streams))
+
+    async def _unsubscribe(self, frame: dict, frame_id) -> None:
+        stream = self._stream_of(frame)
+        name = str(stream)
+        if name in self.streams:
+            self.streams.discard(name)
+            await self.hub.leave(self, name)
+            await self._presence("set_streams", self.conn_id, sorted(self.streams))
+        self.deliver(frames.dumps({"type": "unsubscribed", "id": frame_id, "stream": name}))
+
+    async def _publish(self, frame: dict, frame_id) -> None:
+        stream = self._stream_of(frame)
+        event, data = frame.get("event"), frame.get("data")
+        if not isinstance(event, str) or not isinstance(data, dict):
+            raise BadFrame("bad_request", 'A publish needs "event" (string) and "data" (object).')
+        if not self._take_publish_token():
+            raise BadFrame("rate_limited", "Too many publishes; slow down.")
+        if not await database_sync_to_async(can_publish)(self.user, stream):
+            raise BadFrame("forbidden", "not allowed")
+        try:
+            row = await database_sync_to_async(services.publish_event)(
+                actor=self.user, stream=stream, event=event, data=data
+            )
+        except services.NotPublishable as exc:
+            raise BadFrame("bad_request", str(exc)) from None
+        self.deliver(frames.dumps({"type": "ack", "id": frame_id, "stream": str(stream), "seq": row.seq}))
+
+    def _take_publish_token(self) -> bool:
+        now = time.monotonic()
+        rate, burst = settings.REALTIME_PUBLISH_RATE, settings.REALTIME_PUBLISH_BURST
+        self._publish_allowance = min(burst, self._publish_allowance + (now - self._publish_checked) * rate)
+        self._publish_checked = now
+        if self._publish_allowance < 1:
+            return False
+        self._publish_allowance -= 1
+        return True
+
+    async def _position(self, frame: dict, frame_id) -> None:
+        if self.access.role != "rider" or self.access.rider_id is None:
+            raise BadFrame("forbidden", "Only riders send positions.")
+        from django.utils import timezone
+
+        from riders.positions import InvalidFix, accept_fixes, parse_fix
+
+        fix_data = {k: v for k, v in frame.items() if k != "type"}
+        try:
+            fix = parse_fix(fix_data, now=timezone.now())
+        except InvalidFix as exc:
+            raise BadFrame("bad_request", str(exc)) from None
+        center = next(iter(self.access.centers))
+        await asyncio.to_thread(accept_fixes, rider_id=self.access.rider_id, center_code=center, fixes=[fix])
+
+    async def _ping(self, frame: dict, frame_id) -> None:
+        self.deliver(frames.dumps({"type": "pong", "id": frame_id}))
+
+    async def _pong(self, frame: dict, frame_id) -> None:
+        pass  # receiving it already counted as a sign of life
+
+    _handlers = {
+        "subscribe": _subscribe,
+        "unsubscribe": _unsubscribe,
+        "publish": _publish,
+        "position": _position,
+        "ping": _ping,
+        "pong": _pong,
+    }
+
+
+@on_hub_start
+def _start_heartbeat(hub: Hub) -> None:
+    """Every few seconds drop idle clients; every ping interval send each one `ping` with its heads."""
+    state = {"last_ping": time.monotonic()}
+    check_every = min(5.0, settings.REALTIME_PING_INTERVAL)
+
+    async def heartbeat():
+        now = time.monotonic()
+        heads = None
+        if now - state["last_ping"] >= settings.REALTIME_PING_INTERVAL:
+            state["last_ping"] = now
+            logged = [name for name, feed in hub.feeds.items() if feed.logged]
+            heads = await hub.heads_of(logged) if logged else {}
+        for connection in list(hub.connections):
+            connection.tick(now, heads)
+
+    hub.every(check_every, heartbeat, name="hub-heartbeat")
+
+
+@on_hub_start
+def _start_presence(hub: Hub) -> None:
+    """Register this process in presence and keep it alive (its connections vanish ≤45 s after a crash)."""
+    hub.presence = Presence(hub.redis, process_id=PROCESS_ID)
+
+    async def start():
+        try:
+            await hub.presence.start()
+        except RedisError:
+            logger.warning("presence start failed; the heartbeat will retry", exc_info=True)
+
+    hub.spawn(start(), name="presence-start")
+    hub.every(hub.presence.heartbeat_interval, hub.presence.heartbeat, name="presence-heartbeat")
+    hub.on_stop(hub.presence.stop)
+
+
+@on_hub_start
+def _start_position_batches(hub: Hub) -> None:
+    """Every second, publish each center's coalesced `rider.positions` batch (one process wins per center)."""
+    from riders.positions import publish_position_batches
+
+    hub.every(1.0, database_sync_to_async(publish_position_batches, thread_sensitive=False), name="positions")
