@@ -16,8 +16,10 @@ from deliveries.api import order_out
 from deliveries.api import router as deliveries_router
 from deliveries.exceptions import CommandRefused
 from deliveries.models import Delivery, Order
+from realtime.api import router as streams_router
 from realtime.api_presence import router as presence_router
 from realtime.events import delivery_data, rider_data
+from realtime.services import NotPublishable
 from riders.api import router as riders_router
 from riders.api_positions import router as positions_router
 from riders.models import Rider
@@ -35,6 +37,7 @@ api.add_router("", deliveries_router)
 api.add_router("", riders_router)
 api.add_router("", positions_router)
 api.add_router("/ops", presence_router)
+api.add_router("", streams_router)
 
 
 def _entity_json(entity) -> dict | None:
@@ -82,6 +85,13 @@ def invalid_request(request, exc: NinjaValidationError):
             loc = ["body", *loc[2:]]
         errors.append({"loc": loc, "msg": error.get("msg", ""), "type": error.get("type", "value_error")})
     return api.create_response(request, {"detail": errors}, status=422)
+
+
+@api.exception_handler(NotPublishable)
+def not_publishable(request, exc: NotPublishable):
+    return api.create_response(
+        request, {"detail": [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]}, status=422
+    )
 
 
 @api.exception_handler(IdempotencyKeyError)

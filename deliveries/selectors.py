@@ -28,6 +28,13 @@ def todays_deliveries(*, center_code: str, status: str | None = None) -> QuerySe
     return deliveries.order_by("-created_at", "-pk")
 
 
+def todays_orders(*, center_code: str) -> QuerySet[Order]:
+    """Today's orders of a center plus any still open from before, newest first."""
+    orders = Order.objects.select_related("center", "shop", "delivery").filter(center__code=center_code)
+    orders = orders.filter(Q(created_at__gte=start_of_today()) | Q(delivery__status__in=Delivery.OPEN_STATUSES))
+    return orders.order_by("-created_at", "-pk")
+
+
 def delivery_with_timeline(delivery_id: int) -> Delivery | None:
     return deliveries_with_related().prefetch_related("timeline").filter(pk=delivery_id).first()
 

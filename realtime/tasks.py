@@ -17,3 +17,11 @@ def sweep_outbox() -> int:
 def prune_history() -> int:
     """Drop stream history past its retention (protocol §1: at least 24 hours)."""
     return outbox.prune_history(before=timezone.now() - settings.EVENT_RETENTION)
+
+
+@shared_task
+def reconcile_streams() -> int:
+    """Send each center stream its reconcile frame (head + entity versions), every 2 minutes."""
+    from realtime.reconcile import publish_reconcile_frames
+
+    return publish_reconcile_frames()

@@ -1,0 +1,80 @@
+"""A stream's current state read together with its head in one database snapshot (protocol §4).
+
+A client loads a snapshot, then applies events with `seq > head`: because state and head come
+from one REPEATABLE READ snapshot, no event is both in the state and after the head, or in neither.
+The same consistency serves the reconciliation frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db import connection, transaction
+
+from deliveries import selectors
+from realtime import outbox
+from realtime.events import delivery_data, order_data, rider_data
+from realtime.models import Event
+from realtime.streams import StreamName
+
+RECENT_EVENTS = 100
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    stream: str
+    epoch: str | None
+    head: int | None
+    items: list[dict]
+
+
+def _delivery_items(center: str) -> list[dict]:
+    return [delivery_data(d).model_dump(mode="json") for d in selectors.todays_deliveries(center_code=center)]
+
+
+def _order_items(center: str) -> list[dict]:
+    return [order_data(o).model_dump(mode="json") for o in selectors.todays_orders(center_code=center)]
+
+
+def _rider_items(center: str) -> list[dict]:
+    from riders.models import Rider
+
+    riders = Rider.objects.filter(center__code=center).select_related("center").order_by("name")
+    return [rider_data(r).model_dump(mode="json") for r in riders]
+
+
+def _recent_event_items(stream: str) -> list[dict]:
+    """Streams without entity state (chat, user, broadcast): their latest events, oldest first."""
+    events = list(Event.objects.filter(stream=stream).order_by("-seq")[:RECENT_EVENTS])
+    return [outbox.frame_dict(e) for e in reversed(events)]
+
+
+ITEMS_BY_NAMESPACE = {
+    "deliveries": _delivery_items,
+    "orders": _order_items,
+    "riders": _rider_items,
+}
+
+
+def in_one_snapshot(read):
+    """Run `read()` in a REPEATABLE READ transaction: every query sees the same committed state."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        return read()
+
+
+def read_snapshot(stream: StreamName) -> Snapshot:
+    name = str(stream)
+    if not stream.logged:
+        from riders.positions import current_positions
+
+        return Snapshot(name, None, None, current_positions(stream.room))
+
+    def read():
+        epoch, head = outbox.stream_position(name)
+        items_of = ITEMS_BY_NAMESPACE.get(stream.namespace)
+        items = items_of(stream.room) if items_of else _recent_event_items(name)
+        return Snapshot(name, epoch, head, items)
+
+    return in_one_snapshot(read)
