@@ -106,7 +106,6 @@ class HubStats:
     gaps_filled: int = 0
     events_filled: int = 0
     resets: int = 0
-    frames_out: int = 0
     started: float = field(default_factory=time.time)
 
 
@@ -132,10 +131,8 @@ class Hub:
         """Connect to Redis and start the reader and the heads check (synchronous: no await, no race)."""
         self._redis = aioredis.Redis.from_url(self.redis_url)
         self._pubsub = self._redis.pubsub()
-        self._tasks = [
-            asyncio.create_task(self._read_bus(), name="hub-reader"),
-            self.every(self.heads_interval, self.check_heads, name="hub-heads"),
-        ]
+        self.spawn(self._read_bus(), name="hub-reader")
+        self.every(self.heads_interval, self.check_heads, name="hub-heads")
 
     def every(self, interval: float, action: Callable[[], Awaitable[object]], *, name: str) -> asyncio.Task:
         """Run `action` every `interval` seconds until the hub stops; a failure is logged, not fatal."""
@@ -185,10 +182,11 @@ class Hub:
 
     async def join(self, subscriber: Subscriber, stream: StreamName, *, id, since=None, epoch=None) -> None:
         """Subscribe: send `subscribed`, the replay (or `reset`), then live events, with no gap or duplicate."""
-        feed = await self._feed_for(stream)
         joiner = _Joiner()
-        feed.joining[subscriber] = joiner
+        feed = await self._feed_for(stream, subscriber, joiner)
         try:
+            if feed.logged and not feed.primed:
+                await self._prime(feed)
             if feed.logged:
                 upto = await self._replay(subscriber, feed, id=id, since=since, epoch=epoch)
             else:
@@ -267,8 +265,12 @@ class Hub:
 
     # -- the bus -------------------------------------------------------------------------------
 
-    async def _feed_for(self, stream: StreamName) -> Feed:
-        """Return the stream's feed, subscribing this process to its channel first if needed."""
+    async def _feed_for(self, stream: StreamName, subscriber: Subscriber, joiner: _Joiner) -> Feed:
+        """Register a joiner on the stream's feed, subscribing this process to its channel if needed.
+
+        The joiner is registered under the same lock that releases unused feeds, so a concurrent
+        last `leave` cannot unsubscribe the feed it is joining.
+        """
         name = str(stream)
         async with self._pubsub_lock:  # serialize (un)subscribe: concurrent first joins raced in redis-py
             feed = self.feeds.get(name)
@@ -284,8 +286,7 @@ class Hub:
                     del self.feeds[name], self._by_channel[channel]
                     await self._safe_unsubscribe(channel)
                     raise
-        if feed.logged and not feed.primed:
-            await self._prime(feed)
+            feed.joining[subscriber] = joiner
         return feed
 
     async def _prime(self, feed: Feed) -> None:
