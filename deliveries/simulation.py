@@ -47,6 +47,10 @@ WANDER_KMH = (6.0, 12.0)
 WANDER_PAUSE = (10.0, 60.0)
 OVERDUE_CARRIED = 600.0  # simulated seconds after which a picked-up delivery goes before nearer stops
 MAX_ORDERS_PER_TICK = 50  # after a long stall, don't make up for every missed arrival at once
+# Demo riders manage about 2 deliveries a minute per center at speedup 1, fewer than the default
+# 6 orders: past this many waiting deliveries per on-duty rider, arrivals are held back, so an
+# all-day demo stays saturated but bounded instead of piling up thousands of waiting orders.
+MAX_WAITING_PER_RIDER = 2.0
 ARRIVED_M = 1.0
 VEHICLE_KMH = {
     Rider.Vehicle.MOTORCYCLE: (25.0, 35.0),
@@ -123,6 +127,7 @@ class Tally:
     """What the simulator did; `commands` counts every state-changing service call, refused or not."""
 
     orders_created: int = 0
+    orders_held_back: int = 0
     assigned: int = 0
     picked_up: int = 0
     delivered: int = 0
@@ -144,7 +149,8 @@ class Tally:
         return (
             f"orders created {self.orders_created}, assigned {self.assigned}, picked up {self.picked_up}, "
             f"delivered {self.delivered}, cancelled {self.cancelled} "
-            f"(unassigned {self.unassigned}, reassigned {self.reassigned}, shift changes {self.shift_changes}, "
+            f"(held back {self.orders_held_back}, unassigned {self.unassigned}, reassigned {self.reassigned}, "
+            f"shift changes {self.shift_changes}, "
             f"positions {self.positions}, refused {self.refused})"
         )
 
@@ -266,7 +272,7 @@ class Simulation:
             self._move_riders(center_riders, deliveries, sim_dt)
             self._dispatch(center_riders, deliveries)
             self._change_shift(center_riders, real_dt)
-            self._take_orders(center_id, now)
+            self._take_orders(center_id, center_riders, deliveries, now)
 
     # ------------------------------------------------------------------ phases
 
@@ -354,19 +360,28 @@ class Simulation:
         if candidates:
             self._set_duty(self.rng.choice(candidates), on_duty=not going_off)
 
-    def _take_orders(self, center_id: int, now: float) -> None:
+    def _take_orders(
+        self, center_id: int, riders: dict[int, Rider], deliveries: dict[int, Delivery], now: float
+    ) -> None:
         """Orders arrive as a Poisson process at the configured rate (per real minute)."""
         shops = self.shops_by_center[center_id]
         if not shops or self.orders_per_minute <= 0:
             return
-        taken = 0
+        waiting = sum(1 for d in deliveries.values() if d.status == Status.WAITING)
+        backlog = MAX_WAITING_PER_RIDER * max(1, sum(1 for r in riders.values() if r.on_duty))
+        arrived = 0
         while self._next_order_at[center_id] <= now:
-            if taken == MAX_ORDERS_PER_TICK:
+            if arrived == MAX_ORDERS_PER_TICK:
                 self._next_order_at[center_id] = now + self._order_gap()
                 break
-            self._create_order(self.rng.choice(shops))
-            taken += 1
+            arrived += 1
             self._next_order_at[center_id] += self._order_gap()
+            shop = self.rng.choice(shops)
+            if waiting < backlog:
+                self._create_order(shop)
+                waiting += 1
+            else:
+                self.tally.orders_held_back += 1
 
     # ------------------------------------------------------------------ commands
 

@@ -240,6 +240,17 @@ def test_simulation_shift_changes_keep_about_three_quarters(demo, monkeypatch):
     assert sim.tally.shift_changes > 15 + 20
 
 
+def test_simulation_holds_back_orders_past_the_backlog(demo, monkeypatch):
+    """With nobody dispatching, new orders stop at two waiting per on-duty rider."""
+    monkeypatch.setattr(simulation, "ASSIGN_AFTER", (1e9, 1e9))
+    sim = make_simulation(orders_per_minute=600.0)
+
+    run(sim, 10)
+
+    assert Delivery.objects.filter(status=Delivery.Status.WAITING).count() == 30 == sim.tally.orders_created
+    assert sim.tally.orders_held_back > 0
+
+
 def test_simulation_restart_continues_open_deliveries(demo):
     """A new simulator picks up where the last left off and delivers what was already picked up."""
     first = make_simulation(seed=3)
@@ -260,7 +271,7 @@ def test_simulation_seed_repeats_orders(demo):
 
     def first_orders():
         with transaction.atomic():
-            run(make_simulation(seed=11), 10)
+            run(make_simulation(seed=11), 20)
             orders = list(
                 Order.objects.order_by("pk").values_list(
                     "shop_id", "customer_name", "customer_phone", "address", "lat", "lng", "items", "note"
