@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+import xstatic.pkg.leaflet
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -126,7 +127,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_DIRS = [BASE_DIR / "static", ("leaflet", xstatic.pkg.leaflet.BASE_DIR)]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -188,3 +189,9 @@ REALTIME_QUEUE_LIMIT = env.int("REALTIME_QUEUE_LIMIT", default=2000)  # frames q
 REALTIME_MAX_FRAME = 64 * 1024
 REALTIME_PUBLISH_RATE = env.float("REALTIME_PUBLISH_RATE", default=5.0)  # publishes per second per socket
 REALTIME_PUBLISH_BURST = env.int("REALTIME_PUBLISH_BURST", default=20)
+
+# Dispatcher map: a tile URL template (e.g. an OpenStreetMap tile server you may use); empty shows
+# markers on a blank map, which works with no network at all.
+MAP_TILE_URL = env("MAP_TILE_URL", default="")
+MAP_TILE_ATTRIBUTION = env("MAP_TILE_ATTRIBUTION", default="")
+RIDER_GPS_STALE_SECONDS = env.float("RIDER_GPS_STALE_SECONDS", default=45.0)  # greyed "last seen" after this

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import datetime, time
+import re
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
 
-from django.db.models import Q, QuerySet
+from django.conf import settings
+from django.db.models import (
+    Case,
+    Count,
+    DateTimeField,
+    ExpressionWrapper,
+    F,
+    Func,
+    IntegerField,
+    Q,
+    QuerySet,
+    Value,
+    When,
+)
 from django.utils import timezone
 
 from deliveries.models import Center, Delivery, Order, Shop
@@ -57,3 +72,118 @@ def active_shops(*, center_code: str) -> QuerySet[Shop]:
 
 def shop_by_id(shop_id: int) -> Shop | None:
     return Shop.objects.select_related("center").filter(pk=shop_id).first()
+
+
+# -- the dispatcher board ------------------------------------------------------------------------
+
+URGENCY_LATE = 3  # past the promised time and not delivered
+URGENCY_NOT_PICKED_UP = 2  # the shop's ready time passed and nobody picked it up
+URGENCY_UNASSIGNED = 1  # waiting for a rider longer than settings.SLA_UNASSIGNED_MINUTES
+URGENCY_NONE = 0
+
+BOARD_RANGES = {"4h": timedelta(hours=4), "12h": timedelta(hours=12), "24h": timedelta(hours=24)}
+BOARD_SORTS = ("urgent", "newest")
+
+
+@dataclass(frozen=True)
+class BoardFilter:
+    """What a dispatcher is looking at; parsed from the page URL, so it survives reloads and links."""
+
+    statuses: tuple[str, ...] = ()
+    rider: int | None = None
+    unassigned: bool = False
+    search: str = ""
+    range: str = "4h"
+    sort: str = "urgent"
+
+    @classmethod
+    def from_query(cls, query) -> BoardFilter:
+        statuses = tuple(s for s in query.getlist("status") if s in Delivery.Status.values)
+        rider_text = query.get("rider", "")
+        return cls(
+            statuses=statuses,
+            rider=int(rider_text) if rider_text.isdigit() else None,
+            unassigned=rider_text == "none",
+            search=query.get("q", "").strip()[:100],
+            range=query.get("range") if query.get("range") in BOARD_RANGES else "4h",
+            sort=query.get("sort") if query.get("sort") in BOARD_SORTS else "urgent",
+        )
+
+
+def _with_urgency(deliveries: QuerySet[Delivery], now: datetime) -> QuerySet[Delivery]:
+    ready_at = ExpressionWrapper(
+        F("created_at") + F("shop__prep_minutes") * Value(timedelta(minutes=1)), output_field=DateTimeField()
+    )
+    unassigned_since = now - timedelta(minutes=settings.SLA_UNASSIGNED_MINUTES)
+    return deliveries.annotate(
+        ready_at=ready_at,
+        urgency=Case(
+            When(status__in=Delivery.OPEN_STATUSES, order__promised_at__lt=now, then=Value(URGENCY_LATE)),
+            When(
+                status__in=(Delivery.Status.WAITING, Delivery.Status.ASSIGNED),
+                ready_at__lt=now,
+                then=Value(URGENCY_NOT_PICKED_UP),
+            ),
+            When(status=Delivery.Status.WAITING, created_at__lt=unassigned_since, then=Value(URGENCY_UNASSIGNED)),
+            default=Value(URGENCY_NONE),
+            output_field=IntegerField(),
+        ),
+        open_first=Case(
+            When(status__in=Delivery.OPEN_STATUSES, then=Value(1)), default=Value(0), output_field=IntegerField()
+        ),
+    )
+
+
+def _search(deliveries: QuerySet[Delivery], text: str) -> QuerySet[Delivery]:
+    """Order number ("123", "#123"), phone (digits, dashes ignored), address or customer name."""
+    if not text:
+        return deliveries
+    condition = Q(order__address__icontains=text) | Q(order__customer_name__icontains=text)
+    number = text.lstrip("#").strip()
+    if number.isdigit():
+        condition |= Q(order_id=int(number))
+    digits = re.sub(r"\D", "", text)
+    if len(digits) >= 3:
+        phone_digits = Func(F("order__customer_phone"), Value(r"\D"), Value(""), Value("g"), function="regexp_replace")
+        deliveries = deliveries.annotate(phone_digits=phone_digits)
+        condition |= Q(phone_digits__contains=digits)
+    return deliveries.filter(condition)
+
+
+def board_base(*, center_code: str, board: BoardFilter, now: datetime) -> QuerySet[Delivery]:
+    """The deliveries the board covers before the status filter: the range (plus all open), rider, search."""
+    since = now - BOARD_RANGES[board.range]
+    deliveries = Delivery.objects.filter(center__code=center_code).filter(
+        Q(created_at__gte=since) | Q(status__in=Delivery.OPEN_STATUSES)
+    )
+    if board.rider is not None:
+        deliveries = deliveries.filter(rider_id=board.rider)
+    elif board.unassigned:
+        deliveries = deliveries.filter(rider__isnull=True)
+    return _search(deliveries, board.search)
+
+
+def board_window(*, center_code: str, board: BoardFilter, offset: int, limit: int, now: datetime):
+    """One window of board rows, ordered as the dispatcher chose, with urgency annotated."""
+    deliveries = _with_urgency(board_base(center_code=center_code, board=board, now=now), now)
+    if board.statuses:
+        deliveries = deliveries.filter(status__in=board.statuses)
+    if board.sort == "urgent":
+        deliveries = deliveries.order_by("-urgency", "-open_first", "order__promised_at", "-pk")
+    else:
+        deliveries = deliveries.order_by("-created_at", "-pk")
+    return list(deliveries.select_related("order", "shop", "rider")[offset : offset + limit])
+
+
+def board_counts(*, center_code: str, board: BoardFilter, now: datetime) -> dict[str, int]:
+    """Counts per status (ignoring the status filter), late and needing attention, and the filtered total."""
+    deliveries = _with_urgency(board_base(center_code=center_code, board=board, now=now), now)
+    per_status = {status: Count("pk", filter=Q(status=status)) for status in Delivery.Status.values}
+    counts = deliveries.aggregate(
+        **per_status,
+        all=Count("pk"),
+        late=Count("pk", filter=Q(urgency=URGENCY_LATE)),
+        attention=Count("pk", filter=Q(urgency__gt=URGENCY_NONE)),
+    )
+    counts["total"] = sum(counts[s] for s in board.statuses) if board.statuses else counts["all"]
+    return counts

@@ -25,6 +25,7 @@ from django.utils import timezone
 from deliveries import services
 from deliveries.exceptions import CommandRefused
 from deliveries.models import Center, Delivery, Shop
+from riders import positions
 from riders import services as rider_services
 from riders.models import Rider
 
@@ -602,8 +603,9 @@ class Simulation:
         moved = distance_m(before, (state.lat, state.lng))
         accuracy = round(self.rng.uniform(4.0, 15.0), 1)
         lat, lng = offset((state.lat, state.lng), self.rng.gauss(0, accuracy / 3), self.rng.gauss(0, accuracy / 3))
-        rider_services.record_position(
+        positions.record_fix(
             rider_id=rider.pk,
+            center_code=self.centers[rider.center_id].code,
             lat=round(lat, 6),
             lng=round(lng, 6),
             ts=timezone.now(),

@@ -1,12 +1,18 @@
 """Pages of the call center and the dispatchers (the board itself is built by the board issue)."""
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import redirect, render
 
-from deliveries import access
-from deliveries.models import Center
+from deliveries import access, selectors
+from deliveries.board import ROW_HEIGHT, read_board_window
+from deliveries.models import Center, Delivery
+from deliveries.selectors import BoardFilter
+from riders import suggestions
+
+FIRST_WINDOW = 60  # rows rendered around the viewport: a screenful plus overscan
 
 LANDING_BY_ROLE = {
     access.Role.HQ: "dispatch-overview",
@@ -49,11 +55,78 @@ def dispatch_overview(request):
     return render(request, "deliveries/overview.html", {"centers": Center.objects.all()})
 
 
+def _board_center(request, center: str) -> Center:
+    """The center of a board URL, if the user dispatches it (an unknown center is refused the same way)."""
+    center_obj = Center.objects.filter(code=center).first()
+    if center_obj is None or not access.can_dispatch(request.user, center):
+        raise PermissionDenied("You do not dispatch this center.")
+    return center_obj
+
+
 @login_required
 def dispatch_board(request, center: str):
-    center_obj = Center.objects.filter(code=center).first()
-    if not access.can_dispatch(request.user, center):
-        raise PermissionDenied("You do not dispatch this center.")
-    if center_obj is None:
-        raise Http404("No such center.")
-    return render(request, "deliveries/board.html", {"center": center_obj})
+    """The live board: the first row window, counts, riders and map, all rendered on the server."""
+    center_obj = _board_center(request, center)
+    board = BoardFilter.from_query(request.GET)
+    window = read_board_window(center_code=center, board=board, offset=0, limit=FIRST_WINDOW)
+    context = {
+        "center": center_obj,
+        "board": board,
+        "window": window,
+        "chips": [
+            {"value": value, "label": label, "count": window.counts[value], "checked": value in board.statuses}
+            for value, label in Delivery.Status.choices
+        ],
+        "riders": suggestions.rider_board_rows(center_code=center),
+        "centers": access.access_for(request.user).center_codes(),
+        "config": board_config(center_obj, window),
+    }
+    return render(request, "deliveries/board.html", context)
+
+
+@login_required
+def board_rows(request, center: str):
+    """A window of rows (htmx / the board script), with counts and the stream head in data attributes."""
+    _board_center(request, center)
+    window = read_board_window(
+        center_code=center,
+        board=BoardFilter.from_query(request.GET),
+        offset=_int(request.GET.get("offset"), 0),
+        limit=_int(request.GET.get("limit"), FIRST_WINDOW),
+    )
+    return render(request, "deliveries/board.html#window", {"window": window})
+
+
+@login_required
+def delivery_drawer(request, center: str, delivery_id: int):
+    """The delivery detail drawer: timeline, order details, rider."""
+    _board_center(request, center)
+    delivery = selectors.delivery_with_timeline(delivery_id)
+    if delivery is None or delivery.center.code != center:
+        raise Http404("No such delivery.")
+    return render(request, "deliveries/board.html#drawer", {"delivery": delivery, "order": delivery.order})
+
+
+def _int(text, default: int) -> int:
+    return int(text) if text and text.isdigit() else default
+
+
+def board_config(center: Center, window) -> dict:
+    """Settings the board script needs, passed once as JSON."""
+    return {
+        "center": center.code,
+        "map": {
+            "lat": center.lat,
+            "lng": center.lng,
+            "tiles": settings.MAP_TILE_URL,
+            "attribution": settings.MAP_TILE_ATTRIBUTION,
+        },
+        "stream": {"name": f"deliveries:{center.code}", "epoch": window.epoch, "head": window.head},
+        "sla": {
+            "unassigned_minutes": settings.SLA_UNASSIGNED_MINUTES,
+            "stale_gps_seconds": suggestions.gps_stale_seconds(),
+        },
+        "suggest": suggestions.scoring_params(),
+        "row_height": ROW_HEIGHT,
+        "window": FIRST_WINDOW,
+    }

@@ -1,4 +1,4 @@
-"""Commands on riders: shifts (duty on/off)."""
+"""Commands on riders: shifts (duty on/off). GPS fixes go through `riders.positions`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from deliveries.exceptions import InvalidTransition, StaleVersion
 from deliveries.services import actor_label
 from realtime.events import rider_status_event
 from realtime.outbox import emit
-from riders.models import PositionSample, Rider
+from riders.models import Rider
 from riders.positions import forget_position
 
 
@@ -44,23 +44,3 @@ def set_rider_duty(*, actor, rider_id: int, on_duty: bool, expected_version: int
         center_code = rider.center.code
         transaction.on_commit(lambda: forget_position(rider_id=rider.pk, center_code=center_code), robust=True)
     return rider
-
-
-def record_position(
-    *,
-    rider_id: int,
-    lat: float,
-    lng: float,
-    ts,
-    accuracy: float | None = None,
-    heading: float | None = None,
-    speed: float | None = None,
-) -> None:
-    """Store a rider's latest GPS fix and keep it as a history sample. Positions carry no version.
-
-    The real-time issue adds validation, per-second coalescing, Redis and the `positions` stream.
-    """
-    Rider.objects.filter(pk=rider_id).update(last_lat=lat, last_lng=lng, last_accuracy=accuracy, last_position_at=ts)
-    PositionSample.objects.create(
-        rider_id=rider_id, lat=lat, lng=lng, accuracy=accuracy, heading=heading, speed=speed, recorded_at=ts
-    )

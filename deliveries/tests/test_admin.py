@@ -18,8 +18,8 @@ from deliveries import services
 from deliveries.models import Delivery, Order, Source, TimelineEntry
 from realtime.models import Event
 from riders.admin import RiderForm
-from riders.models import Rider
-from riders.services import record_position, set_rider_duty
+from riders.models import PositionSample, Rider
+from riders.services import set_rider_duty
 
 MODELS = sorted(
     (model for model in admin.site._registry if model._meta.app_label != "realtime"),
@@ -88,7 +88,7 @@ def run_action(client, model, action: str, objects, **extra):
 def one_of_each(demo):
     """At least one row of every model registered here, made through the services."""
     order = take_order(demo)
-    record_position(rider_id=demo.rider().pk, lat=37.5, lng=127.03, ts=timezone.now())
+    PositionSample.objects.create(rider=demo.rider(), lat=37.5, lng=127.03, recorded_at=timezone.now())
     Group.objects.create(name="Night shift")
     return order
 

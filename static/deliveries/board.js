@@ -1,0 +1,502 @@
+// The dispatcher board: a virtual list of the center's deliveries kept live, riders on a map, assignment.
+import { RealtimeClient } from "../realtime/client.js";
+import { showConnectionState } from "../realtime/status.js";
+import { rankRiders } from "./suggest.js";
+
+const config = JSON.parse(document.getElementById("board-config").textContent);
+const ROW_H = config.row_height;
+const OVERSCAN = 15;
+const REFRESH_DELAY = 250; // ms: coalesce a burst of events into one window refresh
+const REFRESH_MAX_WAIT = 1000;
+
+const viewport = document.getElementById("viewport");
+const spacer = document.getElementById("spacer");
+const rowsEl = document.getElementById("rows");
+const totalEl = document.getElementById("total");
+const grid = document.querySelector(".grid[role=grid]");
+const filters = document.getElementById("filters");
+const drawer = document.getElementById("drawer");
+const dialog = document.getElementById("assign-dialog");
+const lateAlert = document.getElementById("late-alert");
+
+const known = new Map(); // delivery id -> highest version seen (events or rows)
+let windowOffset = Number(rowsEl.querySelector(".window")?.dataset.offset || 0);
+let total = Number(rowsEl.querySelector(".window")?.dataset.total || 0);
+let requestSeq = 0;
+let refreshTimer = null;
+let refreshFirstAsked = 0;
+
+// ---------------------------------------------------------------- rows and the virtual window
+
+function csrfToken() {
+  return document.cookie.split("; ").find((c) => c.startsWith("csrftoken="))?.split("=")[1] || "";
+}
+
+function filterQuery() {
+  const params = new URLSearchParams(new FormData(filters));
+  for (const [key, value] of [...params]) if (!value) params.delete(key);
+  return params;
+}
+
+function visibleRange() {
+  const first = Math.floor(viewport.scrollTop / ROW_H);
+  const count = Math.ceil(viewport.clientHeight / ROW_H);
+  return { first, count };
+}
+
+function windowCovers(first, count) {
+  const rows = rowsEl.querySelectorAll(".row").length;
+  return first >= windowOffset && first + count <= windowOffset + rows || (windowOffset === 0 && rows >= total);
+}
+
+async function loadWindow({ force = false } = {}) {
+  const { first, count } = visibleRange();
+  if (!force && windowCovers(first, count)) return;
+  const offset = Math.max(0, first - OVERSCAN);
+  const params = filterQuery();
+  params.set("offset", offset);
+  params.set("limit", count + 2 * OVERSCAN);
+  const seq = ++requestSeq;
+  const response = await fetch(`/dispatch/${config.center}/rows/?${params}`, { credentials: "same-origin" });
+  if (!response.ok || seq !== requestSeq) return; // a newer request supersedes this one
+  const template = document.createElement("template");
+  template.innerHTML = await response.text();
+  applyWindow(template.content.querySelector(".window"));
+}
+
+function applyWindow(fresh) {
+  // Never let an older response replace a row the page already shows at a newer version.
+  for (const row of fresh.querySelectorAll(".row[data-id]")) {
+    const id = row.dataset.id;
+    const version = Number(row.dataset.version);
+    const current = document.getElementById(`delivery-${id}`);
+    const shown = current ? Number(current.dataset.version) : 0;
+    if (current && shown > version) {
+      row.replaceWith(current);
+      continue;
+    }
+    if (current && version > shown) row.classList.add("flash");
+    if (known.has(id) && known.get(id) > version) row.classList.add("stale"); // an event is newer still
+    known.set(id, Math.max(known.get(id) || 0, version));
+  }
+  windowOffset = Number(fresh.dataset.offset);
+  total = Number(fresh.dataset.total);
+  rowsEl.replaceChildren(fresh);
+  spacer.style.height = `${Math.max(total, 1) * ROW_H}px`;
+  grid.setAttribute("aria-rowcount", total);
+  totalEl.textContent = `${total} deliveries`;
+  updateCounts(JSON.parse(fresh.dataset.counts));
+  tickTimers();
+}
+
+function scheduleRefresh() {
+  const now = performance.now();
+  if (!refreshTimer) refreshFirstAsked = now;
+  clearTimeout(refreshTimer);
+  const wait = Math.max(0, Math.min(REFRESH_DELAY, refreshFirstAsked + REFRESH_MAX_WAIT - now));
+  refreshTimer = setTimeout(() => {
+    refreshTimer = null;
+    loadWindow({ force: true });
+  }, wait);
+}
+
+let scrollQueued = false;
+viewport.addEventListener("scroll", () => {
+  if (scrollQueued) return;
+  scrollQueued = true;
+  requestAnimationFrame(() => {
+    scrollQueued = false;
+    loadWindow();
+  });
+});
+
+filters.addEventListener("input", (event) => {
+  if (event.target.name === "q") {
+    clearTimeout(filters._debounce);
+    filters._debounce = setTimeout(applyFilters, 250);
+  } else {
+    applyFilters();
+  }
+});
+filters.addEventListener("submit", (event) => {
+  event.preventDefault();
+  applyFilters();
+});
+
+function applyFilters() {
+  const params = filterQuery();
+  history.replaceState(null, "", params.toString() ? `?${params}` : location.pathname);
+  viewport.scrollTop = 0;
+  loadWindow({ force: true });
+}
+
+// ---------------------------------------------------------------- counts and late alerts
+
+let lateSeen = null;
+let lateAcknowledged = 0;
+
+function updateCounts(counts) {
+  for (const el of document.querySelectorAll("[data-count]")) {
+    const value = counts[el.dataset.count];
+    if (value !== undefined) el.textContent = value;
+  }
+  if (lateSeen === null) lateAcknowledged = counts.late; // what was late when the page opened is known
+  lateSeen = counts.late;
+  const fresh = lateSeen - lateAcknowledged;
+  if (fresh > 0) {
+    if (lateAlert.hidden || Number(lateAlert.querySelector(".count").textContent) < fresh) beep();
+    lateAlert.querySelector(".count").textContent = fresh;
+    lateAlert.hidden = false;
+  } else {
+    lateAlert.hidden = true;
+  }
+}
+
+lateAlert.addEventListener("click", () => {
+  lateAcknowledged = lateSeen;
+  lateAlert.hidden = true;
+});
+
+function beep() {
+  try {
+    const audio = new AudioContext();
+    const tone = audio.createOscillator();
+    tone.frequency.value = 880;
+    tone.connect(audio.destination);
+    tone.start();
+    tone.stop(audio.currentTime + 0.25);
+  } catch {
+    // Browsers refuse audio before the first user gesture; the badge still shows.
+  }
+}
+
+// ---------------------------------------------------------------- age / SLA timers (visible rows only)
+
+function minutes(ms) {
+  const m = Math.floor(Math.abs(ms) / 60000);
+  return m >= 60 ? `${Math.floor(m / 60)} h ${m % 60} min` : `${m} min`;
+}
+
+function tickTimers() {
+  const now = Date.now();
+  const unassignedMs = config.sla.unassigned_minutes * 60000;
+  for (const row of rowsEl.querySelectorAll(".row[data-id]")) {
+    const status = row.dataset.status;
+    const open = status === "waiting" || status === "assigned" || status === "picked_up";
+    const promised = Date.parse(row.dataset.promised);
+    const ready = Date.parse(row.dataset.ready);
+    const created = Date.parse(row.dataset.created);
+    let urgency = 0;
+    if (open && now > promised) urgency = 3;
+    else if ((status === "waiting" || status === "assigned") && now > ready) urgency = 2;
+    else if (status === "waiting" && now - created > unassignedMs) urgency = 1;
+    row.classList.remove("urgency-0", "urgency-1", "urgency-2", "urgency-3");
+    row.classList.add(`urgency-${urgency}`);
+    const cell = row.querySelector("[data-timer]");
+    if (!open) cell.textContent = "";
+    else if (urgency === 3) cell.textContent = `late ${minutes(now - promised)}`;
+    else cell.textContent = `${minutes(now - created)} · due ${minutes(promised - now)}`;
+  }
+}
+setInterval(tickTimers, 1000);
+
+// ---------------------------------------------------------------- riders: state, panel, map
+
+const riders = new Map(); // id -> {id, name, status, load, lat, lng, ts, version, on_duty}
+for (const rider of JSON.parse(document.getElementById("board-riders").textContent)) {
+  riders.set(rider.id, { ...rider, ts: rider.last_seen ? Date.parse(rider.last_seen) : null });
+}
+const ridersEl = document.getElementById("riders");
+
+function gpsText(rider, now) {
+  if (!rider.ts) return "no GPS";
+  const age = Math.max(0, Math.round((now - rider.ts) / 1000));
+  if (age > config.sla.stale_gps_seconds) {
+    return `last seen ${new Date(rider.ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}`;
+  }
+  return age < 60 ? `GPS ${age} s ago` : `GPS ${Math.round(age / 60)} min ago`;
+}
+
+function renderRiders() {
+  const now = Date.now();
+  const order = { busy: 0, available: 1, offline: 2 };
+  const sorted = [...riders.values()].sort(
+    (a, b) => order[a.status] - order[b.status] || a.name.localeCompare(b.name),
+  );
+  ridersEl.replaceChildren(
+    ...sorted.map((rider) => {
+      const li = document.createElement("li");
+      const stale = rider.status !== "offline" && (!rider.ts || now - rider.ts > config.sla.stale_gps_seconds * 1000);
+      li.className = `${rider.status}${stale ? " stale" : ""}`;
+      li.dataset.rider = rider.id;
+      const load = rider.load ? `${rider.load} active` : "idle";
+      li.innerHTML = `<span class="name"></span><span class="status"></span><span class="meta"></span>`;
+      li.querySelector(".name").textContent = rider.name;
+      li.querySelector(".status").textContent = rider.status === "offline" ? "off duty" : load;
+      li.querySelector(".meta").textContent = rider.status === "offline" ? "" : gpsText(rider, now);
+      return li;
+    }),
+  );
+}
+renderRiders();
+setInterval(renderRiders, 5000);
+
+let map = null;
+const markers = new Map();
+let selectionLayer = null;
+
+function initMap() {
+  if (!window.L) return;
+  map = L.map("map", { preferCanvas: true, zoomControl: true }).setView([config.map.lat, config.map.lng], 13);
+  if (config.map.tiles) L.tileLayer(config.map.tiles, { attribution: config.map.attribution, maxZoom: 19 }).addTo(map);
+  drawRiders();
+}
+
+function markerColor(rider) {
+  if (rider.status === "offline") return "#98a2b3";
+  if (!rider.ts || Date.now() - rider.ts > config.sla.stale_gps_seconds * 1000) return "#667085";
+  return rider.status === "busy" ? "#0b6bcb" : "#12b76a";
+}
+
+function drawRiders() {
+  if (!map) return;
+  for (const rider of riders.values()) {
+    if (rider.lat == null || rider.status === "offline") {
+      markers.get(rider.id)?.remove();
+      markers.delete(rider.id);
+      continue;
+    }
+    let marker = markers.get(rider.id);
+    if (!marker) {
+      marker = L.circleMarker([rider.lat, rider.lng], { radius: 6, weight: 1 }).bindTooltip(rider.name).addTo(map);
+      markers.set(rider.id, marker);
+    } else {
+      marker.setLatLng([rider.lat, rider.lng]);
+    }
+    marker.setStyle({ color: markerColor(rider), fillColor: markerColor(rider), fillOpacity: 0.85 });
+  }
+}
+
+function showSelection(row) {
+  if (!map) return;
+  selectionLayer?.remove();
+  const points = [[Number(row.dataset.shopLat), Number(row.dataset.shopLng)]];
+  const layers = [L.circleMarker(points[0], { radius: 8, color: "#7a2e0e", fillOpacity: 0.9 }).bindTooltip("Shop")];
+  if (row.dataset.lat) {
+    points.push([Number(row.dataset.lat), Number(row.dataset.lng)]);
+    layers.push(L.circleMarker(points[1], { radius: 8, color: "#6941c6", fillOpacity: 0.9 }).bindTooltip("Drop-off"));
+  }
+  selectionLayer = L.layerGroup(layers).addTo(map);
+  map.fitBounds(points, { maxZoom: 15, padding: [30, 30] });
+}
+
+(window.requestIdleCallback || setTimeout)(initMap); // the map never delays the list or the dialog
+
+// ---------------------------------------------------------------- commands (assign, unassign, cancel)
+
+async function command(url, body) {
+  const response = await fetch(url, {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken(), "Idempotency-Key": crypto.randomUUID() },
+    body: JSON.stringify(body),
+  });
+  const data = await response.json().catch(() => ({}));
+  return { ok: response.ok, status: response.status, data };
+}
+
+function refusalText({ status, data }) {
+  let text = typeof data.detail === "string" ? data.detail : "The command was refused.";
+  if (status === 409 && data.changed_by) {
+    const at = new Date(data.changed_by.at).toLocaleTimeString();
+    text += ` Changed by ${data.changed_by.by} (${data.changed_by.action}) at ${at}.`;
+  }
+  if (Array.isArray(data.detail)) text = data.detail.map((e) => e.msg).join(" ");
+  return text;
+}
+
+// ---------------------------------------------------------------- assign dialog (no round trip to open)
+
+const candidatesEl = dialog.querySelector(".candidates");
+const conflictEl = dialog.querySelector(".conflict");
+let assigning = null;
+
+function openAssign(row) {
+  assigning = { id: row.dataset.id, version: Number(row.dataset.version), rider: Number(row.dataset.rider) || null };
+  dialog.querySelector(".order-no").textContent = row.querySelector(".c-no").textContent;
+  conflictEl.hidden = true;
+  const ranked = rankRiders([...riders.values()], {
+    lat: Number(row.dataset.shopLat),
+    lng: Number(row.dataset.shopLng),
+    now: Date.now(),
+    weights: config.suggest,
+  }).filter((c) => c.rider.id !== assigning.rider);
+  candidatesEl.replaceChildren(
+    ...ranked.map((candidate, index) => {
+      const li = document.createElement("li");
+      li.setAttribute("role", "option");
+      li.dataset.rider = candidate.rider.id;
+      li.setAttribute("aria-selected", index === 0 ? "true" : "false");
+      if (candidate.stale) li.classList.add("stale");
+      li.innerHTML = `<span class="name"></span><span class="reason"></span>`;
+      li.querySelector(".name").textContent = candidate.rider.name;
+      li.querySelector(".reason").textContent = candidate.reason;
+      return li;
+    }),
+  );
+  if (!ranked.length) candidatesEl.innerHTML = `<li class="empty">No rider on duty.</li>`;
+  dialog.showModal();
+  candidatesEl.focus();
+  showSelection(row);
+}
+
+function moveSelection(step) {
+  const options = [...candidatesEl.querySelectorAll("[role=option]")];
+  if (!options.length) return;
+  const current = options.findIndex((o) => o.getAttribute("aria-selected") === "true");
+  const next = Math.min(options.length - 1, Math.max(0, current + step));
+  options.forEach((o, i) => o.setAttribute("aria-selected", i === next ? "true" : "false"));
+  options[next].scrollIntoView({ block: "nearest" });
+}
+
+async function assignSelected(option) {
+  if (!option || !assigning) return;
+  const result = await command(`/api/v1/deliveries/${assigning.id}/assign`, {
+    rider: Number(option.dataset.rider),
+    version: assigning.version,
+  });
+  if (result.ok) {
+    dialog.close();
+    scheduleRefresh();
+  } else {
+    conflictEl.textContent = refusalText(result);
+    conflictEl.hidden = false;
+    if (result.data.current) assigning.version = result.data.current.version; // the dispatcher saw what changed
+    scheduleRefresh();
+  }
+}
+
+candidatesEl.addEventListener("keydown", (event) => {
+  if (event.key === "ArrowDown") moveSelection(1);
+  else if (event.key === "ArrowUp") moveSelection(-1);
+  else if (event.key === "Enter") assignSelected(candidatesEl.querySelector("[aria-selected=true]"));
+  else return;
+  event.preventDefault();
+});
+candidatesEl.addEventListener("click", (event) => assignSelected(event.target.closest("[role=option]")));
+
+// ---------------------------------------------------------------- detail drawer
+
+async function openDrawer(id) {
+  const response = await fetch(`/dispatch/${config.center}/deliveries/${id}/`, { credentials: "same-origin" });
+  if (!response.ok) return;
+  drawer.innerHTML = await response.text();
+  drawer.hidden = false;
+  drawer.dataset.id = id;
+  drawer.querySelector("button")?.focus();
+}
+
+drawer.addEventListener("click", async (event) => {
+  const action = event.target.closest("[data-action]")?.dataset.action;
+  const body = drawer.querySelector(".drawer-body");
+  if (!action || !body) return;
+  const row = document.getElementById(`delivery-${body.dataset.id}`);
+  if (action === "close-drawer") {
+    drawer.hidden = true;
+  } else if (action === "assign" && row) {
+    openAssign(row);
+  } else if (action === "unassign") {
+    const result = await command(`/api/v1/deliveries/${body.dataset.id}/unassign`, { version: Number(body.dataset.version) });
+    if (!result.ok) alert(refusalText(result));
+    openDrawer(body.dataset.id);
+  } else if (action === "cancel") {
+    const reason = prompt("Why is the order cancelled?");
+    if (!reason) return;
+    const result = await command(`/api/v1/orders/${body.dataset.order}/cancel`, { reason });
+    if (!result.ok) alert(refusalText(result));
+    openDrawer(body.dataset.id);
+  }
+});
+
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && !drawer.hidden && !dialog.open) drawer.hidden = true;
+});
+
+// ---------------------------------------------------------------- row actions and keyboard
+
+rowsEl.addEventListener("click", (event) => {
+  const row = event.target.closest(".row[data-id]");
+  if (!row) return;
+  const action = event.target.closest("[data-action]")?.dataset.action;
+  if (action === "assign") openAssign(row);
+  else openDrawer(row.dataset.id).then(() => showSelection(row));
+});
+
+viewport.addEventListener("keydown", (event) => {
+  const rows = [...rowsEl.querySelectorAll(".row[data-id]")];
+  if (!rows.length) return;
+  const index = rows.indexOf(document.activeElement);
+  if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+    const next = rows[Math.min(rows.length - 1, Math.max(0, index + (event.key === "ArrowDown" ? 1 : -1)))];
+    next.focus();
+    next.scrollIntoView({ block: "nearest" });
+  } else if (event.key === "Enter" && index >= 0) {
+    openDrawer(rows[index].dataset.id);
+  } else if (event.key.toLowerCase() === "a" && index >= 0 && rows[index].querySelector("[data-action=assign]")) {
+    openAssign(rows[index]);
+  } else {
+    return;
+  }
+  event.preventDefault();
+});
+
+// ---------------------------------------------------------------- live
+
+const rt = new RealtimeClient({ url: "/ws/v1/", apiBase: "/api/v1" });
+window.__board = { rt, riders, loadWindow, scheduleRefresh };
+showConnectionState(rt, document.getElementById("conn-state"));
+
+function onDeliveryEvent(frame) {
+  const data = frame.data;
+  const id = String(data.id);
+  if ((known.get(id) || 0) < data.version) known.set(id, data.version);
+  const row = document.getElementById(`delivery-${id}`);
+  if (row && Number(row.dataset.version) < data.version) row.classList.add("stale");
+  scheduleRefresh(); // counts, order and membership of the window may all change
+}
+
+rt.subscribe(config.stream.name, {
+  since: config.stream.head,
+  epoch: config.stream.epoch,
+  onEvent: onDeliveryEvent,
+  onReset: () => loadWindow({ force: true }),
+  onReconcile: () => loadWindow({ force: true }),
+  versionOf: (id) => known.get(String(id)),
+});
+
+rt.subscribe(`riders:${config.center}`, {
+  snapshot: false,
+  onEvent(frame) {
+    const data = frame.data;
+    const rider = riders.get(data.id) || { id: data.id, ts: null, lat: null, lng: null };
+    if ((rider.version || 0) > data.version) return; // never go back to an older state
+    riders.set(data.id, { ...rider, ...data });
+    renderRiders();
+    drawRiders();
+  },
+});
+
+rt.subscribe(`positions:${config.center}`, {
+  onEvent(frame) {
+    for (const fix of frame.data.positions) {
+      const rider = riders.get(fix.rider);
+      if (!rider) continue;
+      const ts = Date.parse(fix.ts);
+      if (rider.ts && rider.ts > ts) continue;
+      Object.assign(rider, { lat: fix.lat, lng: fix.lng, ts });
+    }
+    drawRiders(); // one redraw per batch
+  },
+});
+
+tickTimers();
