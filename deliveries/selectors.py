@@ -187,3 +187,46 @@ def board_counts(*, center_code: str, board: BoardFilter, now: datetime) -> dict
     )
     counts["total"] = sum(counts[s] for s in board.statuses) if board.statuses else counts["all"]
     return counts
+
+
+def centers_overview(*, now: datetime) -> list[dict]:
+    """Per center: today's (and open) deliveries per status, late ones, riders on duty / busy / stale.
+
+    Two grouped queries for all centers together, never one per center.
+    """
+    from riders.models import Rider
+
+    today = start_of_today()
+    per_status = {status: Count("pk", filter=Q(status=status)) for status in Delivery.Status.values}
+    deliveries = (
+        Delivery.objects.filter(Q(created_at__gte=today) | Q(status__in=Delivery.OPEN_STATUSES))
+        .values("center__code")
+        .annotate(
+            **per_status,
+            late=Count("pk", filter=Q(status__in=Delivery.OPEN_STATUSES, order__promised_at__lt=now)),
+        )
+    )
+    stale_before = now - timedelta(seconds=settings.RIDER_GPS_STALE_SECONDS)
+    riders = Rider.objects.values("center__code").annotate(
+        # Prefixed: an annotation named like a field (on_duty) would shadow it in the filters.
+        n_on_duty=Count("pk", filter=Q(on_duty=True)),
+        n_busy=Count("pk", filter=Q(on_duty=True, load__gt=0)),
+        n_stale=Count(
+            "pk", filter=Q(on_duty=True) & (Q(last_position_at__isnull=True) | Q(last_position_at__lt=stale_before))
+        ),
+        n_total=Count("pk"),
+    )
+    by_center = {c.code: {"code": c.code, "name": c.name} for c in Center.objects.order_by("code")}
+    empty = dict.fromkeys([*Delivery.Status.values, "late"], 0)
+    for code in by_center:
+        by_center[code]["deliveries"] = dict(empty)
+        by_center[code]["riders"] = {"on_duty": 0, "busy": 0, "stale": 0, "total": 0}
+    for row in deliveries:
+        code = row.pop("center__code")
+        if code in by_center:
+            by_center[code]["deliveries"] = row
+    for row in riders:
+        code = row.pop("center__code")
+        if code in by_center:
+            by_center[code]["riders"] = {key.removeprefix("n_"): value for key, value in row.items()}
+    return list(by_center.values())

@@ -5,6 +5,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.utils import timezone
 
 from deliveries import access, selectors
 from deliveries.board import ROW_HEIGHT, read_board_window
@@ -51,8 +52,20 @@ def orders_page(request):
 
 @login_required
 def dispatch_overview(request):
+    """HQ: every center side by side, kept live by the page script."""
     _require_role(request, access.Role.HQ)
-    return render(request, "deliveries/overview.html", {"centers": Center.objects.all()})
+    return render(request, "deliveries/overview.html", _overview_context())
+
+
+@login_required
+def overview_cards(request):
+    _require_role(request, access.Role.HQ)
+    return render(request, "deliveries/overview.html#cards", _overview_context())
+
+
+def _overview_context() -> dict:
+    centers = selectors.centers_overview(now=timezone.now())
+    return {"centers": centers, "streams": [f"{ns}:{c['code']}" for c in centers for ns in ("deliveries", "riders")]}
 
 
 def _board_center(request, center: str) -> Center:
