@@ -57,7 +57,13 @@ ITEMS_BY_NAMESPACE = {
 
 
 def in_one_snapshot(read):
-    """Run `read()` in a REPEATABLE READ transaction: every query sees the same committed state."""
+    """Run `read()` in a REPEATABLE READ transaction: every query sees the same committed state.
+
+    Inside a transaction that already ran a query the isolation level is fixed; then `read()`
+    runs in that transaction (requests and tasks never open one around this; tests do).
+    """
+    if connection.in_atomic_block:
+        return read()
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
