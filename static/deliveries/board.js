@@ -174,7 +174,7 @@ function beep() {
 
 function minutes(ms) {
   const m = Math.floor(Math.abs(ms) / 60000);
-  return m >= 60 ? `${Math.floor(m / 60)} h ${m % 60} min` : `${m} min`;
+  return m >= 60 ? `${Math.floor(m / 60)}h${String(m % 60).padStart(2, "0")}` : `${m}m`;
 }
 
 function tickTimers() {
@@ -195,7 +195,7 @@ function tickTimers() {
     const cell = row.querySelector("[data-timer]");
     if (!open) cell.textContent = "";
     else if (urgency === 3) cell.textContent = `late ${minutes(now - promised)}`;
-    else cell.textContent = `${minutes(now - created)} · due ${minutes(promised - now)}`;
+    else cell.textContent = `${minutes(now - created)} old · ${minutes(promised - now)} left`;
   }
 }
 setInterval(tickTimers, 1000);
@@ -474,16 +474,25 @@ rt.subscribe(config.stream.name, {
   versionOf: (id) => known.get(String(id)),
 });
 
+function applyRider(data) {
+  const rider = riders.get(data.id) || { id: data.id, ts: null, lat: null, lng: null };
+  if ((rider.version || 0) > data.version) return; // never go back to an older state
+  riders.set(data.id, { ...rider, ...data });
+}
+
 rt.subscribe(`riders:${config.center}`, {
   snapshot: false,
   onEvent(frame) {
-    const data = frame.data;
-    const rider = riders.get(data.id) || { id: data.id, ts: null, lat: null, lng: null };
-    if ((rider.version || 0) > data.version) return; // never go back to an older state
-    riders.set(data.id, { ...rider, ...data });
+    applyRider(frame.data);
     renderRiders();
     drawRiders();
   },
+  onReset(snapshot) {
+    for (const data of snapshot.items) applyRider(data);
+    renderRiders();
+    drawRiders();
+  },
+  versionOf: (id) => riders.get(Number(id))?.version,
 });
 
 rt.subscribe(`positions:${config.center}`, {
