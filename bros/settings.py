@@ -108,6 +108,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "realtime.tasks.prune_history",
         "schedule": timedelta(hours=1),
     },
+    "reconcile-streams": {
+        "task": "realtime.tasks.reconcile_streams",
+        "schedule": timedelta(minutes=2),
+    },
 }
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -47,6 +47,8 @@ def read_board_window(*, center_code: str, board: BoardFilter, offset: int, limi
     limit = max(1, min(limit, WINDOW_MAX))
     offset = max(0, offset)
 
+    outbox.stream_position(f"deliveries:{center_code}")  # outside the snapshot, as in read_snapshot
+
     def read():
         now = timezone.now()
         epoch, head = outbox.stream_position(f"deliveries:{center_code}")

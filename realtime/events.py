@@ -19,6 +19,16 @@ from realtime.streams import stream_for_center, stream_for_user
 UtcDatetime = Annotated[datetime, AfterValidator(lambda value: value.astimezone(UTC))]
 
 
+def _no_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("must not contain NUL characters")
+    return text
+
+
+# Text a client may send: PostgreSQL cannot store NUL in JSON, so refuse it as bad input.
+ClientText = Annotated[str, AfterValidator(_no_nul)]
+
+
 class Schema(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -92,14 +102,14 @@ class AssignmentRevokedData(Schema):
 
 
 class NoticeData(Schema):
-    text: str = Field(min_length=1, max_length=2000)
+    text: ClientText = Field(min_length=1, max_length=2000)
     level: Literal["info", "warning", "urgent"] = "info"
 
 
 class ChatMessageData(Schema):
     id: str
-    text: str = Field(min_length=1, max_length=2000)
-    client_msg_id: str | None = Field(None, max_length=100)
+    text: ClientText = Field(min_length=1, max_length=2000)
+    client_msg_id: ClientText | None = Field(None, max_length=100)
     author_id: int | None
     author_name: str
     sent_at: UtcDatetime

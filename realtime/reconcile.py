@@ -36,6 +36,7 @@ def _versions(namespace: str, center: str) -> dict[str, int]:
 def reconcile_frame(namespace: str, center: str) -> str:
     """The `reconcile` frame of one center stream: head and versions from one snapshot."""
     stream = f"{namespace}:{center}"
+    outbox.stream_position(stream)  # outside the snapshot: see realtime.snapshots.read_snapshot
 
     def read():
         epoch, head = outbox.stream_position(stream)

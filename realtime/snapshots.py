@@ -77,6 +77,10 @@ def read_snapshot(stream: StreamName) -> Snapshot:
 
         return Snapshot(name, None, None, current_positions(stream.room))
 
+    # Create the counter row first: inserting it inside the REPEATABLE READ snapshot would fail
+    # to serialize if the stream's first event committed meanwhile.
+    outbox.stream_position(name)
+
     def read():
         epoch, head = outbox.stream_position(name)
         items_of = ITEMS_BY_NAMESPACE.get(stream.namespace)

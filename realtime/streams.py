@@ -89,7 +89,7 @@ def can_publish(user, stream: StreamName) -> bool:
         return access.role in (Role.HQ, Role.DISPATCHER, Role.RIDER) and access.serves(stream.room)
     if stream.namespace == "broadcast":
         return access.role == Role.HQ
-    if stream.namespace == "user" and access.role in (Role.HQ, Role.DISPATCHER):
+    if stream.namespace == "user" and access.role == Role.DISPATCHER:
         return _is_rider_of(stream.room, access)
     return False
 

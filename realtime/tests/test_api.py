@@ -816,12 +816,6 @@ def test_publish_data_not_matching_the_schema_is_422(demo, stream, event, data):
     assert Event.objects.count() == events
 
 
-@pytest.mark.xfail(
-    reason="BUG: realtime/services.py publish_event accepts text containing U+0000; PostgreSQL JSONB rejects "
-    "the \\u0000 escape on insert (DataError), so bad input becomes a 500 instead of a 422",
-    raises=AssertionError,
-    strict=True,
-)
 @pytest.mark.parametrize(
     ("stream", "event", "data"),
     [

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import threading
 
-import pytest
-from django.db import OperationalError, connection
+from django.db import connection
 
 from deliveries.services import assign_delivery, create_order
 from realtime import services
@@ -110,13 +109,6 @@ def test_read_snapshot_head_is_the_stream_head(demo_tx):
     assert [item["id"] for item in snapshot.items] == [o.delivery.pk for o in reversed(orders)]
 
 
-@pytest.mark.xfail(
-    reason="BUG: outbox.stream_position inserts a missing counter row inside the REPEATABLE READ snapshot; "
-    "if the stream's first event commits after the snapshot started, the INSERT ... ON CONFLICT DO NOTHING "
-    "fails with a serialization error (a 500 from the snapshot endpoint, a crashed reconcile task)",
-    raises=OperationalError,
-    strict=True,
-)
 def test_read_snapshot_of_a_new_stream_survives_its_first_event_committing_concurrently(demo_tx):
     """A snapshot of a never-written stream whose first event commits meanwhile is still answered, consistently."""
     stream = parse_stream("chat:songpa")
