@@ -1,0 +1,1 @@
+"""Browser tests: headless Chromium against a live ASGI server."""

@@ -1,0 +1,17 @@
+"""Settings of the live ASGI server the browser tests drive: the project's, plus the client test page.
+
+The server runs with DEBUG off like production, so static files are served by WhiteNoise straight
+from the source folders (no `collectstatic` in tests).
+"""
+
+from bros.settings import *  # noqa: F403
+
+ROOT_URLCONF = "realtime.tests.browser_urls"
+REALTIME_TEST_PAGE = True
+
+STORAGES = {
+    **STORAGES,  # noqa: F405
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True
