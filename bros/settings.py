@@ -191,6 +191,7 @@ REALTIME_PING_INTERVAL = env.float("REALTIME_PING_INTERVAL", default=20.0)
 REALTIME_IDLE_TIMEOUT = env.float("REALTIME_IDLE_TIMEOUT", default=45.0)
 REALTIME_QUEUE_LIMIT = env.int("REALTIME_QUEUE_LIMIT", default=2000)  # frames queued per socket before 4001
 REALTIME_MAX_FRAME = 64 * 1024
+REALTIME_TEST_PAGE = env.bool("REALTIME_TEST_PAGE", default=False)  # /dev/realtime-test/ outside DEBUG
 REALTIME_PUBLISH_RATE = env.float("REALTIME_PUBLISH_RATE", default=5.0)  # publishes per second per socket
 REALTIME_PUBLISH_BURST = env.int("REALTIME_PUBLISH_BURST", default=20)
 

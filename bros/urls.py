@@ -6,6 +6,7 @@ from django.urls import include, path
 
 from bros.api import api
 from deliveries import views as delivery_views
+from realtime import testpage as realtime_testpage
 
 urlpatterns = [
     path("", delivery_views.home, name="home"),
@@ -17,6 +18,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/", api.urls),
     path("admin/", admin.site.urls),
+    path("dev/realtime-test/", realtime_testpage.view, name="realtime-test-page"),
     path("", include("deliveries.urls")),
     path("", include("riders.urls")),
 ]
