@@ -224,7 +224,8 @@ class ProtocolConsumer(AsyncConsumer):
         try:
             if text is None:
                 raise BadFrame("bad_request", "Frames must be JSON text.")
-            if len(text) > settings.REALTIME_MAX_FRAME:
+            # The limit is in bytes; only a frame of over a quarter of it in characters can exceed it.
+            if len(text) > settings.REALTIME_MAX_FRAME // 4 and len(text.encode()) > settings.REALTIME_MAX_FRAME:
                 raise BadFrame("too_large", "Frames are limited to 64 KiB.")
             try:
                 frame = json.loads(text)
@@ -236,7 +237,8 @@ class ProtocolConsumer(AsyncConsumer):
             if frame_id is not None and (not isinstance(frame_id, str) or len(frame_id) > MAX_ID_LENGTH):
                 frame_id = None
                 raise BadFrame("bad_request", f'"id" must be a string of at most {MAX_ID_LENGTH} characters.')
-            handler = self._handlers.get(frame.get("type"))
+            kind = frame.get("type")
+            handler = self._handlers.get(kind) if isinstance(kind, str) else None
             if handler is None:
                 raise BadFrame("bad_request", "Unknown frame type.")
             await handler(self, frame, frame_id)
@@ -249,8 +251,10 @@ class ProtocolConsumer(AsyncConsumer):
             self.deliver(frames.error(id=frame_id, code="internal", message="Something went wrong on our side."))
 
     def _stream_of(self, frame: dict):
+        if not isinstance(frame.get("stream"), str):
+            raise BadFrame("bad_request", '"stream" must be a string like "deliveries:gangnam".')
         try:
-            return parse_stream(frame.get("stream"))
+            return parse_stream(frame["stream"])
         except UnknownStream:
             raise BadFrame("unknown_stream", "No such stream.") from None
 
@@ -317,7 +321,7 @@ class ProtocolConsumer(AsyncConsumer):
 
         from riders.positions import InvalidFix, accept_fixes, parse_fix
 
-        fix_data = {k: v for k, v in frame.items() if k != "type"}
+        fix_data = {k: v for k, v in frame.items() if k not in ("type", "id")}
         try:
             fix = parse_fix(fix_data, now=timezone.now())
         except InvalidFix as exc:

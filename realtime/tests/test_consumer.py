@@ -388,12 +388,6 @@ async def test_error_bad_request_for_malformed_frames(ws):
         assert await client.alive(), case
 
 
-@pytest.mark.xfail(
-    reason="BUG: consumers.py _stream_of → parse_stream(None) raises UnknownStream, so a missing or "
-    "non-string `stream` is answered `unknown_stream`; protocol §3 says missing/ill-typed field → bad_request",
-    strict=True,
-    raises=AssertionError,
-)
 async def test_error_bad_request_for_missing_or_ill_typed_stream(ws):
     """A frame whose `stream` is missing or not a string is `bad_request` (a missing or ill-typed field)."""
     client = await ws.connect(DISPATCHER)
@@ -407,12 +401,6 @@ async def test_error_bad_request_for_missing_or_ill_typed_stream(ws):
     assert all(is_error(reply, "bad_request", "x") for reply in replies), replies
 
 
-@pytest.mark.xfail(
-    reason="BUG: consumers.py:239 self._handlers.get(frame.get('type')) raises TypeError for an unhashable "
-    "`type` (list/object); the generic handler answers `internal` instead of `bad_request`",
-    strict=True,
-    raises=AssertionError,
-)
 async def test_error_bad_request_for_unhashable_type(ws):
     """A frame whose `type` is a JSON array or object is `bad_request` (ill-typed field), not `internal`."""
     client = await ws.connect(DISPATCHER)
@@ -489,12 +477,6 @@ async def test_error_frame_of_exactly_64_kib_is_accepted(ws):
     assert await client.request(text) == {"type": "pong", "id": "edge"}
 
 
-@pytest.mark.xfail(
-    reason="BUG: consumers.py:227 compares len(text) (characters) with REALTIME_MAX_FRAME (bytes); a frame of "
-    "multi-byte characters over 64 KiB of UTF-8 passes the limit",
-    strict=True,
-    raises=AssertionError,
-)
 async def test_error_too_large_counts_bytes_not_characters(ws):
     """A frame of 30,000 Hangul syllables (90 KB of UTF-8) is over 64 KiB and answered `too_large`."""
     client = await ws.connect(DISPATCHER)
