@@ -10,11 +10,13 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from urllib.parse import quote, unquote, urlencode
+from urllib.parse import unquote, urlencode
 
 import pytest
 from django.conf import settings
 from django.db import connection
+
+from tests.support import database_url
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -29,16 +31,6 @@ CHROMIUM_ARGS = [
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_START_TIMEOUT = 30.0
 WAIT = 10_000  # ms: the bound of every wait for the page
-
-
-def _database_url(db: dict) -> str:
-    """A DATABASE_URL for the connection settings `db` (the test database once it is set up)."""
-    auth = quote(db["USER"] or "", safe="")
-    if db["PASSWORD"]:
-        auth += ":" + quote(db["PASSWORD"], safe="")
-    host = quote(db["HOST"] or "localhost", safe="")
-    port = f":{db['PORT']}" if db["PORT"] else ""
-    return f"postgres://{auth}{'@' if auth else ''}{host}{port}/{quote(db['NAME'], safe='')}"
 
 
 def _free_port() -> int:
@@ -72,7 +64,7 @@ def live_server_url(django_db_setup, _isolated_redis_prefix, tmp_path_factory):
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.browser.settings",
-        "DATABASE_URL": _database_url(connection.settings_dict),
+        "DATABASE_URL": database_url(connection.settings_dict),
         "DB_POOL": "0",
         "REDIS_URL": settings.REDIS_URL,
         "REDIS_PREFIX": settings.REDIS_PREFIX,
