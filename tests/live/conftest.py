@@ -27,7 +27,6 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 import websockets
@@ -39,6 +38,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 from realtime.bus import get_redis
 from realtime.presence import presence_snapshot
+from tests import support
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 30.0  # seconds for a server process to answer HTTP
@@ -74,14 +74,8 @@ def free_port() -> int:
 
 
 def database_url() -> str:
-    """The test database (this process's suffixed one) as a DATABASE_URL for django-environ."""
-    s = connection.settings_dict
-    user = quote(s.get("USER") or "", safe="")
-    password = quote(s.get("PASSWORD") or "", safe="")
-    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
-    host = s.get("HOST") or "127.0.0.1"
-    port = f":{s['PORT']}" if s.get("PORT") else ""
-    return f"postgres://{auth}{host}{port}/{quote(s['NAME'], safe='')}"
+    """The test database (this process's suffixed one) as a DATABASE_URL (also for a Unix-socket host)."""
+    return support.database_url(connection.settings_dict)
 
 
 @dataclass
