@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from django.utils import timezone
 
-from deliveries.selectors import BoardFilter, board_counts, board_window
+from deliveries.selectors import BoardFilter, board_counts, board_window, late_delivery_ids
 from realtime import outbox
 from realtime.snapshots import in_one_snapshot
 
@@ -25,6 +25,7 @@ ROW_HEIGHT = 36  # px; the virtual list places windows by a fixed row height
 class BoardWindow:
     rows: list
     counts: dict[str, int]
+    late_ids: list[int]
     offset: int
     epoch: str
     head: int
@@ -32,7 +33,7 @@ class BoardWindow:
 
     @property
     def counts_json(self) -> str:
-        return json.dumps(self.counts)
+        return json.dumps(self.counts | {"late_ids": self.late_ids})
 
     @property
     def top_px(self) -> int:
@@ -54,6 +55,7 @@ def read_board_window(*, center_code: str, board: BoardFilter, offset: int, limi
         epoch, head = outbox.stream_position(f"deliveries:{center_code}")
         rows = board_window(center_code=center_code, board=board, offset=offset, limit=limit, now=now)
         counts = board_counts(center_code=center_code, board=board, now=now)
-        return BoardWindow(rows=rows, counts=counts, offset=offset, epoch=epoch, head=head, now=now)
+        late_ids = late_delivery_ids(center_code=center_code, now=now)
+        return BoardWindow(rows=rows, counts=counts, late_ids=late_ids, offset=offset, epoch=epoch, head=head, now=now)
 
     return in_one_snapshot(read)

@@ -95,6 +95,7 @@ class BoardFilter:
     search: str = ""
     range: str = "4h"
     sort: str = "urgent"
+    late_only: bool = False
 
     @classmethod
     def from_query(cls, query) -> BoardFilter:
@@ -104,10 +105,20 @@ class BoardFilter:
             statuses=statuses,
             rider=int(rider_text) if rider_text.isdigit() else None,
             unassigned=rider_text == "none",
-            search=query.get("q", "").strip()[:100],
+            search=query.get("q", "").replace("\x00", "").strip()[:100],
             range=query.get("range") if query.get("range") in BOARD_RANGES else "4h",
             sort=query.get("sort") if query.get("sort") in BOARD_SORTS else "urgent",
+            late_only=query.get("late") == "1",
         )
+
+    def shown(self) -> Q:
+        """The status and lateness filters, applied to deliveries annotated with urgency."""
+        condition = Q()
+        if self.statuses:
+            condition &= Q(status__in=self.statuses)
+        if self.late_only:
+            condition &= Q(urgency=URGENCY_LATE)
+        return condition
 
 
 def _with_urgency(deliveries: QuerySet[Delivery], now: datetime) -> QuerySet[Delivery]:
@@ -135,12 +146,14 @@ def _with_urgency(deliveries: QuerySet[Delivery], now: datetime) -> QuerySet[Del
 
 
 def _search(deliveries: QuerySet[Delivery], text: str) -> QuerySet[Delivery]:
-    """Order number ("123", "#123"), phone (digits, dashes ignored), address or customer name."""
+    """Order number ("123"; "#123" for the number only), phone (digits, dashes ignored), address, name."""
     if not text:
         return deliveries
-    condition = Q(order__address__icontains=text) | Q(order__customer_name__icontains=text)
     number = text.lstrip("#").strip()
-    if number.isdigit():
+    if text.startswith("#"):  # "#1234" is an order number and nothing else
+        return deliveries.filter(order_id=int(number)) if number.isdigit() else deliveries.none()
+    condition = Q(order__address__icontains=text) | Q(order__customer_name__icontains=text)
+    if number.isdigit() and len(number) < 19:
         condition |= Q(order_id=int(number))
     digits = re.sub(r"\D", "", text)
     if len(digits) >= 3:
@@ -165,9 +178,7 @@ def board_base(*, center_code: str, board: BoardFilter, now: datetime) -> QueryS
 
 def board_window(*, center_code: str, board: BoardFilter, offset: int, limit: int, now: datetime):
     """One window of board rows, ordered as the dispatcher chose, with urgency annotated."""
-    deliveries = _with_urgency(board_base(center_code=center_code, board=board, now=now), now)
-    if board.statuses:
-        deliveries = deliveries.filter(status__in=board.statuses)
+    deliveries = _with_urgency(board_base(center_code=center_code, board=board, now=now), now).filter(board.shown())
     if board.sort == "urgent":
         deliveries = deliveries.order_by("-urgency", "-open_first", "order__promised_at", "-pk")
     else:
@@ -179,14 +190,28 @@ def board_counts(*, center_code: str, board: BoardFilter, now: datetime) -> dict
     """Counts per status (ignoring the status filter), late and needing attention, and the filtered total."""
     deliveries = _with_urgency(board_base(center_code=center_code, board=board, now=now), now)
     per_status = {status: Count("pk", filter=Q(status=status)) for status in Delivery.Status.values}
-    counts = deliveries.aggregate(
+    return deliveries.aggregate(
         **per_status,
         all=Count("pk"),
         late=Count("pk", filter=Q(urgency=URGENCY_LATE)),
         attention=Count("pk", filter=Q(urgency__gt=URGENCY_NONE)),
+        total=Count("pk", filter=board.shown()),
     )
-    counts["total"] = sum(counts[s] for s in board.statuses) if board.statuses else counts["all"]
-    return counts
+
+
+LATE_IDS_LIMIT = 500
+
+
+def late_delivery_ids(*, center_code: str, now: datetime) -> list[int]:
+    """Ids of the center's open deliveries past their promised time, whatever the board's filters.
+
+    The late alert compares these with the ones the dispatcher acknowledged, so a delivery that
+    closes while another goes late still raises the alert.
+    """
+    late = Delivery.objects.filter(
+        center__code=center_code, status__in=Delivery.OPEN_STATUSES, order__promised_at__lt=now
+    )
+    return list(late.order_by("order__promised_at").values_list("pk", flat=True)[:LATE_IDS_LIMIT])
 
 
 def centers_overview(*, now: datetime) -> list[dict]:

@@ -91,7 +91,7 @@ def dispatch_board(request, center: str):
             for value, label in Delivery.Status.choices
         ],
         "riders": suggestions.rider_board_rows(center_code=center),
-        "centers": access.access_for(request.user).center_codes(),
+        "centers": selectors.centers_by_code(access.access_for(request.user).center_codes()),
         "config": board_config(center_obj, window),
     }
     return render(request, "deliveries/board.html", context)
@@ -120,8 +120,11 @@ def delivery_drawer(request, center: str, delivery_id: int):
     return render(request, "deliveries/board.html#drawer", {"delivery": delivery, "order": delivery.order})
 
 
+MAX_OFFSET = 1_000_000  # far beyond any day's deliveries; keeps the value inside PostgreSQL's bigint
+
+
 def _int(text, default: int) -> int:
-    return int(text) if text and text.isdigit() else default
+    return min(int(text), MAX_OFFSET) if text and text.isdigit() else default
 
 
 def board_config(center: Center, window) -> dict:

@@ -263,10 +263,6 @@ def test_board_search_finds_order_number(demo, text):
     assert ids(q=text.format(n=wanted.order_id)) == [wanted.pk]
 
 
-@pytest.mark.xfail(
-    reason="BUG: '#123' also matches every phone containing 123 (selectors._search ORs the phone digits in)",
-    strict=True,
-)
 def test_board_search_hash_number_matches_only_that_order(demo):
     """'#<n>' means an order number: a customer whose phone contains those digits is not a match."""
     wanted = take_order(demo)
@@ -415,10 +411,6 @@ def test_board_rows_ignore_bad_offset_and_limit(client, demo):
         assert window_attrs(response.content)["offset"] == "0"
 
 
-@pytest.mark.xfail(
-    reason="BUG: views._int accepts any digit string; an offset beyond bigint reaches PostgreSQL (500)",
-    strict=True,
-)
 def test_board_rows_huge_offset_is_not_a_server_error(client, demo):
     """An absurd offset answers an empty window, not a 500."""
     client.force_login(demo.user("dispatch-gangnam"))
@@ -428,10 +420,6 @@ def test_board_rows_huge_offset_is_not_a_server_error(client, demo):
     assert response.status_code == 200
 
 
-@pytest.mark.xfail(
-    reason="BUG: BoardFilter.from_query keeps a NUL in `q`; PostgreSQL refuses it in ILIKE (500)",
-    strict=True,
-)
 @pytest.mark.parametrize("path", [BOARD, ROWS])
 def test_board_search_with_nul_character_is_not_a_server_error(client, demo, path):
     """A search containing a NUL character (pasted junk) answers normally, not with a 500."""

@@ -23,6 +23,7 @@ const known = new Map(); // delivery id -> highest version seen (events or rows)
 let windowOffset = Number(rowsEl.querySelector(".window")?.dataset.offset || 0);
 let total = Number(rowsEl.querySelector(".window")?.dataset.total || 0);
 let requestSeq = 0;
+let windowStale = false;
 let refreshTimer = null;
 let refreshFirstAsked = 0;
 
@@ -57,10 +58,19 @@ async function loadWindow({ force = false } = {}) {
   params.set("offset", offset);
   params.set("limit", count + 2 * OVERSCAN);
   const seq = ++requestSeq;
-  const response = await fetch(`/dispatch/${config.center}/rows/?${params}`, { credentials: "same-origin" });
-  if (!response.ok || seq !== requestSeq) return; // a newer request supersedes this one
+  let html;
+  try {
+    const response = await fetch(`/dispatch/${config.center}/rows/?${params}`, { credentials: "same-origin" });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    html = await response.text();
+  } catch {
+    windowStale = true; // offline or a server error: reload once the connection is back
+    return;
+  }
+  if (seq !== requestSeq) return; // a newer request supersedes this one
+  windowStale = false;
   const template = document.createElement("template");
-  template.innerHTML = await response.text();
+  template.innerHTML = html;
   applyWindow(template.content.querySelector(".window"));
 }
 
@@ -84,9 +94,11 @@ function applyWindow(fresh) {
   rowsEl.replaceChildren(fresh);
   spacer.style.height = `${Math.max(total, 1) * ROW_H}px`;
   grid.setAttribute("aria-rowcount", total);
-  totalEl.textContent = `${total} deliveries`;
+  totalEl.textContent = `${total} ${total === 1 ? "delivery" : "deliveries"}`;
   updateCounts(JSON.parse(fresh.dataset.counts));
-  tickTimers();
+  // What the page was rendered with is the starting point, including which deliveries were late.
+updateCounts(JSON.parse(rowsEl.querySelector(".window")?.dataset.counts || "{}"));
+tickTimers();
 }
 
 function scheduleRefresh() {
@@ -132,28 +144,29 @@ function applyFilters() {
 
 // ---------------------------------------------------------------- counts and late alerts
 
-let lateSeen = null;
-let lateAcknowledged = 0;
+// The alert follows delivery ids of the whole center (not counts, not the filtered view): a
+// delivery that closes while another goes late, or a widened filter, cannot hide or fake one.
+let lateNow = new Set();
+let lateAcknowledged = null; // ids late when the page opened, or acknowledged since
+let freshShown = 0;
 
 function updateCounts(counts) {
   for (const el of document.querySelectorAll("[data-count]")) {
     const value = counts[el.dataset.count];
     if (value !== undefined) el.textContent = value;
   }
-  if (lateSeen === null) lateAcknowledged = counts.late; // what was late when the page opened is known
-  lateSeen = counts.late;
-  const fresh = lateSeen - lateAcknowledged;
-  if (fresh > 0) {
-    if (lateAlert.hidden || Number(lateAlert.querySelector(".count").textContent) < fresh) beep();
-    lateAlert.querySelector(".count").textContent = fresh;
-    lateAlert.hidden = false;
-  } else {
-    lateAlert.hidden = true;
-  }
+  lateNow = new Set(counts.late_ids || []);
+  if (lateAcknowledged === null) lateAcknowledged = new Set(lateNow);
+  const fresh = [...lateNow].filter((id) => !lateAcknowledged.has(id)).length;
+  if (fresh > freshShown) beep();
+  freshShown = fresh;
+  lateAlert.querySelector(".count").textContent = fresh;
+  lateAlert.hidden = fresh === 0;
 }
 
 lateAlert.addEventListener("click", () => {
-  lateAcknowledged = lateSeen;
+  for (const id of lateNow) lateAcknowledged.add(id);
+  freshShown = 0;
   lateAlert.hidden = true;
 });
 
@@ -179,6 +192,7 @@ function minutes(ms) {
 
 function tickTimers() {
   const now = Date.now();
+  let turnedLate = false;
   const unassignedMs = config.sla.unassigned_minutes * 60000;
   for (const row of rowsEl.querySelectorAll(".row[data-id]")) {
     const status = row.dataset.status;
@@ -190,6 +204,7 @@ function tickTimers() {
     if (open && now > promised) urgency = 3;
     else if ((status === "waiting" || status === "assigned") && now > ready) urgency = 2;
     else if (status === "waiting" && now - created > unassignedMs) urgency = 1;
+    if (urgency === 3 && !row.classList.contains("urgency-3")) turnedLate = true;
     row.classList.remove("urgency-0", "urgency-1", "urgency-2", "urgency-3");
     row.classList.add(`urgency-${urgency}`);
     const cell = row.querySelector("[data-timer]");
@@ -197,8 +212,11 @@ function tickTimers() {
     else if (urgency === 3) cell.textContent = `late ${minutes(now - promised)}`;
     else cell.textContent = `${minutes(now - created)} old · ${minutes(promised - now)} left`;
   }
+  if (turnedLate) scheduleRefresh(); // a delivery went late with no event: update counts and alert
 }
 setInterval(tickTimers, 1000);
+// Deliveries outside the window go late with no event either; a slow refresh keeps counts honest.
+setInterval(() => loadWindow({ force: true }), 30000);
 
 // ---------------------------------------------------------------- riders: state, panel, map
 
@@ -322,12 +340,24 @@ const conflictEl = dialog.querySelector(".conflict");
 let assigning = null;
 
 function openAssign(row) {
-  assigning = { id: row.dataset.id, version: Number(row.dataset.version), rider: Number(row.dataset.rider) || null };
+  assigning = {
+    id: row.dataset.id,
+    version: Number(row.dataset.version),
+    rider: Number(row.dataset.rider) || null,
+    shop: { lat: Number(row.dataset.shopLat), lng: Number(row.dataset.shopLng) },
+  };
   dialog.querySelector(".order-no").textContent = row.querySelector(".c-no").textContent;
   conflictEl.hidden = true;
+  renderCandidates();
+  dialog.showModal();
+  candidatesEl.focus();
+  showSelection(row);
+}
+
+function renderCandidates() {
   const ranked = rankRiders([...riders.values()], {
-    lat: Number(row.dataset.shopLat),
-    lng: Number(row.dataset.shopLng),
+    lat: assigning.shop.lat,
+    lng: assigning.shop.lng,
     now: Date.now(),
     weights: config.suggest,
   }).filter((c) => c.rider.id !== assigning.rider);
@@ -345,9 +375,6 @@ function openAssign(row) {
     }),
   );
   if (!ranked.length) candidatesEl.innerHTML = `<li class="empty">No rider on duty.</li>`;
-  dialog.showModal();
-  candidatesEl.focus();
-  showSelection(row);
 }
 
 function moveSelection(step) {
@@ -369,9 +396,21 @@ async function assignSelected(option) {
     dialog.close();
     scheduleRefresh();
   } else {
-    conflictEl.textContent = refusalText(result);
+    // Show what changed and who changed it; a second Enter is a new, informed decision.
+    let text = refusalText(result);
+    const current = result.data.current;
+    if (current) {
+      Object.assign(assigning, { version: current.version, rider: current.rider });
+      text += current.rider_name ? ` Now assigned to ${current.rider_name}.` : ` Now ${current.status}.`;
+      if (current.status === "waiting" || current.status === "assigned") {
+        text += " Choose a rider again to reassign.";
+        renderCandidates();
+      } else {
+        candidatesEl.replaceChildren();
+      }
+    }
+    conflictEl.textContent = text;
     conflictEl.hidden = false;
-    if (result.data.current) assigning.version = result.data.current.version; // the dispatcher saw what changed
     scheduleRefresh();
   }
 }
@@ -387,13 +426,19 @@ candidatesEl.addEventListener("click", (event) => assignSelected(event.target.cl
 
 // ---------------------------------------------------------------- detail drawer
 
-async function openDrawer(id) {
-  const response = await fetch(`/dispatch/${config.center}/deliveries/${id}/`, { credentials: "same-origin" });
-  if (!response.ok) return;
-  drawer.innerHTML = await response.text();
+async function openDrawer(id, { keepFocus = false } = {}) {
+  let html;
+  try {
+    const response = await fetch(`/dispatch/${config.center}/deliveries/${id}/`, { credentials: "same-origin" });
+    if (!response.ok) return;
+    html = await response.text();
+  } catch {
+    return; // offline: the drawer keeps what it shows
+  }
+  drawer.innerHTML = html;
   drawer.hidden = false;
   drawer.dataset.id = id;
-  drawer.querySelector("button")?.focus();
+  if (!keepFocus) drawer.querySelector("button")?.focus();
 }
 
 drawer.addEventListener("click", async (event) => {
@@ -456,6 +501,8 @@ const rt = new RealtimeClient({ url: "/ws/v1/", apiBase: "/api/v1" });
 window.__board = { rt, riders, loadWindow, scheduleRefresh };
 showConnectionState(rt, document.getElementById("conn-state"));
 
+let drawerTimer = null;
+
 function onDeliveryEvent(frame) {
   const data = frame.data;
   const id = String(data.id);
@@ -463,7 +510,18 @@ function onDeliveryEvent(frame) {
   const row = document.getElementById(`delivery-${id}`);
   if (row && Number(row.dataset.version) < data.version) row.classList.add("stale");
   scheduleRefresh(); // counts, order and membership of the window may all change
+  if (!drawer.hidden && drawer.dataset.id === id) {
+    clearTimeout(drawerTimer);
+    drawerTimer = setTimeout(() => openDrawer(id, { keepFocus: true }), REFRESH_DELAY);
+  }
 }
+
+rt.addEventListener("state", (event) => {
+  // Whatever failed to load while the connection was down is loaded again once it is back.
+  if (windowStale && (event.detail.state === "live" || event.detail.state === "resynced")) {
+    loadWindow({ force: true });
+  }
+});
 
 rt.subscribe(config.stream.name, {
   since: config.stream.head,
@@ -508,4 +566,6 @@ rt.subscribe(`positions:${config.center}`, {
   },
 });
 
+// What the page was rendered with is the starting point, including which deliveries were late.
+updateCounts(JSON.parse(rowsEl.querySelector(".window")?.dataset.counts || "{}"));
 tickTimers();

@@ -329,7 +329,7 @@ def test_board_status_filter_and_search_live_in_url_and_survive_reload(browse, d
     expect(rows).to_have_count(1)
     expect(row(page, assigned)).to_be_visible()
     expect(page.locator("[data-count=waiting]")).to_have_text("2")  # chip counts ignore the status filter
-    expect(page.locator("#total")).to_have_text("1 deliveries")
+    expect(page.locator("#total")).to_have_text("1 delivery")
     page.reload()
     live(page)
     expect(page.locator("input[name=status][value=assigned]")).to_be_checked()
@@ -385,10 +385,6 @@ def test_board_highlights_late_delivery_and_alert_is_acknowledged(browse, demo_t
     expect(badge).to_be_hidden()
 
 
-@pytest.mark.xfail(
-    reason="BUG: board.js takes the late baseline at the first window refresh, not at page load",
-    strict=True,
-)
 def test_board_alerts_delivery_late_since_page_load(browse, demo_tx):
     """A delivery that turns late after the page opened raises the badge on the very first refresh."""
     delivery = take_order(demo_tx)
@@ -402,10 +398,6 @@ def test_board_alerts_delivery_late_since_page_load(browse, demo_tx):
     expect(page.locator("#late-alert")).to_be_visible(timeout=2000)
 
 
-@pytest.mark.xfail(
-    reason="BUG: board.js counts acknowledged late deliveries, so one closing hides the next that turns late",
-    strict=True,
-)
 def test_board_alerts_new_late_delivery_after_another_late_one_closed(browse, demo_tx):
     """When a known late delivery is delivered and another turns late, the badge still rises."""
     rider = rider_on_duty(demo_tx, 1)
@@ -427,10 +419,6 @@ def test_board_alerts_new_late_delivery_after_another_late_one_closed(browse, de
     expect(page.locator("#late-alert")).to_be_visible(timeout=2000)
 
 
-@pytest.mark.xfail(
-    reason="BUG: board.js compares late counts across filters, so widening a search alarms about old late ones",
-    strict=True,
-)
 def test_board_clearing_search_raises_no_late_alarm(browse, demo_tx):
     """Widening the filters shows more late deliveries but none is 'newly late': no badge, no beep."""
     late = take_order(demo_tx, address="Yeoksam-ro 7, Seoul")
@@ -447,10 +435,6 @@ def test_board_clearing_search_raises_no_late_alarm(browse, demo_tx):
     expect(page.locator("#late-alert")).to_be_hidden(timeout=2000)
 
 
-@pytest.mark.xfail(
-    reason="BUG: board.js refreshes counts and the late badge only when an event or a scroll reloads the window",
-    strict=True,
-)
 def test_board_alerts_delivery_turning_late_without_any_event(browse, demo_tx):
     """A promise that passes while nothing else happens still counts as late and raises the badge."""
     delivery = take_order(demo_tx, promised_at=timezone.now() + timedelta(seconds=8))
@@ -465,7 +449,6 @@ def test_board_alerts_delivery_turning_late_without_any_event(browse, demo_tx):
     expect(page.locator("#late-alert")).to_be_visible(timeout=1000)
 
 
-@pytest.mark.xfail(reason="BUG: board.js never re-reads an open drawer when its delivery changes", strict=True)
 def test_board_open_drawer_follows_live_changes(browse, demo_tx):
     """The details drawer of a delivery another dispatcher assigns shows the new rider and version."""
     rider = rider_on_duty(demo_tx, 1)
@@ -539,11 +522,6 @@ def test_board_recovers_after_network_loss(browse, demo_tx):
     expect(page.locator("[data-count=waiting]")).to_have_text("3")
 
 
-@pytest.mark.xfail(
-    reason="BUG: board.js loadWindow has no error handling: a window fetch that fails offline is an unhandled "
-    "rejection and is never retried, so the rows scrolled to stay blank after the reconnect",
-    strict=True,
-)
 def test_board_loads_rows_scrolled_to_while_offline_once_back(browse, demo_tx):
     """Rows scrolled to while offline are loaded once the connection is back, without script errors."""
     with transaction.atomic():
