@@ -417,7 +417,7 @@ def product_processes(port: str) -> dict[str, list[str]]:
     celery = f"{py} -m celery -A bros"
     commands = {
         "web": f"{py} -m uvicorn bros.asgi:application --host 127.0.0.1 "
-        f"--port {shlex.quote(port)} --ws websockets-sansio --lifespan off",
+        f"--port {shlex.quote(port)} --ws realtime.uvicorn_protocol:WebSocketProtocol --lifespan on",
         "worker": f"{celery} worker --loglevel INFO --concurrency 2",
         "beat": f"{celery} beat --loglevel INFO --schedule {shlex.quote(BEAT_SCHEDULE)}",
         "sim": f"{py} manage.py simulate",

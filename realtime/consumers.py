@@ -160,6 +160,8 @@ class ProtocolConsumer(AsyncConsumer):
         self.hub: Hub | None = None
         self.sender: FrameSender | None = None
         self.last_seen = time.monotonic()
+        self.unanswered_ping_since: float | None = None
+        self.unread_after_ping = 0
         self._publish_allowance = float(settings.REALTIME_PUBLISH_BURST)
         self._publish_checked = time.monotonic()
         self._stop = asyncio.Event()
@@ -173,8 +175,9 @@ class ProtocolConsumer(AsyncConsumer):
                 task.cancel()
             await asyncio.gather(receiving, stopping, return_exceptions=True)
             await self._cleanup()
-        # Returning ends the ASGI connection: the server closes the transport even if the
-        # client stopped reading and a polite close frame could not be written.
+        # Returning ends the ASGI connection. If the client stopped reading, the close frame could
+        # not be written and the transport still holds unsent frames: realtime.uvicorn_protocol
+        # aborts it (plain uvicorn would wait for it to drain forever).
 
     # -- connection lifecycle ----------------------------------------------------------------
 
@@ -243,8 +246,16 @@ class ProtocolConsumer(AsyncConsumer):
     # -- what the hub calls ----------------------------------------------------------------------
 
     def deliver(self, frame: str) -> None:
-        if self._close_code is None:
-            self.sender.put(frame)
+        if self._close_code is not None:
+            return
+        if self.unanswered_ping_since is not None:
+            # Frames after a ping the client has not answered are unread as far as we know; past
+            # the queue bound the client is too slow even if the server's send never pushes back.
+            self.unread_after_ping += 1
+            if self.unread_after_ping > settings.REALTIME_QUEUE_LIMIT:
+                self.overflow("too slow")
+                return
+        self.sender.put(frame)
 
     async def wait_for_room(self) -> None:
         try:
@@ -258,12 +269,22 @@ class ProtocolConsumer(AsyncConsumer):
         self.close_soon(CLOSE_TOO_SLOW)
 
     def tick(self, now: float, heads: dict[str, int] | None) -> None:
-        """Drop a client silent past the idle timeout; send `ping` with heads when asked."""
-        if now - self.last_seen > settings.REALTIME_IDLE_TIMEOUT:
+        """Drop a silent client (4002) or one that no longer reads (4001); send `ping` with heads when asked.
+
+        A `ping` is queued behind every frame sent before it, so a client that has not answered
+        one within the idle timeout has not read that far. This catches laggards also on servers
+        whose `send` never pushes back (daphne buffers without limit).
+        """
+        timeout = settings.REALTIME_IDLE_TIMEOUT
+        if now - self.last_seen > timeout:
             self.close_soon(CLOSE_IDLE)
+        elif self.unanswered_ping_since is not None and now - self.unanswered_ping_since > timeout:
+            self.overflow("too slow: ping not answered")
         elif heads is not None:
             mine = {stream: heads.get(stream, 0) for stream in self.streams if parse_stream(stream).logged}
             self.deliver(frames.dumps({"type": "ping", "heads": mine}))
+            if self.unanswered_ping_since is None:
+                self.unanswered_ping_since, self.unread_after_ping = now, 0
 
     # -- client frames -------------------------------------------------------------------------
 
@@ -383,7 +404,7 @@ class ProtocolConsumer(AsyncConsumer):
         self.deliver(frames.dumps({"type": "pong", "id": frame_id}))
 
     async def _pong(self, frame: dict, frame_id) -> None:
-        pass  # receiving it already counted as a sign of life
+        self.unanswered_ping_since = None  # it read everything sent before the ping
 
     _handlers = {
         "subscribe": _subscribe,

@@ -377,12 +377,8 @@ class Hub:
         while feed.last_seq < upto:
             history = await read(feed.name, since=feed.last_seq, epoch=feed.epoch, limit=REPLAY_CHUNK)
             if history.reset:
-                self.stats.resets += 1
                 logger.error("history of %s cannot fill %s..%s: resetting subscribers", feed.name, feed.last_seq, upto)
-                feed.epoch, feed.last_seq = history.epoch, history.head
-                feed.deliver(
-                    0, frames.reset(stream=feed.name, epoch=history.epoch, head=history.head, reason="history_expired")
-                )
+                self._reset(feed, epoch=history.epoch, head=history.head)
                 return
             if not history.events:
                 return
@@ -392,16 +388,32 @@ class Hub:
                 self.stats.events_filled += 1
 
     async def check_heads(self) -> None:
-        """Fill every logged feed up to its database head (lost last events, Redis outages)."""
+        """Fill every logged feed up to its database head (lost last events, Redis outages).
+
+        A stream whose epoch changed (its history was reset, e.g. a restored database) gets a
+        `reset` frame: its new seqs would otherwise look like duplicates of the old ones.
+        """
         names = [name for name, feed in self.feeds.items() if feed.logged and feed.primed]
         if not names:
             return
-        heads = await _db_read(outbox.stream_heads, thread_sensitive=False)(names)
-        for name, head in heads.items():
+        positions = await _db_read(outbox.stream_positions, thread_sensitive=False)(names)
+        for name, (epoch, head) in positions.items():
             feed = self.feeds.get(name)
-            if feed is not None and feed.primed and head > feed.last_seq:
+            if feed is None or not feed.primed:
+                continue
+            if epoch != feed.epoch:
+                logger.warning("history of %s was reset (epoch %s → %s)", name, feed.epoch, epoch)
+                async with feed.lock:
+                    self._reset(feed, epoch=epoch, head=head)
+            elif head > feed.last_seq:
                 async with feed.lock:
                     await self._fill(feed, upto=head)
+
+    def _reset(self, feed: Feed, *, epoch: str, head: int) -> None:
+        """Tell every subscriber the stream's history was reset; continue from its new head."""
+        self.stats.resets += 1
+        feed.epoch, feed.last_seq = epoch, head
+        feed.deliver(0, frames.reset(stream=feed.name, epoch=epoch, head=head, reason="history_reset"))
 
     async def heads_of(self, names: list[str]) -> dict[str, int]:
         return await _db_read(outbox.stream_heads, thread_sensitive=False)(names)

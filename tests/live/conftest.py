@@ -136,7 +136,7 @@ def _command(kind: str, port: int) -> list[str]:
             "uvicorn",
             "bros.asgi:application",
             "--ws",
-            "websockets-sansio",
+            "realtime.uvicorn_protocol:WebSocketProtocol",
             "--host",
             "127.0.0.1",
             "--port",

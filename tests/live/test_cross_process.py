@@ -270,16 +270,7 @@ async def _slow_client_setup(live_servers, session_cookie, kind="uvicorn"):
     "kind",
     [
         "uvicorn",
-        pytest.param(
-            "daphne",
-            marks=pytest.mark.xfail(
-                reason="BUG: on daphne a client that stops reading is never dropped and the server buffers its "
-                "frames without bound: daphne's ASGI send never waits for the socket, so the FrameSender queue "
-                "(realtime/consumers.py) never fills and 4001 never comes",
-                strict=True,
-                raises=SlowClientNotDropped,
-            ),
-        ),
+        "daphne",
     ],
 )
 async def test_slow_client_is_dropped_while_a_normal_client_gets_every_event(
@@ -334,13 +325,6 @@ async def test_slow_client_is_dropped_while_a_normal_client_gets_every_event(
         slow.close()
 
 
-@pytest.mark.xfail(
-    reason="BUG: a client that stopped reading keeps its TCP connection (and megabytes of buffers) on the "
-    "server forever: realtime/consumers.py _close() cannot send the 4001 close frame and returns, and "
-    "uvicorn's transport.close() waits for the unsendable buffer to drain instead of aborting",
-    strict=True,
-    raises=ConnectionNotReleased,
-)
 async def test_slow_client_tcp_connection_is_released_while_it_still_reads_nothing(
     live_servers, demo_tx, session_cookie
 ):
@@ -375,12 +359,6 @@ def reset_history(stream: str) -> None:
         Stream.objects.filter(name=stream).delete()
 
 
-@pytest.mark.xfail(
-    reason="BUG: realtime/hub.py never compares epochs on a live feed: after a history reset the new "
-    "epoch's events (seq 1, 2, …) are dropped as duplicates of the old epoch's seqs and no `reset` is sent",
-    strict=True,
-    raises=NoResetFrame,
-)
 async def test_history_reset_while_connected_is_announced_with_reset(live_servers, demo_tx, session_cookie, ws_clients):
     """A live subscriber whose stream history is reset gets `reset` with the new epoch instead of silence."""
     (server,) = await asyncio.to_thread(live_servers, 1)

@@ -1,5 +1,5 @@
 """Protocol basics (protocol §3) over real sockets on both supported ASGI servers: uvicorn, the
-default (`--ws websockets-sansio`), and daphne."""
+default (`--ws realtime.uvicorn_protocol:WebSocketProtocol`), and daphne."""
 
 from __future__ import annotations
 
