@@ -438,7 +438,12 @@ def _start_heartbeat(hub: Hub) -> None:
 @on_hub_start
 def _start_presence(hub: Hub) -> None:
     """Register this process in presence and keep it alive (its connections vanish ≤45 s after a crash)."""
-    hub.presence = Presence(hub.redis, process_id=PROCESS_ID)
+    hub.presence = Presence(
+        hub.redis,
+        process_id=PROCESS_ID,
+        ttl=settings.REALTIME_PRESENCE_TTL,
+        heartbeat_interval=settings.REALTIME_PRESENCE_HEARTBEAT,
+    )
 
     async def start():
         try:

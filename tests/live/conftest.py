@@ -53,6 +53,8 @@ SERVER_ENV = {
     "REALTIME_HEADS_INTERVAL": "0.5",
     "REALTIME_PING_INTERVAL": "1",
     "REALTIME_IDLE_TIMEOUT": "3",
+    "REALTIME_PRESENCE_TTL": "4",  # the SIGKILL test waits for a dead process to expire
+    "REALTIME_PRESENCE_HEARTBEAT": "1",
     "DB_POOL": "0",
     "PYTHONUNBUFFERED": "1",
     "LOG_LEVEL": "INFO",
