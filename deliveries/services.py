@@ -95,11 +95,14 @@ def _check_version(entity, expected_version: int | None, *, delivery) -> None:
 
 
 def _lock_delivery(delivery_id: int) -> Delivery:
-    return (
+    delivery = (
         Delivery.objects.select_for_update(of=("self",), no_key=True)
         .select_related("order", "center", "shop", "rider")
         .get(pk=delivery_id)
     )
+    # The order's center and shop are the delivery's: reuse them instead of loading them again.
+    delivery.order.center, delivery.order.shop = delivery.center, delivery.shop
+    return delivery
 
 
 def _lock_riders(*rider_ids: int | None) -> dict[int, Rider]:
