@@ -309,6 +309,17 @@ def clean_redis() -> None:
     r.close()
 
 
+def code_fingerprint() -> dict:
+    """What BROS code a server started with: the tree changes while others work in it."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for path in sorted([*(REPO / "realtime").glob("*.py"), REPO / "bros" / "asgi.py", REPO / "bros" / "settings.py"]):
+        digest.update(path.name.encode() + path.read_bytes())
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=str(REPO), capture_output=True, text=True)
+    return {"git": head.stdout.strip(), "realtime_sha1": digest.hexdigest()[:12]}
+
+
 def machine_facts() -> dict:
     def version(argv):
         try:
@@ -819,7 +830,9 @@ class Runner:
         try:
             if variant == "textbook-uvicorn":
                 clean_redis()
-            server = await start_server(variant, self.next_port(), self.logdir, extra_env or {})
+            env = {**(self.args.bros_env if variant.startswith("bros-") else {}), **(extra_env or {})}
+            code = code_fingerprint()
+            server = await start_server(variant, self.next_port(), self.logdir, env)
             publisher = await start_publisher(server.kind, self.logdir, variant)
             names = room_names(server.kind, rooms)
             per_room = max(1, n // rooms)
@@ -872,6 +885,7 @@ class Runner:
                 "p99_ms": _ms(percentile(times, 99)),
                 "cpu_pct": connect_cpu,
                 "background_cpu_pct": background,
+                "code": code,
             }
             sess = Session(variant, server, publisher, workers, names, room_of, connect=connect)
             if slow_index is not None:  # connected later by the scenario, reading paused at once
@@ -971,7 +985,7 @@ class Runner:
         rows = []
         modes = a.burst_modes if s.server.kind == "bros" else [None]
         for mode in modes:
-            r = await s.step(rate=0, count=a.burst_events, mode=mode, drain_max=30.0, stall=5.0)
+            r = await s.step(rate=0, count=a.burst_events, mode=mode, drain_max=90.0, stall=10.0)
             self.log_step(variant, f"burst {mode or ''}", r)
             row = {
                 "scenario": "burst",
@@ -1137,22 +1151,37 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(out)
 
 
+def us_per_delivery(step: dict) -> float | None:
+    """Server CPU time per delivered message (µs): robust to other load on the machine."""
+    cpu = (step.get("cpu_pct") or {}).get("server")
+    if not cpu or not step.get("delivered_per_s"):
+        return None
+    return cpu / 100 / step["delivered_per_s"] * 1e6
+
+
+def median(values: list[float]) -> float | None:
+    values = sorted(v for v in values if v is not None)
+    return values[len(values) // 2] if values else None
+
+
 def report(rows: list[dict]) -> str:
     parts = []
     tp = [r for r in rows if r["scenario"] == "throughput"]
     for n in sorted({r["n"] for r in tp}):
         sel = [r for r in tp if r["n"] == n]
         sio = next((r for r in sel if r["variant"] == "socketio"), None)
+        sio_us = median([us_per_delivery(x) for x in sio["steps"]]) if sio else None
         body = []
         for r in sel:
             b = r["sustained_step"] or {}
             ratio = (r["sustained_per_s"] / sio["sustained_per_s"]) if sio and sio["sustained_per_s"] else None
             ratio_max = (r["max_per_s"] / sio["max_per_s"]) if sio and sio["max_per_s"] else None
+            us = median([us_per_delivery(x) for x in r["steps"]])
+            other = median([(x.get("cpu_pct") or {}).get("other") for x in r["steps"]])
             body.append(
                 [
                     LABELS[r["variant"]],
-                    r["connect"]["connected"],
-                    f"{r['connect']['wall_s']} s",
+                    f"{r['connect']['connected']} in {r['connect']['wall_s']} s",
                     f"{r['sustained_per_s']:.0f}",
                     fmt(r["sustained_rate"], ".1f"),
                     fmt(ratio, ".2f"),
@@ -1160,12 +1189,12 @@ def report(rows: list[dict]) -> str:
                     fmt(ratio_max, ".2f"),
                     b.get("last_client_p50_ms"),
                     b.get("last_client_p99_ms"),
-                    b.get("msg_p99_ms"),
-                    (b.get("cpu_pct") or {}).get("server"),
-                    (b.get("cpu_pct") or {}).get("clients"),
-                    b.get("server_rss_mb"),
-                    sum(s["lost"] for s in r["steps"]),
+                    fmt(us, ".1f"),
+                    fmt(sio_us / us if sio_us and us else None, ".2f"),
+                    b.get("server_rss_mb") or (r["steps"][-1]["server_rss_mb"] if r["steps"] else None),
+                    sum(x["lost"] for x in r["steps"]),
                     len(r["steps"]),
+                    fmt(other, ".0f"),
                 ]
             )
         parts.append(
@@ -1173,8 +1202,7 @@ def report(rows: list[dict]) -> str:
             + table(
                 [
                     "variant",
-                    "conn",
-                    "connect",
+                    "connected",
                     "sustained deliv/s",
                     "at events/s",
                     "x socket.io",
@@ -1182,12 +1210,12 @@ def report(rows: list[dict]) -> str:
                     "max x sio",
                     "last-client p50 ms",
                     "p99 ms",
-                    "msg p99 ms",
-                    "srv CPU %",
-                    "clients CPU %",
+                    "srv CPU us/deliv",
+                    "CPU efficiency x sio",
                     "srv RSS MB",
                     "lost (all steps)",
                     "steps",
+                    "other load % (median)",
                 ],
                 body,
             )
@@ -1213,6 +1241,7 @@ def report(rows: list[dict]) -> str:
                 r["last_client_p99_ms"],
                 r["last_client_max_ms"],
                 r["cpu_pct"]["server"],
+                r["cpu_pct"].get("other"),
                 "yes" if r["lost"] == 0 and r["extra"] == 0 else "NO",
             ]
             for r in sel
@@ -1236,6 +1265,7 @@ def report(rows: list[dict]) -> str:
                     "p99 ms",
                     "max ms",
                     "srv CPU %",
+                    "other load %",
                     "zero loss",
                 ],
                 body,
@@ -1295,7 +1325,7 @@ def parse_args(argv=None):
     p.add_argument("--burst-variants", default="all", help="variants for 'burst' (of --variants; 'all')")
     p.add_argument(
         "--rooms-variants",
-        default="bros-uvicorn,bros-uvicorn-2p,textbook-uvicorn,socketio",
+        default="bros-uvicorn,textbook-uvicorn,socketio",
         help="variants for 'rooms' (of --variants; 'all')",
     )
     p.add_argument(
@@ -1312,6 +1342,13 @@ def parse_args(argv=None):
         help="handshakes in flight per client process (redis-py's async pools stop at 100 connections)",
     )
     p.add_argument("--bros-publish", choices=["outbox", "batch"], default="outbox")
+    p.add_argument(
+        "--bros-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the BROS servers (e.g. REALTIME_HEADS_INTERVAL=3600); repeatable",
+    )
     p.add_argument("--burst-modes", default="outbox,batch", help="BROS publish modes for the burst")
     p.add_argument("--step-seconds", type=float, default=4.0)
     p.add_argument("--min-events", type=int, default=8)
@@ -1341,12 +1378,12 @@ def parse_args(argv=None):
     p.add_argument("--rooms-rate", type=float, default=500)
     p.add_argument("--rooms-seconds", type=float, default=20)
     p.add_argument("--slow-clients", type=int, default=1000)
-    p.add_argument("--slow-rate", type=float, default=25)
-    p.add_argument("--slow-seconds", type=float, default=20)
+    p.add_argument("--slow-rate", type=float, default=10)
+    p.add_argument("--slow-seconds", type=float, default=30)
     p.add_argument("--slow-baseline-seconds", type=float, default=6)
     p.add_argument("--slow-pad", type=int, default=1900, help="text bytes per event in the slow scenario")
     p.add_argument(
-        "--slow-queue-limit", type=int, default=200, help="REALTIME_QUEUE_LIMIT for BROS in 'slow' (0: the default)"
+        "--slow-queue-limit", type=int, default=100, help="REALTIME_QUEUE_LIMIT for BROS in 'slow' (0: the default)"
     )
     p.add_argument("--profile-n", type=int, default=5000, help="profile: connections")
     p.add_argument("--profile-rate", type=float, default=8, help="profile: events/s")
@@ -1355,6 +1392,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="small sizes to check the harness")
     p.add_argument("--skip-setup", action="store_true")
     p.add_argument("--out", default=None)
+    p.add_argument("--report", metavar="JSONL", help="only print the tables of an earlier results file")
     args = p.parse_args(argv)
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     args.variants = [v for v in args.variants.split(",") if v]
@@ -1367,6 +1405,7 @@ def parse_args(argv=None):
         setattr(args, name, [v for v in args.variants if v in chosen or getattr(args, name) == "all"])
     args.start_rate = {int(k): float(v) for k, v in (x.split(":") for x in args.start_rate.split(",") if x)}
     args.burst_modes = [m for m in args.burst_modes.split(",") if m]
+    args.bros_env = dict(item.split("=", 1) for item in args.bros_env)
     if args.quick:
         args.sizes = [100, 300] if args.sizes == [1000, 5000] else args.sizes
         args.start_rate = {100: 20, 300: 10}
@@ -1379,7 +1418,7 @@ def parse_args(argv=None):
 async def main_async(args) -> int:
     runner = Runner(args)
     facts = machine_facts()
-    runner.record({"scenario": "meta", "argv": sys.argv[1:], "facts": facts})
+    runner.record({"scenario": "meta", "argv": sys.argv[1:], "facts": facts, "bros_env": args.bros_env})
     log(f"machine: {facts}")
     log(f"results: {runner.out_path}; server logs: {runner.logdir}")
     started = time.monotonic()
@@ -1427,6 +1466,10 @@ async def run_guarded(runner: Runner, scenario: str, variant: str, coro) -> None
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.report:
+        rows = [json.loads(line) for line in Path(args.report).read_text().splitlines() if line.strip()]
+        print(report([r for r in rows if r.get("scenario") in ("throughput", "burst", "rooms", "slow")]))
+        return 0
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = max(soft, min(hard, 65536))
     if soft < want:
