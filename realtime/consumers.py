@@ -202,7 +202,10 @@ class ProtocolConsumer(AsyncConsumer):
         self.access = await database_sync_to_async(access_for)(user)
         await self.base_send({"type": "websocket.accept"})
         self.hub = get_hub()
-        self.sender = FrameSender(self.base_send, limit=settings.REALTIME_QUEUE_LIMIT, on_overflow=self.overflow)
+        # Frames go straight to the server's send (bros.asgi.with_server_send); accept and close
+        # keep going through the middleware stack.
+        frame_send = self.scope.get("server_send", self.base_send)
+        self.sender = FrameSender(frame_send, limit=settings.REALTIME_QUEUE_LIMIT, on_overflow=self.overflow)
         self.hub.connections.add(self)
         await self._presence(
             "connect", self.conn_id, user_id=user.pk, username=user.get_username(), role=self.access.role

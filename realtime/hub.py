@@ -36,6 +36,7 @@ from realtime.streams import StreamName
 logger = logging.getLogger(__name__)
 
 REPLAY_CHUNK = 500
+FILL_YIELD_EVERY = 20
 JOIN_BUFFER_LIMIT = 10_000
 SUBSCRIBE_TIMEOUT = 5.0
 
@@ -129,7 +130,10 @@ class Hub:
 
     def start(self) -> None:
         """Connect to Redis and start the reader and the heads check (synchronous: no await, no race)."""
-        self._redis = aioredis.Redis.from_url(self.redis_url)
+        # A blocking pool: a thousand sockets connecting or dropping at once wait for a connection
+        # for their presence writes instead of failing with MaxConnectionsError.
+        pool = aioredis.BlockingConnectionPool.from_url(self.redis_url, max_connections=64, timeout=10)
+        self._redis = aioredis.Redis(connection_pool=pool)
         self._pubsub = self._redis.pubsub()
         self.spawn(self._read_bus(), name="hub-reader")
         self.every(self.heads_interval, self.check_heads, name="hub-heads")
@@ -382,10 +386,12 @@ class Hub:
                 return
             if not history.events:
                 return
-            for event in history.events:
+            for n, event in enumerate(history.events, 1):
                 feed.last_seq = event.seq
                 feed.deliver(event.seq, outbox.encode_frame(event))
                 self.stats.events_filled += 1
+                if n % FILL_YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # a long fill to thousands of sockets must not starve the loop
 
     async def check_heads(self) -> None:
         """Fill every logged feed up to its database head (lost last events, Redis outages).
