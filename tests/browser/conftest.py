@@ -80,7 +80,14 @@ def live_server_url(django_db_setup, _isolated_redis_prefix, tmp_path_factory):
     log = tmp_path_factory.mktemp("live-server") / "uvicorn.log"
     with log.open("w") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "bros.asgi:application", "--ws", "realtime.uvicorn_protocol:WebSocketProtocol"]
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bros.asgi:application",
+                "--ws",
+                "realtime.uvicorn_protocol:WebSocketProtocol",
+            ]
             + ["--host", "127.0.0.1", "--port", str(port), "--lifespan", "on", "--no-access-log"],
             cwd=ROOT,
             env=env,
