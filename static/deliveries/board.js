@@ -22,7 +22,6 @@ const lateAlert = document.getElementById("late-alert");
 const known = new Map(); // delivery id -> highest version seen (events or rows)
 let windowOffset = Number(rowsEl.querySelector(".window")?.dataset.offset || 0);
 let total = Number(rowsEl.querySelector(".window")?.dataset.total || 0);
-let requestSeq = 0;
 let windowStale = false;
 let refreshTimer = null;
 let refreshFirstAsked = 0;
@@ -50,28 +49,38 @@ function windowCovers(first, count) {
   return first >= windowOffset && first + count <= windowOffset + rows || (windowOffset === 0 && rows >= total);
 }
 
+// One rows request at a time: asks that come meanwhile become one follow-up, and every response is
+// applied, so a slow server delays the window but can never starve it of updates.
+let loading = false;
+let loadAgain = false;
+
 async function loadWindow({ force = false } = {}) {
   const { first, count } = visibleRange();
   if (!force && windowCovers(first, count)) return;
-  const offset = Math.max(0, first - OVERSCAN);
+  if (loading) {
+    loadAgain = true;
+    return;
+  }
+  loading = true;
   const params = filterQuery();
-  params.set("offset", offset);
+  params.set("offset", Math.max(0, first - OVERSCAN));
   params.set("limit", count + 2 * OVERSCAN);
-  const seq = ++requestSeq;
-  let html;
   try {
     const response = await fetch(`/dispatch/${config.center}/rows/?${params}`, { credentials: "same-origin" });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    html = await response.text();
+    const template = document.createElement("template");
+    template.innerHTML = await response.text();
+    windowStale = false;
+    applyWindow(template.content.querySelector(".window"));
   } catch {
     windowStale = true; // offline or a server error: reload once the connection is back
-    return;
+  } finally {
+    loading = false;
+    if (loadAgain) {
+      loadAgain = false;
+      loadWindow({ force: true });
+    }
   }
-  if (seq !== requestSeq) return; // a newer request supersedes this one
-  windowStale = false;
-  const template = document.createElement("template");
-  template.innerHTML = html;
-  applyWindow(template.content.querySelector(".window"));
 }
 
 function applyWindow(fresh) {
@@ -96,9 +105,7 @@ function applyWindow(fresh) {
   grid.setAttribute("aria-rowcount", total);
   totalEl.textContent = `${total} ${total === 1 ? "delivery" : "deliveries"}`;
   updateCounts(JSON.parse(fresh.dataset.counts));
-  // What the page was rendered with is the starting point, including which deliveries were late.
-updateCounts(JSON.parse(rowsEl.querySelector(".window")?.dataset.counts || "{}"));
-tickTimers();
+  tickTimers();
 }
 
 function scheduleRefresh() {
@@ -170,9 +177,11 @@ lateAlert.addEventListener("click", () => {
   lateAlert.hidden = true;
 });
 
+let audio = null;
+
 function beep() {
   try {
-    const audio = new AudioContext();
+    audio ??= new AudioContext(); // one context for the page: each one holds audio resources
     const tone = audio.createOscillator();
     tone.frequency.value = 880;
     tone.connect(audio.destination);
@@ -235,29 +244,67 @@ function gpsText(rider, now) {
   return age < 60 ? `GPS ${age} s ago` : `GPS ${Math.round(age / 60)} min ago`;
 }
 
+const riderItems = new Map(); // id -> {li, name, status, meta}: built once, then only updated
+const byName = new Intl.Collator().compare;
+
+function riderItem(rider) {
+  let item = riderItems.get(rider.id);
+  if (!item) {
+    const li = document.createElement("li");
+    li.dataset.rider = rider.id;
+    const [name, status, meta] = ["name", "status", "meta"].map((cls) => {
+      const span = li.appendChild(document.createElement("span"));
+      span.className = cls;
+      return span;
+    });
+    item = { li, name, status, meta };
+    riderItems.set(rider.id, item);
+  }
+  return item;
+}
+
+function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text;
+}
+
 function renderRiders() {
   const now = Date.now();
   const order = { busy: 0, available: 1, offline: 2 };
-  const sorted = [...riders.values()].sort(
-    (a, b) => order[a.status] - order[b.status] || a.name.localeCompare(b.name),
-  );
-  ridersEl.replaceChildren(
-    ...sorted.map((rider) => {
-      const li = document.createElement("li");
-      const stale = rider.status !== "offline" && (!rider.ts || now - rider.ts > config.sla.stale_gps_seconds * 1000);
-      li.className = `${rider.status}${stale ? " stale" : ""}`;
-      li.dataset.rider = rider.id;
-      const load = rider.load ? `${rider.load} active` : "idle";
-      li.innerHTML = `<span class="name"></span><span class="status"></span><span class="meta"></span>`;
-      li.querySelector(".name").textContent = rider.name;
-      li.querySelector(".status").textContent = rider.status === "offline" ? "off duty" : load;
-      li.querySelector(".meta").textContent = rider.status === "offline" ? "" : gpsText(rider, now);
-      return li;
-    }),
-  );
+  const sorted = [...riders.values()].sort((a, b) => order[a.status] - order[b.status] || byName(a.name, b.name));
+  for (const rider of sorted) {
+    const item = riderItem(rider);
+    const stale = rider.status !== "offline" && (!rider.ts || now - rider.ts > config.sla.stale_gps_seconds * 1000);
+    const className = `${rider.status}${stale ? " stale" : ""}`;
+    if (item.li.className !== className) item.li.className = className;
+    setText(item.name, rider.name);
+    setText(item.status, rider.status === "offline" ? "off duty" : rider.load ? `${rider.load} active` : "idle");
+    setText(item.meta, rider.status === "offline" ? "" : gpsText(rider, now));
+  }
+  const current = ridersEl.children;
+  if (current.length !== sorted.length || sorted.some((rider, i) => current[i] !== riderItems.get(rider.id).li)) {
+    ridersEl.replaceChildren(...sorted.map((rider) => riderItems.get(rider.id).li));
+  }
+}
+
+// Rider events and position batches arrive many per second: draw at most once per RIDERS_REDRAW ms.
+const RIDERS_REDRAW = 500;
+const changedRiders = new Set();
+let ridersTimer = null;
+function scheduleRiders(...ids) {
+  for (const id of ids) changedRiders.add(id);
+  if (ridersTimer) return;
+  ridersTimer = setTimeout(() => {
+    ridersTimer = null;
+    renderRiders();
+    drawRiders(changedRiders);
+    changedRiders.clear();
+  }, RIDERS_REDRAW);
 }
 renderRiders();
-setInterval(renderRiders, 5000);
+setInterval(() => {
+  renderRiders(); // GPS ages
+  drawRiders(); // colours of riders gone stale (only changed colours are restyled)
+}, 5000);
 
 let map = null;
 const markers = new Map();
@@ -276,9 +323,9 @@ function markerColor(rider) {
   return rider.status === "busy" ? "#0b6bcb" : "#12b76a";
 }
 
-function drawRiders() {
+function drawRiders(only = null) {
   if (!map) return;
-  for (const rider of riders.values()) {
+  for (const rider of only ? [...only].map((id) => riders.get(id)).filter(Boolean) : riders.values()) {
     if (rider.lat == null || rider.status === "offline") {
       markers.get(rider.id)?.remove();
       markers.delete(rider.id);
@@ -286,12 +333,13 @@ function drawRiders() {
     }
     let marker = markers.get(rider.id);
     if (!marker) {
-      marker = L.circleMarker([rider.lat, rider.lng], { radius: 6, weight: 1 }).bindTooltip(rider.name).addTo(map);
+      marker = L.circleMarker([rider.lat, rider.lng], { radius: 6, weight: 1, color: null }).bindTooltip(rider.name).addTo(map);
       markers.set(rider.id, marker);
     } else {
       marker.setLatLng([rider.lat, rider.lng]);
     }
-    marker.setStyle({ color: markerColor(rider), fillColor: markerColor(rider), fillOpacity: 0.85 });
+    const color = markerColor(rider);
+    if (marker.options.color !== color) marker.setStyle({ color, fillColor: color, fillOpacity: 0.85 });
   }
 }
 
@@ -305,7 +353,7 @@ function showSelection(row) {
     layers.push(L.circleMarker(points[1], { radius: 8, color: "#6941c6", fillOpacity: 0.9 }).bindTooltip("Drop-off"));
   }
   selectionLayer = L.layerGroup(layers).addTo(map);
-  map.fitBounds(points, { maxZoom: 15, padding: [30, 30] });
+  map.fitBounds(points, { maxZoom: 15, padding: [30, 30], animate: false });
 }
 
 (window.requestIdleCallback || setTimeout)(initMap); // the map never delays the list or the dialog
@@ -351,7 +399,7 @@ function openAssign(row) {
   renderCandidates();
   dialog.showModal();
   candidatesEl.focus();
-  showSelection(row);
+  requestAnimationFrame(() => setTimeout(() => showSelection(row), 0)); // the map after the dialog is on screen
 }
 
 function renderCandidates() {
@@ -361,20 +409,36 @@ function renderCandidates() {
     now: Date.now(),
     weights: config.suggest,
   }).filter((c) => c.rider.id !== assigning.rider);
-  candidatesEl.replaceChildren(
-    ...ranked.map((candidate, index) => {
-      const li = document.createElement("li");
-      li.setAttribute("role", "option");
-      li.dataset.rider = candidate.rider.id;
-      li.setAttribute("aria-selected", index === 0 ? "true" : "false");
-      if (candidate.stale) li.classList.add("stale");
-      li.innerHTML = `<span class="name"></span><span class="reason"></span>`;
-      li.querySelector(".name").textContent = candidate.rider.name;
-      li.querySelector(".reason").textContent = candidate.reason;
-      return li;
-    }),
-  );
+  const shown = ranked.slice(0, CANDIDATES_SHOWN);
+  candidatesEl.replaceChildren(...shown.map((candidate, index) => candidateItem(candidate, index === 0)));
   if (!ranked.length) candidatesEl.innerHTML = `<li class="empty">No rider on duty.</li>`;
+  if (ranked.length > shown.length) {
+    const more = document.createElement("li");
+    more.className = "more";
+    more.textContent = `Show all ${ranked.length} riders`;
+    more.addEventListener("click", (event) => {
+      event.stopPropagation();
+      more.replaceWith(...ranked.slice(shown.length).map((candidate) => candidateItem(candidate, false)));
+    });
+    candidatesEl.append(more);
+  }
+}
+
+const CANDIDATES_SHOWN = 30; // the best ones; the rest on demand
+
+function candidateItem(candidate, selected) {
+  const li = document.createElement("li");
+  li.setAttribute("role", "option");
+  li.dataset.rider = candidate.rider.id;
+  li.setAttribute("aria-selected", selected ? "true" : "false");
+  if (candidate.stale) li.classList.add("stale");
+  const name = li.appendChild(document.createElement("span"));
+  name.className = "name";
+  name.textContent = candidate.rider.name;
+  const reason = li.appendChild(document.createElement("span"));
+  reason.className = "reason";
+  reason.textContent = candidate.reason;
+  return li;
 }
 
 function moveSelection(step) {
@@ -542,8 +606,7 @@ rt.subscribe(`riders:${config.center}`, {
   snapshot: false,
   onEvent(frame) {
     applyRider(frame.data);
-    renderRiders();
-    drawRiders();
+    scheduleRiders(frame.data.id);
   },
   onReset(snapshot) {
     for (const data of snapshot.items) applyRider(data);
@@ -555,14 +618,16 @@ rt.subscribe(`riders:${config.center}`, {
 
 rt.subscribe(`positions:${config.center}`, {
   onEvent(frame) {
+    const changed = [];
     for (const fix of frame.data.positions) {
       const rider = riders.get(fix.rider);
       if (!rider) continue;
       const ts = Date.parse(fix.ts);
       if (rider.ts && rider.ts > ts) continue;
       Object.assign(rider, { lat: fix.lat, lng: fix.lng, ts });
+      changed.push(fix.rider);
     }
-    drawRiders(); // one redraw per batch
+    scheduleRiders(...changed);
   },
 });
 
