@@ -1,6 +1,8 @@
-"""Helpers shared by the tests that start real server processes."""
+"""Helpers shared by several test modules."""
 
 from urllib.parse import quote
+
+from django.utils import timezone
 
 
 def database_url(db: dict) -> str:
@@ -16,3 +18,23 @@ def database_url(db: dict) -> str:
     host = f"/{host}" if host.startswith("/") else quote(host, safe="")
     port = f":{db['PORT']}" if db["PORT"] else ""
     return f"postgres://{auth}{'@' if auth else ''}{host}{port}/{quote(db['NAME'], safe='')}"
+
+
+def make_token(name: str = "integration", *, commands=(), streams=(), revoked: bool = False):
+    """Store an API token as the admin does (digest and hint only); return it with its raw secret."""
+    from realtime.models import ApiToken
+
+    raw, digest = ApiToken.generate()
+    token = ApiToken.objects.create(
+        name=name,
+        digest=digest,
+        hint=raw[:12],
+        commands=list(commands),
+        streams=list(streams),
+        revoked_at=timezone.now() if revoked else None,
+    )
+    return token, raw
+
+
+def bearer(raw: str) -> dict:
+    return {"Authorization": f"Bearer {raw}"}

@@ -12,26 +12,14 @@ from deliveries import services
 from deliveries.models import Delivery, Order, TimelineEntry
 from realtime.models import ApiToken, Event, IdempotencyRecord
 from riders.services import set_rider_duty
+from tests import support
+from tests.support import bearer
 
 API = "/api/v1"
 
 
-def make_token(name: str = "shop-pos", *, commands=(), streams=(), revoked: bool = False) -> tuple[ApiToken, str]:
-    """Store a token as the admin does (digest and hint only); return it with its raw secret."""
-    raw, digest = ApiToken.generate()
-    token = ApiToken.objects.create(
-        name=name,
-        digest=digest,
-        hint=raw[:12],
-        commands=list(commands),
-        streams=list(streams),
-        revoked_at=timezone.now() if revoked else None,
-    )
-    return token, raw
-
-
-def bearer(raw: str) -> dict:
-    return {"Authorization": f"Bearer {raw}"}
+def make_token(name: str = "shop-pos", **options) -> tuple[ApiToken, str]:
+    return support.make_token(name, **options)
 
 
 def post_json(client, url: str, body, **headers):

@@ -20,13 +20,14 @@ from deliveries.models import Delivery, Order
 from realtime import outbox
 from realtime.bus import channel_for, get_redis
 from realtime.events import DeliveryData, OrderData, RiderData, delivery_data, order_data, rider_data
-from realtime.models import ApiToken, Event, IdempotencyRecord, Stream
+from realtime.models import Event, IdempotencyRecord, Stream
 from realtime.snapshots import RECENT_EVENTS
 from realtime.streams import parse_stream
 from realtime.tests.wsclient import WsClients, in_thread
 from riders.models import Rider
 from riders.positions import current_positions, record_fix
 from riders.services import set_rider_duty
+from tests.support import bearer, make_token
 
 API = "/api/v1"
 CENTERS = ("gangnam", "mapo", "songpa")
@@ -34,24 +35,6 @@ CENTER_NAMESPACES = ("deliveries", "orders", "riders", "positions", "chat")
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def make_token(name: str = "integration", *, commands=(), streams=(), revoked: bool = False) -> tuple[ApiToken, str]:
-    """Store a token as the admin does (digest and hint only); return it with its raw secret."""
-    raw, digest = ApiToken.generate()
-    token = ApiToken.objects.create(
-        name=name,
-        digest=digest,
-        hint=raw[:12],
-        commands=list(commands),
-        streams=list(streams),
-        revoked_at=timezone.now() if revoked else None,
-    )
-    return token, raw
-
-
-def bearer(raw: str) -> dict:
-    return {"Authorization": f"Bearer {raw}"}
 
 
 def logged_in(demo, username: str) -> Client:
