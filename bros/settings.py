@@ -189,6 +189,8 @@ IDEMPOTENCY_TTL = timedelta(hours=env.int("IDEMPOTENCY_TTL_HOURS", default=48))
 REALTIME_HEADS_INTERVAL = env.float("REALTIME_HEADS_INTERVAL", default=5.0)  # hub self-check vs database heads
 REALTIME_PING_INTERVAL = env.float("REALTIME_PING_INTERVAL", default=20.0)
 REALTIME_IDLE_TIMEOUT = env.float("REALTIME_IDLE_TIMEOUT", default=45.0)
+# A ping unanswered this long means the client no longer reads what we send (closed with 4001).
+REALTIME_PONG_TIMEOUT = env.float("REALTIME_PONG_TIMEOUT", default=REALTIME_IDLE_TIMEOUT)
 # A process that dies leaves presence when its key expires (protocol: within 60 s).
 REALTIME_PRESENCE_TTL = env.float("REALTIME_PRESENCE_TTL", default=45.0)
 REALTIME_PRESENCE_HEARTBEAT = env.float("REALTIME_PRESENCE_HEARTBEAT", default=15.0)

