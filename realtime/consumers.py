@@ -271,7 +271,7 @@ class ProtocolConsumer(AsyncConsumer):
         logger.info("closing %s (%s): %s", self.conn_id, self.user, reason)
         self.close_soon(CLOSE_TOO_SLOW)
 
-    def tick(self, now: float, heads: dict[str, int] | None) -> None:
+    def tick(self, now: float, heads: dict[str, int] | None, logged: frozenset[str] = frozenset()) -> None:
         """Drop a silent client (4002) or one that no longer reads (4001); send `ping` with heads when asked.
 
         A `ping` is queued behind every frame sent before it, so a client that has not answered
@@ -285,7 +285,7 @@ class ProtocolConsumer(AsyncConsumer):
         ):
             self.overflow("too slow: ping not answered")
         elif heads is not None:
-            mine = {stream: heads.get(stream, 0) for stream in self.streams if parse_stream(stream).logged}
+            mine = {stream: heads.get(stream, 0) for stream in self.streams if stream in logged}
             self.deliver(frames.dumps({"type": "ping", "heads": mine}))
             if self.unanswered_ping_since is None:
                 self.unanswered_ping_since, self.unread_after_ping = now, 0
@@ -428,13 +428,14 @@ def _start_heartbeat(hub: Hub) -> None:
 
     async def heartbeat():
         now = time.monotonic()
-        heads = None
+        heads, logged = None, frozenset()
         if now - state["last_ping"] >= settings.REALTIME_PING_INTERVAL:
             state["last_ping"] = now
-            logged = [name for name, feed in hub.feeds.items() if feed.logged]
-            heads = await hub.heads_of(logged) if logged else {}
+            # Once per tick, not per connection: which streams are logged, and their heads.
+            logged = frozenset(name for name, feed in hub.feeds.items() if feed.logged)
+            heads = await hub.heads_of(list(logged)) if logged else {}
         for connection in list(hub.connections):
-            connection.tick(now, heads)
+            connection.tick(now, heads, logged)
 
     hub.every(check_every, heartbeat, name="hub-heartbeat")
 
