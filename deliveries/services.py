@@ -94,21 +94,45 @@ def _check_version(entity, expected_version: int | None, *, delivery) -> None:
         )
 
 
-def _lock_delivery(delivery_id: int) -> Delivery:
-    delivery = (
-        Delivery.objects.select_for_update(of=("self",), no_key=True)
-        .select_related("order", "center", "shop", "rider")
-        .get(pk=delivery_id)
-    )
+def _lock_delivery(delivery_id: int | None = None, *, order_id: int | None = None) -> Delivery:
+    """Lock a delivery (by its id or its order's), then read it with its order, center, shop and rider.
+
+    The lock is taken by a query without joins and the relations are read by the next one: after
+    waiting for a lock PostgreSQL re-checks only the locked row, so rows joined by the locking query
+    may predate the wait (a new `rider_id` beside a missing `rider`). Lock with one query, read with
+    the next, everywhere.
+    """
+    lookup = {"order_id": order_id} if order_id is not None else {"pk": delivery_id}
+    pk = Delivery.objects.select_for_update(no_key=True).values_list("pk", flat=True).get(**lookup)
+    delivery = Delivery.objects.select_related("order", "center", "shop", "rider").get(pk=pk)
     # The order's center and shop are the delivery's: reuse them instead of loading them again.
     delivery.order.center, delivery.order.shop = delivery.center, delivery.shop
+    delivery.order.delivery = delivery
     return delivery
 
 
-def _lock_riders(*rider_ids: int | None) -> dict[int, Rider]:
+def _lock_order(*, order_id: int | None = None, delivery_id: int | None = None) -> None:
+    """Lock an order (before its delivery, as everywhere); `_lock_delivery` then reads it fresh.
+
+    The join to find it by its delivery only matches on `order_id`, which never changes.
+    """
+    lookup = {"pk": order_id} if order_id is not None else {"delivery__pk": delivery_id}
+    Order.objects.select_for_update(of=("self",), no_key=True).values_list("pk", flat=True).get(**lookup)
+
+
+def _lock_riders(*rider_ids: int | None, center) -> dict[int, Rider]:
+    """Lock riders in id order; a locking query returns each row as it is after the wait.
+
+    `center` is the delivery's: riders of that center get it without another query.
+    """
     ids = sorted({pk for pk in rider_ids if pk is not None})
-    riders = Rider.objects.select_for_update(of=("self",), no_key=True).select_related("center").filter(pk__in=ids)
-    return {rider.pk: rider for rider in riders.order_by("pk")}
+    riders = Rider.objects.select_for_update(no_key=True).filter(pk__in=ids).order_by("pk")
+    locked = {}
+    for rider in riders:
+        if rider.center_id == center.pk:
+            rider.center = center
+        locked[rider.pk] = rider
+    return locked
 
 
 def _change_load(rider: Rider, delta: int, *, actor, via: str) -> None:
@@ -262,12 +286,11 @@ def cancel_order(
         raise ValidationError({"reason": "Say why the order is cancelled."})
     if len(reason) > 200:
         raise ValidationError({"reason": "At most 200 characters."})
-    order = Order.objects.select_for_update(of=("self",), no_key=True).select_related("center", "shop").get(pk=order_id)
+    _lock_order(order_id=order_id)
+    delivery = _lock_delivery(order_id=order_id)
+    order = delivery.order
     if actor is not None and not access.can_take_orders(actor, order.center.code):
         raise PermissionDenied("You do not handle orders of this center.")
-    delivery = _lock_delivery(order.delivery.pk)
-    order.delivery = delivery
-    delivery.order = order
     _check_version(order, expected_version, delivery=delivery)
     if not delivery.is_open:
         raise InvalidTransition(
@@ -277,7 +300,7 @@ def cancel_order(
     previous_status, previous_rider = delivery.status, delivery.rider
     events = []
     if previous_rider is not None:
-        rider = _lock_riders(previous_rider.pk)[previous_rider.pk]
+        rider = _lock_riders(previous_rider.pk, center=delivery.center)[previous_rider.pk]
         _change_load(rider, -1, actor=actor, via=via)
         delivery.rider = rider
         events.append(rider_status_event(rider))
@@ -346,7 +369,7 @@ def assign_delivery(
         )
     if delivery.rider_id == rider_id:
         raise InvalidTransition(f"It is already assigned to {delivery.rider.name}.", entity=delivery)
-    riders = _lock_riders(delivery.rider_id, rider_id)
+    riders = _lock_riders(delivery.rider_id, rider_id, center=delivery.center)
     new_rider = riders.get(rider_id)
     if new_rider is None or new_rider.center_id != delivery.center_id:
         raise ValidationError({"rider": "No such rider in this center."})
@@ -407,7 +430,7 @@ def unassign_delivery(
             f"Only an assigned delivery can be unassigned; this one is {delivery.get_status_display().lower()}.",
             entity=delivery,
         )
-    rider = _lock_riders(delivery.rider_id)[delivery.rider_id]
+    rider = _lock_riders(delivery.rider_id, center=delivery.center)[delivery.rider_id]
     _change_load(rider, -1, actor=actor, via=via)
     delivery.rider, delivery.status, delivery.assigned_at = None, Status.WAITING, None
     delivery.version += 1
@@ -479,13 +502,9 @@ def deliver_delivery(
     via: str = "",
 ) -> Delivery:
     """Mark a picked-up delivery delivered and its order done. Locks the order, delivery, rider."""
-    order = (
-        Order.objects.select_for_update(of=("self",), no_key=True)
-        .select_related("center", "shop")
-        .get(delivery__pk=delivery_id)
-    )
+    _lock_order(delivery_id=delivery_id)
     delivery = _lock_delivery(delivery_id)
-    delivery.order = order
+    order = delivery.order
     if actor is not None and not access.can_handle_delivery(
         actor, center_code=delivery.center.code, rider_id=delivery.rider_id
     ):
@@ -496,7 +515,7 @@ def deliver_delivery(
             f"Only a picked-up delivery can be delivered; this one is {delivery.get_status_display().lower()}.",
             entity=delivery,
         )
-    rider = _lock_riders(delivery.rider_id)[delivery.rider_id]
+    rider = _lock_riders(delivery.rider_id, center=delivery.center)[delivery.rider_id]
     _change_load(rider, -1, actor=actor, via=via)
     delivery.rider = rider
     delivery.status, delivery.delivered_at = Status.DELIVERED, timezone.now()

@@ -21,7 +21,9 @@ def set_rider_duty(*, actor, rider_id: int, on_duty: bool, expected_version: int
 
     A rider with active deliveries cannot go off duty: they would be lost to the board.
     """
-    rider = Rider.objects.select_for_update(of=("self",), no_key=True).select_related("center").get(pk=rider_id)
+    # Lock without a join, then read the center: a row joined by the locking query may predate
+    # the wait for the lock (see deliveries.services._lock_delivery).
+    rider = Rider.objects.select_for_update(no_key=True).get(pk=rider_id)
     if actor is not None and not access.can_set_duty(actor, center_code=rider.center.code, rider_id=rider.pk):
         raise PermissionDenied("You cannot change this rider's shift.")
     if expected_version is not None and expected_version != rider.version:
