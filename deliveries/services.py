@@ -9,7 +9,7 @@ versions with `CommandRefused`, bumps `version` and emits its events in the same
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -203,6 +203,27 @@ def _clean_order_input(*, customer_name, customer_phone, address, lat, lng, item
     }
 
 
+def _check_promised_at(promised_at: datetime, *, now: datetime) -> datetime:
+    """Return the promised time in UTC if it lies between now and the longest pre-order, else refuse.
+
+    The bound also keeps every stored time convertible to any local time zone: a year-9999
+    promise once overflowed each page that showed it.
+    """
+    if timezone.is_naive(promised_at):
+        raise ValidationError({"promised_at": "Include a UTC offset, e.g. 2026-11-21T19:30:00+09:00."})
+    latest = now + timedelta(days=settings.ORDER_PROMISE_MAX_DAYS)
+    too_late = f"Promise a time at most {settings.ORDER_PROMISE_MAX_DAYS} days ahead."
+    try:
+        promised_at = promised_at.astimezone(UTC)
+    except OverflowError:  # beyond year 9999 or before year 1 once converted
+        raise ValidationError({"promised_at": too_late}) from None
+    if promised_at < now - timedelta(minutes=1):
+        raise ValidationError({"promised_at": "The promised time is in the past."})
+    if promised_at > latest:
+        raise ValidationError({"promised_at": too_late})
+    return promised_at
+
+
 @transaction.atomic
 def create_order(
     *,
@@ -237,10 +258,8 @@ def create_order(
     now = timezone.now()
     if promised_at is None:
         promised_at = now + timedelta(minutes=settings.SLA_DEFAULT_PROMISE_MINUTES)
-    elif timezone.is_naive(promised_at):
-        raise ValidationError({"promised_at": "Include a UTC offset, e.g. 2026-11-21T19:30:00+09:00."})
-    elif promised_at < now - timedelta(minutes=1):
-        raise ValidationError({"promised_at": "The promised time is in the past."})
+    else:
+        promised_at = _check_promised_at(promised_at, now=now)
     order = Order.objects.create(
         center=shop.center,
         shop=shop,

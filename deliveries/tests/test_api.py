@@ -541,6 +541,35 @@ def test_create_order_with_future_promised_time(demo, client):
     assert Order.objects.get(pk=response.json()["id"]).promised_at == promised
 
 
+@pytest.mark.parametrize(
+    "promised_at",
+    [
+        "9999-12-31T23:59:59Z",
+        "9999-12-31T23:59:59-14:00",  # beyond year 9999 once converted to UTC
+        "0001-01-01T00:00:00+14:00",  # before year 1 once converted to UTC
+        "2099-01-01T00:00:00+09:00",
+    ],
+)
+def test_create_order_promised_too_far_ahead_is_422(demo, promised_at):
+    """A promised time past the longest pre-order, or one UTC cannot hold, is a field error; nothing is created."""
+    client = Client(raise_request_exception=False)
+    client.force_login(demo.user("callcenter"))
+    before = counts()
+    response = post_json(client, f"{API}/orders", order_body(demo.shop(), promised_at=promised_at))
+    assert response.status_code == 422, response.content
+    assert response.json()["detail"][0]["loc"] == ["body", "promised_at"]
+    assert counts() == before
+
+
+def test_create_order_promised_at_the_longest_pre_order_is_kept(demo, client, settings):
+    """A promised time just inside ORDER_PROMISE_MAX_DAYS is accepted."""
+    login(client, demo, "callcenter")
+    promised = timezone.now().replace(microsecond=0) + timedelta(days=settings.ORDER_PROMISE_MAX_DAYS, minutes=-1)
+    response = post_json(client, f"{API}/orders", order_body(demo.shop(), promised_at=promised.isoformat()))
+    assert response.status_code == 201
+    assert Order.objects.get(pk=response.json()["id"]).promised_at == promised
+
+
 def test_create_order_promised_time_without_offset_is_not_500(demo):
     """A promised time without a UTC offset is answered 201 or 422, never 500."""
     client = Client(raise_request_exception=False)
