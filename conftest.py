@@ -10,8 +10,9 @@ from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.db import connections
 
+from core.models import Center
 from deliveries.demo import load_demo_data
-from deliveries.models import Center, Shop
+from deliveries.models import Shop
 from riders.models import Rider
 
 

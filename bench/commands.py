@@ -31,8 +31,9 @@ django.setup()
 
 from django.db import connection  # noqa: E402
 
+from core.models import Center  # noqa: E402
 from deliveries import services  # noqa: E402
-from deliveries.models import Center, Shop  # noqa: E402
+from deliveries.models import Shop  # noqa: E402
 from realtime.models import Event  # noqa: E402
 from riders.models import Rider  # noqa: E402
 from riders.services import set_rider_duty  # noqa: E402

@@ -11,10 +11,10 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError
 from ninja.errors import ValidationError as NinjaValidationError
 
-from bros.api_auth import API_AUTH, IdempotencyKeyError
+from core.api_auth import API_AUTH, IdempotencyKeyError
+from core.exceptions import CommandRefused
 from deliveries.api import order_out
 from deliveries.api import router as deliveries_router
-from deliveries.exceptions import CommandRefused
 from deliveries.models import Delivery, Order
 from realtime.api import router as streams_router
 from realtime.api_presence import router as presence_router

@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "template_partials",
     "ninja",
     "channels",
+    "core",
     "realtime",
     "deliveries",
     "riders",

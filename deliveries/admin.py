@@ -1,4 +1,4 @@
-"""Admin for centers, shops, staff roles, orders, deliveries and timelines.
+"""Admin for shops, orders, deliveries and timelines.
 
 Orders, deliveries and timelines are browse-only: their state belongs to the services
 (conventions §2), so the admin changes them only through actions that call those services, as
@@ -8,89 +8,19 @@ the acting admin, and reports each refusal instead of failing the whole batch.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.admin import helpers
-from django.contrib.auth import get_user_model
-from django.contrib.auth.admin import UserAdmin
-from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
 from django.db.models import CharField, F, Func, Q
 from django.db.models.lookups import Contains
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
+from core.admin import HelpChangeListMixin, ReadOnlyAdmin, run_each
 from deliveries import services
-from deliveries.exceptions import CommandRefused
-from deliveries.models import Center, Delivery, Order, Shop, Source, StaffProfile, TimelineEntry
-
-HELP_CHANGE_LIST_TEMPLATE = "admin/bros/change_list_with_help.html"
-
-# What a service may refuse with; anything else is a bug and should surface as one.
-REFUSALS = (CommandRefused, PermissionDenied, ValidationError, ObjectDoesNotExist)
-
-
-def refusal_message(exc: Exception) -> str:
-    """Return the service's own words for why a command was refused."""
-    if isinstance(exc, CommandRefused):
-        return exc.message
-    if isinstance(exc, ValidationError):
-        return " ".join(exc.messages)
-    if isinstance(exc, ObjectDoesNotExist):
-        return "It no longer exists."
-    return str(exc) or "You are not allowed to do this."
-
-
-def run_each(
-    model_admin: admin.ModelAdmin,
-    request,
-    objects: Iterable,
-    command: Callable,
-    *,
-    label: Callable = str,
-    done: str,
-) -> int:
-    """Run `command(obj)` for each object and report every refusal and the successes by name.
-
-    Each command is its own transaction, so one refusal leaves the others done.
-    """
-    succeeded = []
-    for obj in objects:
-        try:
-            command(obj)
-        except REFUSALS as exc:
-            model_admin.message_user(request, f"{label(obj)}: {refusal_message(exc)}", messages.ERROR)
-        else:
-            succeeded.append(label(obj))
-    if succeeded:
-        model_admin.message_user(request, f"{done}: {', '.join(succeeded)}.", messages.SUCCESS)
-    return len(succeeded)
-
-
-class HelpChangeListMixin:
-    """Show `changelist_help` above a change list (why it is read-only, where changes are made)."""
-
-    change_list_template = HELP_CHANGE_LIST_TEMPLATE
-    changelist_help = ""
-
-    def changelist_view(self, request, extra_context=None):
-        return super().changelist_view(request, {"changelist_help": self.changelist_help, **(extra_context or {})})
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Browse-only: no adding, editing or deleting (views of state owned by services)."""
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
+from deliveries.models import Delivery, Order, Shop, Source, TimelineEntry
 
 ORDER_NUMBER = re.compile(r"^#?\s*([0-9]{1,18})$")
 MIN_PHONE_DIGITS = 4
@@ -132,84 +62,12 @@ class OrderSearchMixin:
         return queryset, may_have_duplicates
 
 
-@admin.register(Center)
-class CenterAdmin(admin.ModelAdmin):
-    list_display = ["code", "name", "lat", "lng"]
-    search_fields = ["code", "name"]
-
-
 @admin.register(Shop)
 class ShopAdmin(admin.ModelAdmin):
     list_display = ["name", "center", "address", "phone", "prep_minutes", "is_active"]
     list_filter = ["center", "is_active"]
     list_select_related = ["center"]
     search_fields = ["name", "address"]
-
-
-class StaffProfileForm(forms.ModelForm):
-    class Meta:
-        model = StaffProfile
-        fields = ["user", "role", "centers"]
-        help_texts = {"centers": "Leave empty for HQ admins: they work for every center."}
-
-
-@admin.register(StaffProfile)
-class StaffProfileAdmin(admin.ModelAdmin):
-    form = StaffProfileForm
-    list_display = ["user", "full_name", "role", "center_list"]
-    list_filter = ["role", "centers"]
-    list_select_related = ["user"]
-    search_fields = ["user__username", "user__first_name", "user__last_name"]
-    autocomplete_fields = ["user"]
-    filter_horizontal = ["centers"]
-    ordering = ["user__username"]
-
-    def get_queryset(self, request):
-        return super().get_queryset(request).prefetch_related("centers")
-
-    @admin.display(description="Name", ordering="user__first_name")
-    def full_name(self, profile: StaffProfile) -> str:
-        return profile.user.get_full_name()
-
-    @admin.display(description="Centers")
-    def center_list(self, profile: StaffProfile) -> str:
-        codes = ", ".join(center.code for center in profile.centers.all())
-        if not codes and profile.role == StaffProfile.Role.HQ:
-            return "all (HQ)"
-        return codes
-
-
-class StaffProfileInline(admin.StackedInline):
-    model = StaffProfile
-    form = StaffProfileForm
-    fields = ["role", "centers"]
-    filter_horizontal = ["centers"]
-    can_delete = True
-    max_num = 1
-    verbose_name = verbose_name_plural = "role and centers"
-
-
-User = get_user_model()
-admin.site.unregister(User)
-
-
-@admin.register(User)
-class BrosUserAdmin(UserAdmin):
-    """Django's user admin plus the user's role and centers."""
-
-    inlines = [StaffProfileInline]
-    list_display = [*UserAdmin.list_display, "role"]
-    list_filter = [*UserAdmin.list_filter, "staff__role"]
-    list_select_related = ["staff"]
-
-    def get_inline_instances(self, request, obj=None):
-        # Django's two-step user creation: the role is set on the change page that follows.
-        return super().get_inline_instances(request, obj) if obj is not None else []
-
-    @admin.display(description="Role", ordering="staff__role")
-    def role(self, user) -> str:
-        profile = getattr(user, "staff", None)
-        return profile.get_role_display() if profile else "—"
 
 
 class CancelOrdersForm(forms.Form):

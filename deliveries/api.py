@@ -9,11 +9,14 @@ from datetime import datetime
 from django.http import Http404
 from ninja import Field, Query, Router, Schema
 
-from bros.api_auth import caller_of, idempotent
-from deliveries import access, selectors, services
-from deliveries.models import Center, Delivery
+from core import access
+from core.access import token_allows
+from core.api_auth import caller_of, idempotent
+from core.models import Center
+from deliveries import selectors, services
+from deliveries.models import Delivery
 from realtime.events import DeliveryData, OrderData, delivery_data, order_data
-from realtime.streams import UnknownStream, parse_stream, token_allows
+from realtime.streams import UnknownStream, parse_stream
 
 router = Router(tags=["deliveries"])
 
@@ -110,7 +113,7 @@ def _require_center_view(request, center_code: str, *, stream_namespace: str) ->
     except UnknownStream:
         raise Http404("No such center.") from None
     if caller.token is not None:
-        allowed = token_allows(caller.token.streams, stream)
+        allowed = token_allows(caller.token.streams, str(stream))
     else:
         allowed = access.can_view_center(caller.user, center_code)
     if not allowed or not Center.objects.filter(code=center_code).exists():

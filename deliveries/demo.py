@@ -8,7 +8,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import make_password
 from django.db import transaction
 
-from deliveries.models import Center, Shop, StaffProfile
+from core.models import Center, StaffProfile
+from deliveries.models import Shop
 from riders.models import Rider
 
 DEMO_PASSWORD = "demo"

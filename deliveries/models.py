@@ -1,29 +1,10 @@
-"""Centers, shops, staff roles, orders, deliveries and their timelines."""
+"""Shops, orders, deliveries and their timelines."""
 
 from django.conf import settings
-from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 
-ROOM_CODE_VALIDATOR = RegexValidator(
-    r"^[a-z0-9][a-z0-9-]{0,49}$",
-    "Lower-case letters, digits and dashes, starting with a letter or digit.",
-)
-
-
-class Center(models.Model):
-    """A regional delivery center: the unit of dispatching and of stream rooms."""
-
-    code = models.CharField(max_length=50, unique=True, validators=[ROOM_CODE_VALIDATOR])
-    name = models.CharField(max_length=100)
-    lat = models.FloatField(help_text="Map centre latitude")
-    lng = models.FloatField(help_text="Map centre longitude")
-
-    class Meta:
-        ordering = ["code"]
-
-    def __str__(self) -> str:
-        return self.name
+from core.models import Center
 
 
 class Shop(models.Model):
@@ -42,23 +23,6 @@ class Shop(models.Model):
 
     def __str__(self) -> str:
         return self.name
-
-
-class StaffProfile(models.Model):
-    """A user's role and the centers they work for (HQ works for all)."""
-
-    class Role(models.TextChoices):
-        HQ = "hq", "HQ admin"
-        DISPATCHER = "dispatcher", "Dispatcher"
-        CALLCENTER = "callcenter", "Call-center staff"
-        RIDER = "rider", "Rider"
-
-    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="staff")
-    role = models.CharField(max_length=20, choices=Role.choices)
-    centers = models.ManyToManyField(Center, blank=True, related_name="staff")
-
-    def __str__(self) -> str:
-        return f"{self.user} ({self.get_role_display()})"
 
 
 class Source(models.TextChoices):

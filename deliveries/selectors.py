@@ -22,7 +22,8 @@ from django.db.models import (
 )
 from django.utils import timezone
 
-from deliveries.models import Center, Delivery, Order, Shop
+from core.models import Center
+from deliveries.models import Delivery, Order, Shop
 
 
 def start_of_today() -> datetime:

@@ -16,8 +16,9 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from deliveries import access
-from deliveries.exceptions import InvalidTransition, StaleVersion
+from core import access
+from core.actors import actor_label
+from core.exceptions import InvalidTransition, StaleVersion
 from deliveries.models import Delivery, Order, Shop, Source, TimelineEntry
 from realtime.events import (
     OrderItem,
@@ -46,17 +47,6 @@ def source_for(actor) -> str:
     if actor is None:
         return Source.SYSTEM
     return _SOURCE_BY_ROLE.get(access.access_for(actor).role, Source.ADMIN)
-
-
-def actor_label(actor, via: str = "") -> str:
-    """Who acted, as the timeline shows it (cut to the column's 150 characters)."""
-    if via:
-        label = via
-    elif actor is None:
-        label = "system"
-    else:
-        label = actor.get_full_name() or actor.get_username()
-    return label[:150]
 
 
 def _record(delivery, *, actor, via, source, action, from_status="", to_status="", detail=None) -> None:

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field, fields
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.utils import timezone
 
+from core.exceptions import CommandRefused
+from core.models import Center
 from deliveries import services
-from deliveries.exceptions import CommandRefused
-from deliveries.models import Center, Delivery, Shop
+from deliveries.models import Delivery, Shop
 from riders import positions
 from riders import services as rider_services
 from riders.models import Rider

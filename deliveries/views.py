@@ -7,9 +7,11 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.utils import timezone
 
-from deliveries import access, selectors
+from core import access
+from core.models import Center
+from deliveries import selectors
 from deliveries.board import ROW_HEIGHT, read_board_window
-from deliveries.models import Center, Delivery
+from deliveries.models import Delivery
 from deliveries.selectors import BoardFilter
 from riders import suggestions
 

@@ -16,9 +16,10 @@ from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 
-from deliveries.admin import ReadOnlyAdmin
+from core.admin import ReadOnlyAdmin
+from core.models import ApiToken, IdempotencyRecord
 from realtime.events import EVENT_SCHEMAS
-from realtime.models import ApiToken, Event, IdempotencyRecord, Stream
+from realtime.models import Event, Stream
 from realtime.streams import NAMESPACES, UnknownStream, parse_stream
 
 HINT_LENGTH = 12

@@ -10,10 +10,11 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from ninja import Field, Query, Router, Schema
 
-from bros.api_auth import caller_of, idempotent
+from core.access import token_allows
+from core.api_auth import caller_of, idempotent
 from realtime import outbox, services
 from realtime.snapshots import read_snapshot
-from realtime.streams import StreamName, UnknownStream, can_publish, can_subscribe, parse_stream, token_allows
+from realtime.streams import StreamName, UnknownStream, can_publish, can_subscribe, parse_stream
 
 router = Router(tags=["streams"])
 
@@ -54,7 +55,7 @@ def readable_stream(request, text: str) -> StreamName:
     except UnknownStream:
         raise Http404("No such stream.") from None
     caller = caller_of(request)
-    allowed = token_allows(caller.token.streams, stream) if caller.token else can_subscribe(caller.user, stream)
+    allowed = token_allows(caller.token.streams, str(stream)) if caller.token else can_subscribe(caller.user, stream)
     if not allowed:
         raise PermissionDenied("not allowed")
     return stream

@@ -2,8 +2,8 @@
 
 from ninja import Router, Schema, Status
 
-from bros.api_auth import caller_of
-from deliveries.access import Role, access_for
+from core.access import Role, access_for
+from core.api_auth import caller_of
 from realtime.presence import presence_snapshot
 
 router = Router(tags=["ops"])

@@ -25,7 +25,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from deliveries.access import access_for
+from core.access import access_for
 from realtime import frames, services
 from realtime.hub import Hub, get_hub, on_hub_start
 from realtime.presence import Presence

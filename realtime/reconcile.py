@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from django.db.models import Q
 
+from core.models import Center
 from deliveries import selectors
-from deliveries.models import Center, Delivery, Order
+from deliveries.models import Delivery, Order
 from realtime import frames, outbox
 from realtime.bus import channel_for, get_redis, message_for
 from realtime.snapshots import in_one_snapshot

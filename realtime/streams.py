@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from deliveries.access import Role, access_for
+from core.access import Role, access_for
 
 CENTER_ROOM = re.compile(r"^[a-z0-9][a-z0-9-]{0,49}$")
 USER_ROOM = re.compile(r"^[1-9][0-9]{0,18}$")
@@ -99,9 +99,3 @@ def _is_rider_of(user_room: str, access) -> bool:
 
     rider = Rider.objects.filter(user_id=int(user_room)).select_related("center").first()
     return rider is not None and access.serves(rider.center.code)
-
-
-def token_allows(patterns: list[str], stream: StreamName) -> bool:
-    """Whether a token scoped to `patterns` ("ns:room", "ns:*" or "*") covers the stream."""
-    text = str(stream)
-    return any(p == "*" or p == text or (p.endswith(":*") and p[:-2] == stream.namespace) for p in patterns)

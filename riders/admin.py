@@ -5,7 +5,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin
 
-from deliveries.admin import ReadOnlyAdmin, run_each
+from core.admin import ReadOnlyAdmin, run_each
 from riders import services
 from riders.models import PositionSample, Rider
 

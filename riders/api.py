@@ -5,8 +5,8 @@ from datetime import datetime
 from django.http import Http404
 from ninja import Router
 
-from bros.api_auth import caller_of
-from deliveries import access
+from core import access
+from core.api_auth import caller_of
 from realtime.events import RiderData, rider_data
 from riders.models import Rider
 

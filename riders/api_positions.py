@@ -10,8 +10,8 @@ from typing import Any
 from django.utils import timezone
 from ninja import Router, Schema, Status
 
-from bros.api_auth import caller_of
-from deliveries.access import Role, access_for
+from core.access import Role, access_for
+from core.api_auth import caller_of
 from riders.positions import InvalidFix, accept_fixes, parse_fix
 
 router = Router(tags=["positions"])

@@ -18,7 +18,7 @@ class Rider(models.Model):
         BUSY = "busy", "Busy"
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="rider")
-    center = models.ForeignKey("deliveries.Center", on_delete=models.PROTECT, related_name="riders")
+    center = models.ForeignKey("core.Center", on_delete=models.PROTECT, related_name="riders")
     name = models.CharField(max_length=100)
     phone = models.CharField(max_length=30, blank=True)
     vehicle = models.CharField(max_length=20, choices=Vehicle.choices, default=Vehicle.MOTORCYCLE)

@@ -6,9 +6,9 @@ from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.utils import timezone
 
-from deliveries import access
-from deliveries.exceptions import InvalidTransition, StaleVersion
-from deliveries.services import actor_label
+from core import access
+from core.actors import actor_label
+from core.exceptions import InvalidTransition, StaleVersion
 from realtime.events import rider_status_event
 from realtime.outbox import emit
 from riders.models import Rider

@@ -22,7 +22,7 @@ def database_url(db: dict) -> str:
 
 def make_token(name: str = "integration", *, commands=(), streams=(), revoked: bool = False):
     """Store an API token as the admin does (digest and hint only); return it with its raw secret."""
-    from realtime.models import ApiToken
+    from core.models import ApiToken
 
     raw, digest = ApiToken.generate()
     token = ApiToken.objects.create(

@@ -115,9 +115,10 @@ from django.contrib.auth.hashers import make_password  # noqa: E402
 from django.db import close_old_connections, connections, transaction  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
+from core.models import Center, StaffProfile  # noqa: E402
 from deliveries import services  # noqa: E402
 from deliveries.demo import FAMILY, GIVEN, VEHICLES  # noqa: E402
-from deliveries.models import Center, Delivery, Order, Shop, Source, StaffProfile, TimelineEntry  # noqa: E402
+from deliveries.models import Delivery, Order, Shop, Source, TimelineEntry  # noqa: E402
 from deliveries.selectors import BoardFilter, board_counts  # noqa: E402
 from realtime import outbox  # noqa: E402
 from riders.models import Rider  # noqa: E402

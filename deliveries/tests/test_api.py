@@ -16,9 +16,10 @@ from django.middleware.csrf import _get_new_csrf_string
 from django.test import Client
 from django.utils import timezone
 
+from core.models import IdempotencyRecord
 from deliveries import services
 from deliveries.models import Delivery, Order, TimelineEntry
-from realtime.models import Event, IdempotencyRecord
+from realtime.models import Event
 from riders.models import Rider
 from riders.services import set_rider_duty
 

@@ -15,9 +15,10 @@ from django.http import QueryDict
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from core.models import Center
 from deliveries import selectors, services
 from deliveries.board import WINDOW_MAX, read_board_window
-from deliveries.models import Center, Delivery, Order, Shop
+from deliveries.models import Delivery, Order, Shop
 from deliveries.selectors import (
     URGENCY_LATE,
     URGENCY_NONE,

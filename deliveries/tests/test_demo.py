@@ -4,7 +4,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
-from deliveries.models import Center, Shop, StaffProfile
+from core.models import Center, StaffProfile
+from deliveries.models import Shop
 from riders.models import Rider
 
 

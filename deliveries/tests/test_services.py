@@ -23,8 +23,9 @@ from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, Validat
 from django.db.models import Max
 from django.utils import timezone
 
-from deliveries.exceptions import InvalidTransition, StaleVersion
-from deliveries.models import Delivery, Order, StaffProfile, TimelineEntry
+from core.exceptions import InvalidTransition, StaleVersion
+from core.models import StaffProfile
+from deliveries.models import Delivery, Order, TimelineEntry
 from deliveries.services import (
     assign_delivery,
     cancel_order,

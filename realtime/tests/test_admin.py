@@ -13,9 +13,10 @@ from django.contrib.messages import get_messages
 from django.urls import reverse
 from django.utils import timezone
 
+from core.models import ApiToken, IdempotencyRecord, hash_token
 from deliveries.services import create_order
 from realtime.admin import ApiTokenForm
-from realtime.models import ApiToken, Event, IdempotencyRecord, Stream, hash_token
+from realtime.models import Event, Stream
 
 MODELS = sorted(
     (model for model in admin.site._registry if model._meta.app_label == "realtime"),

@@ -15,12 +15,13 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
 
+from core.models import IdempotencyRecord
 from deliveries import services as deliveries_services
 from deliveries.models import Delivery, Order
 from realtime import outbox
 from realtime.bus import channel_for, get_redis
 from realtime.events import DeliveryData, OrderData, RiderData, delivery_data, order_data, rider_data
-from realtime.models import Event, IdempotencyRecord, Stream
+from realtime.models import Event, Stream
 from realtime.snapshots import RECENT_EVENTS
 from realtime.streams import parse_stream
 from realtime.tests.wsclient import WsClients, in_thread

@@ -16,10 +16,10 @@ from django.test import Client
 from django.urls import path
 from ninja import NinjaAPI
 
-from bros.api_auth import API_AUTH
+from core.api_auth import API_AUTH
+from core.models import ApiToken
 from realtime.api_presence import router as presence_router
 from realtime.bus import get_redis
-from realtime.models import ApiToken
 from realtime.presence import (
     Presence,
     connections_of_user,

@@ -17,8 +17,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from core.models import Center
 from deliveries import services as deliveries_services
-from deliveries.models import Center, Delivery, Order
+from deliveries.models import Delivery, Order
 from realtime import outbox
 from realtime.bus import channel_for, get_redis
 from realtime.reconcile import publish_reconcile_frames, reconcile_frame

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from django.utils import timezone
 
+from core.models import ApiToken
 from deliveries import services
-from realtime.models import ApiToken
 from riders.models import Rider
 from riders.services import set_rider_duty
 

@@ -15,9 +15,9 @@ from django.urls import path
 from django.utils import timezone
 from ninja import NinjaAPI
 
-from bros.api_auth import API_AUTH
+from core.api_auth import API_AUTH
+from core.models import ApiToken
 from realtime.bus import channel_for, get_redis
-from realtime.models import ApiToken
 from riders.api_positions import router as positions_router
 from riders.models import PositionSample, Rider
 from riders.positions import (

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import PermissionDenied
 
-from deliveries.exceptions import InvalidTransition, StaleVersion
+from core.exceptions import InvalidTransition, StaleVersion
 from deliveries.services import assign_delivery, deliver_delivery
 from deliveries.tests.test_services import (
     assigned_delivery,

@@ -17,8 +17,9 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
+from core.models import StaffProfile
 from deliveries import services
-from deliveries.models import Delivery, Order, StaffProfile
+from deliveries.models import Delivery, Order
 from riders import positions
 from riders.models import Rider
 from riders.services import set_rider_duty

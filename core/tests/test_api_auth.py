@@ -8,9 +8,10 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
+from core.models import ApiToken, IdempotencyRecord
 from deliveries import services
 from deliveries.models import Delivery, Order, TimelineEntry
-from realtime.models import ApiToken, Event, IdempotencyRecord
+from realtime.models import Event
 from riders.services import set_rider_duty
 from tests import support
 from tests.support import bearer

@@ -19,8 +19,8 @@ from django.utils import timezone
 from ninja import Status
 from ninja.security import HttpBearer, SessionAuth
 
-from realtime.models import ApiToken, IdempotencyRecord, hash_token
-from realtime.streams import parse_stream, token_allows
+from core.access import token_allows
+from core.models import ApiToken, IdempotencyRecord, hash_token
 
 LAST_USED_GRANULARITY = timedelta(minutes=1)
 
@@ -78,7 +78,7 @@ class Caller:
         """Refuse a token call outside the token's commands or streams (user calls pass)."""
         if self.token is None:
             return
-        if command not in self.token.commands or not token_allows(self.token.streams, parse_stream(stream)):
+        if command not in self.token.commands or not token_allows(self.token.streams, stream):
             raise PermissionDenied("This token is not allowed to do that.")
 
 
