@@ -65,6 +65,11 @@ def access_for(user) -> Access:
     return access
 
 
+def center_of_rider_user(user_id: int) -> str | None:
+    """The code of the center whose rider is the user `user_id`, or None if they are no rider."""
+    return Center.objects.filter(riders__user_id=user_id).values_list("code", flat=True).first()
+
+
 def can_take_orders(user, center_code: str) -> bool:
     """Create or cancel orders: call-center staff of the center, its dispatchers, HQ."""
     access = access_for(user)

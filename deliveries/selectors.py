@@ -31,6 +31,15 @@ def start_of_today() -> datetime:
     return timezone.make_aware(datetime.combine(timezone.localdate(), time.min))
 
 
+def in_window(since: datetime, *, via: str = "") -> Q:
+    """The deliveries (or, `via="delivery__"`, the orders) an operations view covers.
+
+    Everything created since `since` plus everything still open, however old: an order from
+    yesterday that is still on the road is today's work. The one home of that rule.
+    """
+    return Q(created_at__gte=since) | Q(**{f"{via}status__in": Delivery.OPEN_STATUSES})
+
+
 def deliveries_with_related() -> QuerySet[Delivery]:
     return Delivery.objects.select_related("order", "center", "shop", "rider")
 
@@ -38,7 +47,7 @@ def deliveries_with_related() -> QuerySet[Delivery]:
 def todays_deliveries(*, center_code: str, status: str | None = None) -> QuerySet[Delivery]:
     """Today's deliveries of a center plus any still open from before, newest first."""
     deliveries = deliveries_with_related().filter(center__code=center_code)
-    deliveries = deliveries.filter(Q(created_at__gte=start_of_today()) | Q(status__in=Delivery.OPEN_STATUSES))
+    deliveries = deliveries.filter(in_window(start_of_today()))
     if status:
         deliveries = deliveries.filter(status=status)
     return deliveries.order_by("-created_at", "-pk")
@@ -47,7 +56,7 @@ def todays_deliveries(*, center_code: str, status: str | None = None) -> QuerySe
 def todays_orders(*, center_code: str) -> QuerySet[Order]:
     """Today's orders of a center plus any still open from before, newest first."""
     orders = Order.objects.select_related("center", "shop", "delivery").filter(center__code=center_code)
-    orders = orders.filter(Q(created_at__gte=start_of_today()) | Q(delivery__status__in=Delivery.OPEN_STATUSES))
+    orders = orders.filter(in_window(start_of_today(), via="delivery__"))
     return orders.order_by("-created_at", "-pk")
 
 
@@ -167,9 +176,7 @@ def _search(deliveries: QuerySet[Delivery], text: str) -> QuerySet[Delivery]:
 def board_base(*, center_code: str, board: BoardFilter, now: datetime) -> QuerySet[Delivery]:
     """The deliveries the board covers before the status filter: the range (plus all open), rider, search."""
     since = now - BOARD_RANGES[board.range]
-    deliveries = Delivery.objects.filter(center__code=center_code).filter(
-        Q(created_at__gte=since) | Q(status__in=Delivery.OPEN_STATUSES)
-    )
+    deliveries = Delivery.objects.filter(center__code=center_code).filter(in_window(since))
     if board.rider is not None:
         deliveries = deliveries.filter(rider_id=board.rider)
     elif board.unassigned:
@@ -225,7 +232,7 @@ def centers_overview(*, now: datetime) -> list[dict]:
     today = start_of_today()
     per_status = {status: Count("pk", filter=Q(status=status)) for status in Delivery.Status.values}
     deliveries = (
-        Delivery.objects.filter(Q(created_at__gte=today) | Q(status__in=Delivery.OPEN_STATUSES))
+        Delivery.objects.filter(in_window(today))
         .values("center__code")
         .annotate(
             **per_status,

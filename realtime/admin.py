@@ -18,9 +18,10 @@ from django.utils.html import format_html
 
 from core.admin import ReadOnlyAdmin
 from core.models import ApiToken, IdempotencyRecord
+from realtime import registry
 from realtime.events import EVENT_SCHEMAS
 from realtime.models import Event, Stream
-from realtime.streams import NAMESPACES, UnknownStream, parse_stream
+from realtime.streams import UnknownStream, parse_stream
 
 HINT_LENGTH = 12
 
@@ -42,14 +43,14 @@ def clean_stream_pattern(pattern: str) -> str:
     if pattern == "*":
         return pattern
     namespace, _, room = pattern.partition(":")
-    if room == "*" and namespace in NAMESPACES:
+    if room == "*" and namespace in registry.namespaces():
         return pattern
     try:
         return str(parse_stream(pattern))
     except UnknownStream:
         raise forms.ValidationError(
             f"“{pattern}” is not a stream: use namespace:room, namespace:* or *, "
-            f"with a namespace from {', '.join(NAMESPACES)}.",
+            f"with a namespace from {', '.join(registry.namespaces())}.",
             code="invalid_stream",
         ) from None
 
@@ -92,17 +93,19 @@ class ApiTokenForm(forms.ModelForm):
         widget=forms.CheckboxSelectMultiple,
         help_text="The commands this token may run; none means read-only.",
     )
-    streams = StreamPatternsField(
-        required=False,
-        help_text=(
-            "One per line or comma-separated: a stream (deliveries:gangnam), a whole namespace "
-            f"(chat:*) or * for everything. Namespaces: {', '.join(NAMESPACES)}."
-        ),
-    )
+    streams = StreamPatternsField(required=False)
 
     class Meta:
         model = ApiToken
         fields = SCOPE_FIELDS
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Built here, not at import: the admin is imported before the apps register their streams.
+        self.fields["streams"].help_text = (
+            "One per line or comma-separated: a stream (deliveries:gangnam), a whole namespace "
+            f"(chat:*) or * for everything. Namespaces: {', '.join(registry.namespaces())}."
+        )
 
 
 class ActiveTokenFilter(admin.SimpleListFilter):

@@ -26,7 +26,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from core.access import access_for
-from realtime import frames, services
+from realtime import frames, registry, services
 from realtime.hub import Hub, get_hub, on_hub_start
 from realtime.presence import Presence
 from realtime.streams import UnknownStream, can_publish, can_subscribe, parse_stream
@@ -314,6 +314,8 @@ class ProtocolConsumer(AsyncConsumer):
                 raise BadFrame("bad_request", f'"id" must be a string of at most {MAX_ID_LENGTH} characters.')
             kind = frame.get("type")
             handler = self._handlers.get(kind) if isinstance(kind, str) else None
+            if handler is None and isinstance(kind, str) and registry.frame_handler(kind) is not None:
+                handler = ProtocolConsumer._app_frame
             if handler is None:
                 raise BadFrame("bad_request", "Unknown frame type.")
             await handler(self, frame, frame_id)
@@ -389,20 +391,14 @@ class ProtocolConsumer(AsyncConsumer):
         self._publish_allowance -= 1
         return True
 
-    async def _position(self, frame: dict, frame_id) -> None:
-        if self.access.role != "rider" or self.access.rider_id is None:
-            raise BadFrame("forbidden", "Only riders send positions.")
-        from django.utils import timezone
-
-        from riders.positions import InvalidFix, accept_fixes, parse_fix
-
-        fix_data = {k: v for k, v in frame.items() if k not in ("type", "id")}
+    async def _app_frame(self, frame: dict, frame_id) -> None:
+        """A frame type an app registered (riders' `position`): its handler runs in a worker thread."""
+        handler = registry.frame_handler(frame["type"])
+        fields = {k: v for k, v in frame.items() if k not in ("type", "id")}
         try:
-            fix = parse_fix(fix_data, now=timezone.now())
-        except InvalidFix as exc:
-            raise BadFrame("bad_request", str(exc)) from None
-        center = next(iter(self.access.centers))
-        await asyncio.to_thread(accept_fixes, rider_id=self.access.rider_id, center_code=center, fixes=[fix])
+            await asyncio.to_thread(handler, self.access, fields)
+        except registry.FrameRefused as exc:
+            raise BadFrame(exc.code, exc.message) from None
 
     async def _ping(self, frame: dict, frame_id) -> None:
         self.deliver(frames.dumps({"type": "pong", "id": frame_id}))
@@ -414,7 +410,6 @@ class ProtocolConsumer(AsyncConsumer):
         "subscribe": _subscribe,
         "unsubscribe": _unsubscribe,
         "publish": _publish,
-        "position": _position,
         "ping": _ping,
         "pong": _pong,
     }
@@ -459,11 +454,3 @@ def _start_presence(hub: Hub) -> None:
     hub.spawn(start(), name="presence-start")
     hub.every(hub.presence.heartbeat_interval, hub.presence.heartbeat, name="presence-heartbeat")
     hub.on_stop(hub.presence.stop)
-
-
-@on_hub_start
-def _start_position_batches(hub: Hub) -> None:
-    """Every second, publish each center's coalesced `rider.positions` batch (one process wins per center)."""
-    from riders.positions import publish_position_batches
-
-    hub.every(1.0, database_sync_to_async(publish_position_batches, thread_sensitive=False), name="positions")

@@ -243,11 +243,8 @@ class Hub:
     @staticmethod
     def _initial_frames(stream: StreamName) -> list[str]:
         """Current state an ephemeral stream's new subscriber gets first (positions)."""
-        if stream.namespace == "positions":
-            from riders.positions import positions_snapshot_frame
-
-            return [positions_snapshot_frame(stream.room)]
-        return []
+        join_frames = stream.kind.join_frames
+        return join_frames(stream.room) if join_frames else []
 
     def _finish_join(self, feed: Feed, subscriber: Subscriber, joiner: _Joiner, upto: int) -> None:
         """Merge what arrived during the replay, then go live (synchronous: nothing interleaves)."""
@@ -445,7 +442,8 @@ _start_hooks: list[Callable[[Hub], None]] = []
 
 def on_hub_start(hook: Callable[[Hub], None]) -> Callable[[Hub], None]:
     """Register `hook(hub)` to run when a hub starts (periodic pings, position batches, presence)."""
-    _start_hooks.append(hook)
+    if hook not in _start_hooks:  # an app's ready() may run more than once (tests)
+        _start_hooks.append(hook)
     return hook
 
 

@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 from django.db import connection, transaction
 
-from deliveries import selectors
 from realtime import outbox
-from realtime.events import delivery_data, order_data, rider_data
 from realtime.models import Event
 from realtime.streams import StreamName
 
@@ -28,32 +26,10 @@ class Snapshot:
     items: list[dict]
 
 
-def _delivery_items(center: str) -> list[dict]:
-    return [delivery_data(d).model_dump(mode="json") for d in selectors.todays_deliveries(center_code=center)]
-
-
-def _order_items(center: str) -> list[dict]:
-    return [order_data(o).model_dump(mode="json") for o in selectors.todays_orders(center_code=center)]
-
-
-def _rider_items(center: str) -> list[dict]:
-    from riders.models import Rider
-
-    riders = Rider.objects.filter(center__code=center).select_related("center").order_by("name")
-    return [rider_data(r).model_dump(mode="json") for r in riders]
-
-
 def _recent_event_items(stream: str) -> list[dict]:
     """Streams without entity state (chat, user, broadcast): their latest events, oldest first."""
     events = list(Event.objects.filter(stream=stream).order_by("-seq")[:RECENT_EVENTS])
     return [outbox.frame_dict(e) for e in reversed(events)]
-
-
-ITEMS_BY_NAMESPACE = {
-    "deliveries": _delivery_items,
-    "orders": _order_items,
-    "riders": _rider_items,
-}
 
 
 def in_one_snapshot(read):
@@ -71,11 +47,10 @@ def in_one_snapshot(read):
 
 
 def read_snapshot(stream: StreamName) -> Snapshot:
-    name = str(stream)
+    """The stream's items (its kind's snapshot, or its latest events) with its head, consistently."""
+    name, kind = str(stream), stream.kind
     if not stream.logged:
-        from riders.positions import current_positions
-
-        return Snapshot(name, None, None, current_positions(stream.room))
+        return Snapshot(name, None, None, kind.snapshot(stream.room) if kind.snapshot else [])
 
     # Create the counter row first: inserting it inside the REPEATABLE READ snapshot would fail
     # to serialize if the stream's first event committed meanwhile.
@@ -83,8 +58,7 @@ def read_snapshot(stream: StreamName) -> Snapshot:
 
     def read():
         epoch, head = outbox.stream_position(name)
-        items_of = ITEMS_BY_NAMESPACE.get(stream.namespace)
-        items = items_of(stream.room) if items_of else _recent_event_items(name)
+        items = kind.snapshot(stream.room) if kind.snapshot else _recent_event_items(name)
         return Snapshot(name, epoch, head, items)
 
     return in_one_snapshot(read)

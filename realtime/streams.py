@@ -1,18 +1,23 @@
-"""Stream names (`namespace:room`), their kinds, and who may subscribe or publish (protocol §1–§2)."""
+"""Stream names (`namespace:room`) and who may subscribe or publish (protocol §1–§2).
+
+Which namespaces exist and their rules come from the stream-kind registry (`realtime.registry`):
+`user:<id>` and `broadcast:all` are the protocol's own, registered by `realtime`; the domain apps
+register theirs (`deliveries`, `orders`, `riders`, `positions`, `chat`) in `AppConfig.ready()`.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-from core.access import Role, access_for
+from core.access import Access, Role, access_for, center_of_rider_user
+from realtime import registry
 
-CENTER_ROOM = re.compile(r"^[a-z0-9][a-z0-9-]{0,49}$")
-USER_ROOM = re.compile(r"^[1-9][0-9]{0,18}$")
-
-CENTER_NAMESPACES = ("deliveries", "orders", "riders", "positions", "chat")
-EPHEMERAL_NAMESPACES = frozenset({"positions"})
-NAMESPACES = (*CENTER_NAMESPACES, "user", "broadcast")
+ROOM_PATTERNS = {
+    "center": re.compile(r"^[a-z0-9][a-z0-9-]{0,49}$"),
+    "user": re.compile(r"^[1-9][0-9]{0,18}$"),
+    "all": re.compile(r"^all$"),
+}
 
 
 class UnknownStream(ValueError):
@@ -28,12 +33,16 @@ class StreamName:
         return f"{self.namespace}:{self.room}"
 
     @property
+    def kind(self) -> registry.StreamKind:
+        return registry.kind(self.namespace)
+
+    @property
     def logged(self) -> bool:
-        return self.namespace not in EPHEMERAL_NAMESPACES
+        return self.kind.logged
 
     @property
     def center_code(self) -> str | None:
-        return self.room if self.namespace in CENTER_NAMESPACES else None
+        return self.room if self.kind.rooms == "center" else None
 
 
 def parse_stream(text: object) -> StreamName:
@@ -41,13 +50,10 @@ def parse_stream(text: object) -> StreamName:
     if not isinstance(text, str) or text.count(":") != 1:
         raise UnknownStream(text)
     namespace, room = text.split(":")
-    if namespace in CENTER_NAMESPACES and CENTER_ROOM.match(room):
-        return StreamName(namespace, room)
-    if namespace == "user" and USER_ROOM.match(room):
-        return StreamName(namespace, room)
-    if namespace == "broadcast" and room == "all":
-        return StreamName(namespace, room)
-    raise UnknownStream(text)
+    kind = registry.kind(namespace)
+    if kind is None or not ROOM_PATTERNS[kind.rooms].match(room):
+        raise UnknownStream(text)
+    return StreamName(namespace, room)
 
 
 def stream_for_center(namespace: str, center_code: str) -> str:
@@ -60,42 +66,44 @@ def stream_for_user(user_id: int) -> str:
 
 BROADCAST = "broadcast:all"
 
-_SUBSCRIBE_BY_ROLE = {
-    Role.HQ: frozenset(CENTER_NAMESPACES),
-    Role.DISPATCHER: frozenset(CENTER_NAMESPACES),
-    Role.CALLCENTER: frozenset({"orders", "deliveries"}),
-    Role.RIDER: frozenset({"chat"}),
-}
-
 
 def can_subscribe(user, stream: StreamName) -> bool:
     """Protocol §2, 'may subscribe'. Unknown centers are simply refused like foreign ones."""
     access = access_for(user)
-    if access.role is None:
-        return False
-    if stream.namespace == "broadcast":
-        return True
-    if stream.namespace == "user":
-        return access.role == Role.HQ or stream.room == str(access.user_id)
-    return stream.namespace in _SUBSCRIBE_BY_ROLE[access.role] and access.serves(stream.room)
+    return access.role is not None and stream.kind.may_subscribe(access, stream)
 
 
 def can_publish(user, stream: StreamName) -> bool:
-    """Protocol §2, 'may publish' (for users; tokens are checked by `token_allows`)."""
+    """Protocol §2, 'may publish' (for users; tokens are checked by `core.access.token_allows`)."""
     access = access_for(user)
-    if access.role is None:
+    return access.role is not None and stream.kind.may_publish(access, stream)
+
+
+def _own_or_hq(access: Access, stream: StreamName) -> bool:
+    return access.role == Role.HQ or stream.room == str(access.user_id)
+
+
+def _dispatcher_of_the_rider(access: Access, stream: StreamName) -> bool:
+    """A dispatcher may message a rider of a center they dispatch."""
+    if access.role != Role.DISPATCHER:
         return False
-    if stream.namespace == "chat":
-        return access.role in (Role.HQ, Role.DISPATCHER, Role.RIDER) and access.serves(stream.room)
-    if stream.namespace == "broadcast":
-        return access.role == Role.HQ
-    if stream.namespace == "user" and access.role == Role.DISPATCHER:
-        return _is_rider_of(stream.room, access)
-    return False
+    center = center_of_rider_user(int(stream.room))
+    return center is not None and access.serves(center)
 
 
-def _is_rider_of(user_room: str, access) -> bool:
-    from riders.models import Rider
+def _anyone(access: Access, stream: StreamName) -> bool:
+    return True
 
-    rider = Rider.objects.filter(user_id=int(user_room)).select_related("center").first()
-    return rider is not None and access.serves(rider.center.code)
+
+def _hq(access: Access, stream: StreamName) -> bool:
+    return access.role == Role.HQ
+
+
+USER = registry.StreamKind("user", rooms="user", may_subscribe=_own_or_hq, may_publish=_dispatcher_of_the_rider)
+BROADCAST_KIND = registry.StreamKind("broadcast", rooms="all", may_subscribe=_anyone, may_publish=_hq)
+
+
+def register_protocol_streams() -> None:
+    """Register the streams every deployment has, whatever its domain apps (realtime's ready())."""
+    registry.register(USER)
+    registry.register(BROADCAST_KIND)

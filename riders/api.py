@@ -8,7 +8,7 @@ from ninja import Router
 from core import access
 from core.api_auth import caller_of
 from realtime.events import RiderData, rider_data
-from riders.models import Rider
+from riders import selectors
 
 router = Router(tags=["riders"])
 
@@ -34,5 +34,5 @@ def riders(request, center: str):
             last_accuracy=rider.last_accuracy,
             last_position_at=rider.last_position_at,
         )
-        for rider in Rider.objects.filter(center__code=center).select_related("center").order_by("name")
+        for rider in selectors.center_riders(center)
     ]
