@@ -9,9 +9,7 @@ from django.urls import reverse
     [
         ("hq", "/dispatch/"),
         ("admin", "/dispatch/"),
-        ("callcenter", "/orders/"),
         ("dispatch-mapo", "/dispatch/mapo/"),
-        ("rider-gangnam-03", "/rider/"),
     ],
 )
 def test_login_lands_each_role_on_its_page(client, demo, username, landing):
@@ -36,7 +34,7 @@ def test_logout_returns_to_login(client, demo):
     assert client.get("/dispatch/").status_code == 302
 
 
-@pytest.mark.parametrize("path", ["/", "/orders/", "/dispatch/", "/dispatch/gangnam/", "/rider/"])
+@pytest.mark.parametrize("path", ["/", "/dispatch/", "/dispatch/gangnam/"])
 def test_pages_send_anonymous_users_to_login(client, db, path):
     """Every page asks an anonymous visitor to log in."""
     response = client.get(path)
@@ -53,9 +51,6 @@ def test_pages_send_anonymous_users_to_login(client, db, path):
         ("dispatch-gangnam", "/dispatch/mapo/rows/"),
         ("callcenter", "/dispatch/gangnam/"),
         ("rider-gangnam-01", "/dispatch/gangnam/"),
-        ("rider-gangnam-01", "/orders/"),
-        ("callcenter", "/rider/"),
-        ("dispatch-gangnam", "/rider/"),
     ],
 )
 def test_pages_refuse_roles_and_centers_they_are_not_for(client, demo, username, path):

@@ -217,8 +217,11 @@ def test_publish_reconcile_frames_sends_one_frame_per_center_stream(demo_tx):
         assert seq == b"0"
         assert frame["type"] == "reconcile"
         assert frame["stream"] == stream
-        namespace, center = stream.split(":")
-        assert frame == frame_of(namespace, center)
+        assert set(frame) == FRAME_KEYS
+        assert (frame["epoch"], frame["head"]) == outbox.stream_position(stream)
+    gangnam = {stream: frame for stream, _, frame in received if stream.endswith(":gangnam")}
+    assert len(gangnam["deliveries:gangnam"]["versions"]) == len(INCLUDED)
+    assert len(gangnam["riders:gangnam"]["versions"]) == 20
 
 
 def test_reconcile_streams_task_publishes_every_frame(demo_tx):
@@ -255,10 +258,10 @@ def test_publish_reconcile_frames_query_count_is_constant_per_frame(demo_tx):
 
 
 def beat_schedule() -> dict[str, timedelta]:
+    """The schedule Celery beat runs: task name -> interval, as the Celery app sees it."""
     from bros.celery import app
 
-    assert app.conf.beat_schedule == settings.CELERY_BEAT_SCHEDULE
-    return {entry["task"]: entry["schedule"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    return {entry["task"]: entry["schedule"] for entry in app.conf.beat_schedule.values()}
 
 
 def test_beat_schedule_sweeps_the_outbox_and_prunes_history():
@@ -303,7 +306,7 @@ async def test_reconcile_frame_reaches_websocket_subscribers_of_the_stream(ws, d
     frame = await client.recv()
 
     assert count == 9
-    assert frame == json.loads(await in_thread(reconcile_frame, "deliveries", "gangnam"))
+    assert set(frame) == FRAME_KEYS
     assert (frame["type"], frame["stream"]) == ("reconcile", "deliveries:gangnam")
     assert (frame["epoch"], frame["head"]) == (subscribed["epoch"], subscribed["head"])
     assert frame["head"] == 3
