@@ -26,7 +26,7 @@ from realtime.reconcile import publish_reconcile_frames, reconcile_frame
 from realtime.snapshots import read_snapshot
 from realtime.streams import parse_stream
 from realtime.tasks import reconcile_streams
-from realtime.tests.wsclient import WsClients, in_thread
+from realtime.tests.wsclient import WsClients, in_thread, publish_marker
 from riders.models import Rider
 from riders.services import set_rider_duty
 
@@ -182,14 +182,17 @@ class Listener:
 
     def messages(self, count: int) -> list[tuple[str, bytes, dict]]:
         """The next `count` messages as (stream, seq, frame), then check that nothing else arrives."""
-        received = []
-        for _ in range(count):
-            message = self.pubsub.get_message(timeout=5)
-            assert message is not None and message["type"] == "message", message
-            seq, _, frame = message["data"].partition(b"\n")
-            received.append((self.by_channel[message["channel"]], seq, json.loads(frame)))
-        assert self.pubsub.get_message(timeout=0.3) is None
+        received = [self._next() for _ in range(count)]
+        # Redis delivers in publish order: a marker published now comes right after everything sent before it.
+        marker = publish_marker(received[0][0])
+        assert self._next() == (received[0][0], b"0", marker), "more messages than expected"
         return received
+
+    def _next(self) -> tuple[str, bytes, dict]:
+        message = self.pubsub.get_message(timeout=5)
+        assert message is not None and message["type"] == "message", message
+        seq, _, frame = message["data"].partition(b"\n")
+        return self.by_channel[message["channel"]], seq, json.loads(frame)
 
     def close(self) -> None:
         self.pubsub.close()
@@ -311,7 +314,8 @@ async def test_reconcile_frame_reaches_websocket_subscribers_of_the_stream(ws, d
     assert (frame["epoch"], frame["head"]) == (subscribed["epoch"], subscribed["head"])
     assert frame["head"] == 3
     assert len(frame["versions"]) == 3
-    assert await client.silent()
+    marker = await in_thread(publish_marker, "deliveries:gangnam")  # behind all nine frames on the bus
+    assert await client.frames_until(marker) == []
 
 
 async def test_reconcile_frames_reach_each_subscribed_stream_once_and_events_continue(ws, demo_tx):
@@ -328,7 +332,8 @@ async def test_reconcile_frames_reach_each_subscribed_stream_once_and_events_con
 
     assert sorted(f["stream"] for f in frames) == sorted(heads)
     assert all(f["type"] == "reconcile" and f["head"] == heads[f["stream"]] for f in frames)
-    assert await client.silent()
+    marker = await in_thread(publish_marker, "riders:gangnam")  # behind all nine frames on the bus
+    assert await client.frames_until(marker) == []
     # A reconcile frame is outside the sequence: the next events arrive as seq head + 1.
     await in_thread(orders_in, demo_tx, 1)
     events = [await client.recv() for _ in range(2)]
