@@ -474,7 +474,8 @@ def cmd_test(env: dict[str, str], stopper: Stopper, pytest_args: list[str]) -> i
     for key, value in TEST_DEFAULTS.items():
         env.setdefault(key, value)
     if not Path("/usr/bin/chromium").exists():
-        say("Note: /usr/bin/chromium not found, so browser tests will be skipped (apt-get install chromium).")
+        outcome = "fail (CI=true)" if env.get("CI", "").lower() in ("true", "1") else "be skipped"
+        say(f"Note: /usr/bin/chromium not found, so browser tests will {outcome} (apt-get install chromium).")
     say("ruff check .")
     ruff = run_step([sys.executable, "-m", "ruff", "check", "."], env, stopper)
     if stopper.stopping:

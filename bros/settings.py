@@ -186,7 +186,6 @@ SLA_UNASSIGNED_MINUTES = env.int("SLA_UNASSIGNED_MINUTES", default=5)
 SLA_DEFAULT_PROMISE_MINUTES = env.int("SLA_DEFAULT_PROMISE_MINUTES", default=50)
 # How far ahead an order may be promised (pre-orders); later times are refused as typos.
 ORDER_PROMISE_MAX_DAYS = env.int("ORDER_PROMISE_MAX_DAYS", default=7)
-IDEMPOTENCY_TTL = timedelta(hours=env.int("IDEMPOTENCY_TTL_HOURS", default=48))
 
 # Real-time protocol (protocol.md §3).
 REALTIME_HEADS_INTERVAL = env.float("REALTIME_HEADS_INTERVAL", default=5.0)  # hub self-check vs database heads

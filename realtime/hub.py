@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -100,23 +99,12 @@ class Feed:
                 self.live.add(subscriber)
 
 
-@dataclass
-class HubStats:
-    received: int = 0
-    duplicates: int = 0
-    gaps_filled: int = 0
-    events_filled: int = 0
-    resets: int = 0
-    started: float = field(default_factory=time.time)
-
-
 class Hub:
     def __init__(self, *, redis_url: str, heads_interval: float = 5.0):
         self.redis_url = redis_url
         self.heads_interval = heads_interval
         self.feeds: dict[str, Feed] = {}
         self.connections: set = set()
-        self.stats = HubStats()
         self._by_channel: dict[bytes, Feed] = {}
         self._redis: aioredis.Redis | None = None
         self._pubsub = None
@@ -343,7 +331,6 @@ class Hub:
             await asyncio.sleep(0)
 
     async def _on_message(self, feed: Feed, data: bytes) -> None:
-        self.stats.received += 1
         head, _, body = data.partition(b"\n")
         seq, frame = int(head), body.decode()
         if not feed.logged or seq == 0:
@@ -351,7 +338,7 @@ class Hub:
         elif not feed.primed:
             feed.early.append((seq, frame))
         elif seq <= feed.last_seq:
-            self.stats.duplicates += 1
+            return  # a duplicate (the bus may repeat a message): delivered already
         elif seq == feed.last_seq + 1 and not feed.lock.locked():
             feed.last_seq = seq
             feed.deliver(seq, frame)
@@ -362,7 +349,6 @@ class Hub:
     async def _accept(self, feed: Feed, seq: int, frame: str) -> None:
         """Deliver `seq` after filling any gap before it (caller holds the feed lock)."""
         if seq <= feed.last_seq:
-            self.stats.duplicates += 1
             return
         if seq > feed.last_seq + 1:
             await self._fill(feed, upto=seq - 1)
@@ -373,7 +359,6 @@ class Hub:
 
     async def _fill(self, feed: Feed, *, upto: int) -> None:
         """Deliver the events after the hub's position up to `upto`, read from history."""
-        self.stats.gaps_filled += 1
         read = _db_read(outbox.read_history, thread_sensitive=False)
         while feed.last_seq < upto:
             history = await read(feed.name, since=feed.last_seq, epoch=feed.epoch, limit=REPLAY_CHUNK)
@@ -386,7 +371,6 @@ class Hub:
             for n, event in enumerate(history.events, 1):
                 feed.last_seq = event.seq
                 feed.deliver(event.seq, outbox.encode_frame(event))
-                self.stats.events_filled += 1
                 if n % FILL_YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # a long fill to thousands of sockets must not starve the loop
 
@@ -414,7 +398,6 @@ class Hub:
 
     def _reset(self, feed: Feed, *, epoch: str, head: int) -> None:
         """Tell every subscriber the stream's history was reset; continue from its new head."""
-        self.stats.resets += 1
         feed.epoch, feed.last_seq = epoch, head
         feed.deliver(0, frames.reset(stream=feed.name, epoch=epoch, head=head, reason="history_reset"))
 

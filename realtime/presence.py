@@ -2,13 +2,13 @@
 
 Each server process registers itself under a key that expires unless its heartbeat refreshes
 it, and keeps its connections in one hash. A process that dies (even by SIGKILL) stops
-refreshing, its key expires within `PROCESS_TTL`, and readers then ignore it and delete its hash.
+refreshing, its key expires within its TTL, and readers then ignore it and delete its hash.
 Data stays flat (the seeds' incident: KEYS plus one HGETALL per key): a reader makes three round
 trips however many processes and connections there are.
 
 Redis layout (`<p>` is settings.REDIS_PREFIX, read at call time):
 - `<p>:presence:procs`        set of process ids
-- `<p>:presence:proc:<id>`    JSON {host, pid, started, cpu, rss}, TTL `PROCESS_TTL`
+- `<p>:presence:proc:<id>`    JSON {host, pid, started, cpu, rss}, TTL settings.REALTIME_PRESENCE_TTL
 - `<p>:presence:conns:<id>`   hash: connection id -> JSON {user, username, role, streams, since}
 
 A process keeps its own connections in memory as well; the heartbeat writes them back whenever
@@ -18,11 +18,9 @@ presence write never needs to be retried by the caller.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
-import secrets
 import socket
 import time
 from collections import Counter
@@ -39,10 +37,6 @@ except ImportError:  # optional: the ops monitor then shows no CPU or memory
     psutil = None
 
 logger = logging.getLogger(__name__)
-
-# A process unseen for this long is gone, with its connections (protocol §3: 45 s).
-PROCESS_TTL = 45
-HEARTBEAT_INTERVAL = 15
 
 # Delete a dead process's hash and set membership only if its key is still missing: a check
 # and a delete in two commands could erase a process that heart-beat in between.
@@ -80,28 +74,20 @@ class Presence:
     """This server process's entry in presence: its heartbeat and its connections.
 
     Used from the process's event loop only. The hub calls `start()` once, `heartbeat()` every
-    `heartbeat_interval` seconds (or runs `keep_alive()`), and `stop()` on shutdown; the
-    consumer calls `connect()`, `set_streams()` and `disconnect()`. Each of those is one round
-    trip to Redis (a heartbeat that has to write the connections back takes two).
+    `heartbeat_interval` seconds, and `stop()` on shutdown; the consumer calls `connect()`,
+    `set_streams()` and `disconnect()`. Each of those is one round trip to Redis (a heartbeat
+    that has to write the connections back takes two). `client` belongs to the caller.
     """
 
-    def __init__(
-        self,
-        client: redis.asyncio.Redis | None = None,
-        *,
-        ttl: float = PROCESS_TTL,
-        heartbeat_interval: float = HEARTBEAT_INTERVAL,
-        process_id: str | None = None,
-    ):
+    def __init__(self, client: redis.asyncio.Redis, *, process_id: str, ttl: float, heartbeat_interval: float):
         if heartbeat_interval >= ttl:
             raise ValueError("The heartbeat must come more often than the process key expires.")
-        self._owns_client = client is None
-        self.redis = client if client is not None else redis.asyncio.Redis.from_url(settings.REDIS_URL)
+        self.redis = client
         self.ttl = ttl
         self.heartbeat_interval = heartbeat_interval
         self.host = socket.gethostname()
         self.pid = os.getpid()
-        self.process_id = process_id or f"{self.host}-{self.pid}-{secrets.token_hex(3)}"
+        self.process_id = process_id
         self.started = time.time()
         self._conns: dict[str, dict] = {}
         self._stopped = False
@@ -160,29 +146,16 @@ class Presence:
             self._write_all(pipe)
             await pipe.execute()
 
-    async def keep_alive(self) -> None:
-        """Heartbeat every `heartbeat_interval` seconds until cancelled; Redis errors are logged."""
-        while True:
-            await asyncio.sleep(self.heartbeat_interval)
-            try:
-                await self.heartbeat()
-            except redis.RedisError:
-                logger.exception("Presence heartbeat of process %s failed.", self.process_id)
-
     async def stop(self) -> None:
         """Remove this process and all its connections from presence (a second call does nothing)."""
         if self._stopped:
             return
         self._stopped = True
         self._conns.clear()
-        try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.delete(proc_key(self.process_id), conns_key(self.process_id))
-                pipe.srem(procs_key(), self.process_id)
-                await pipe.execute()
-        finally:
-            if self._owns_client:
-                await self.redis.aclose()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(proc_key(self.process_id), conns_key(self.process_id))
+            pipe.srem(procs_key(), self.process_id)
+            await pipe.execute()
 
     async def connect(self, conn_id: str, *, user_id: int, username: str, role: str | None) -> None:
         """Record an authenticated connection of this process, subscribed to nothing yet."""
@@ -284,13 +257,3 @@ def presence_snapshot() -> dict:
         "by_role": dict(sorted(by_role.items())),
         "by_center": dict(sorted(by_center.items())),
     }
-
-
-def connections_of_user(user_id: int) -> int:
-    """Return how many live connections the user has, across all server processes."""
-    return sum(1 for _, _, conns in _live_processes() for conn in conns if conn["user"] == user_id)
-
-
-def is_user_online(user_id: int) -> bool:
-    """Return whether the user has at least one live connection."""
-    return connections_of_user(user_id) > 0

@@ -490,8 +490,9 @@ def test_board_page_query_count_is_constant_in_deliveries(client, demo, django_a
     assert len(few) <= 12  # the rows' queries plus the center and the riders
 
 
-def test_board_page_carries_stream_head_and_config(client, demo):
+def test_board_page_carries_stream_head_and_config(client, demo, settings):
     """The page's JSON config resumes the stream exactly after the rows it rendered."""
+    settings.SLA_UNASSIGNED_MINUTES = 7  # not the default: the page must read the setting
     many_orders(demo, 3)
     client.force_login(demo.user("dispatch-gangnam"))
     response = client.get(BOARD)
@@ -499,7 +500,7 @@ def test_board_page_carries_stream_head_and_config(client, demo):
     epoch, head = outbox.stream_position("deliveries:gangnam")
     assert config["stream"] == {"name": "deliveries:gangnam", "epoch": epoch, "head": head}
     assert (config["center"], config["row_height"], config["window"]) == ("gangnam", 36, FIRST_WINDOW)
-    assert config["sla"]["unassigned_minutes"] == settings.SLA_UNASSIGNED_MINUTES
+    assert config["sla"]["unassigned_minutes"] == 7
 
 
 def test_board_page_keeps_filters_in_form(client, demo):

@@ -19,12 +19,12 @@ from core.models import IdempotencyRecord
 from deliveries import services as deliveries_services
 from deliveries.models import Delivery, Order
 from realtime import outbox
-from realtime.bus import channel_for, get_redis
+from realtime.bus import channel_for, get_redis, message_for
 from realtime.events import DeliveryData, OrderData, RiderData, delivery_data, order_data, rider_data
 from realtime.models import Event, Stream
 from realtime.snapshots import RECENT_EVENTS
 from realtime.streams import parse_stream
-from realtime.tests.wsclient import WsClients, in_thread
+from realtime.tests.wsclient import WsClients, in_thread, publish_marker
 from riders.models import Rider
 from riders.positions import current_positions, record_fix
 from riders.services import set_rider_duty
@@ -540,7 +540,7 @@ async def test_events_equal_the_websocket_replay(ws, demo_tx, monkeypatch, since
     assert body["reset"] is False
     assert replay == body["events"]
     assert [e["seq"] for e in replay] == list(range(since + 1, head + 1))
-    assert await client.silent()
+    assert await client.barrier() == []
     # One code path: both sides asked outbox.read_history the same question.
     assert calls == [("deliveries:gangnam", since, epoch)] * 2
 
@@ -570,7 +570,7 @@ async def test_events_reset_matches_the_websocket_reset(ws, demo_tx, case):
         "head": body["head"],
         "reason": "history_expired",
     }
-    assert await client.silent()
+    assert await client.barrier() == []
 
 
 # --- POST /publish: sessions ------------------------------------------------------------------
@@ -899,7 +899,8 @@ def test_publish_reaches_the_bus_after_commit(demo, django_capture_on_commit_cal
         assert pubsub.get_message(timeout=2)["type"] == "subscribe"
         with django_capture_on_commit_callbacks(execute=True):
             response = post_json(logged_in(demo, "dispatch-gangnam"), f"{API}/publish", publish_body())
-            assert pubsub.get_message(timeout=0.2) is None  # nothing before commit
+            marker = publish_marker("chat:gangnam")  # Redis delivers in publish order: nothing came before it
+            assert pubsub.get_message(timeout=2)["data"] == message_for(0, json.dumps(marker))
         message = pubsub.get_message(timeout=2)
     finally:
         pubsub.close()

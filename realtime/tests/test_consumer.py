@@ -15,7 +15,6 @@ import realtime.hub
 from realtime import outbox
 from realtime.bus import channel_for, get_redis, message_for
 from realtime.consumers import FrameSender
-from realtime.hub import get_hub
 from realtime.models import Event
 from realtime.tests.wsclient import (
     NoticeWriter,
@@ -23,6 +22,7 @@ from realtime.tests.wsclient import (
     WsClients,
     emit_notices,
     in_thread,
+    publish_marker,
     session_cookie,
 )
 from riders.models import Rider
@@ -136,7 +136,8 @@ async def test_handshake_nothing_is_subscribed_automatically(ws):
     assert (await dispatcher.publish(own, "notice", {"text": "Come to the hub"}))["type"] == "ack"
     received = await listening.events(2)
     assert sorted(e["stream"] for e in received) == sorted([own, BROADCAST])
-    assert await idle.silent()
+    # The hub hands an event to all its subscribers at once: `idle` would have been handed both by now.
+    assert await idle.barrier() == []
 
 
 # -- subscribe / unsubscribe -------------------------------------------------------------------------
@@ -156,14 +157,14 @@ async def test_subscribe_without_since_reports_head_then_only_newer_events(ws):
         "head": head,
         "recovered": False,
     }
-    assert await client.silent()
+    assert await client.barrier() == []
     seqs = await in_thread(emit_notices, 2, text="later")
     events = await client.events(2)
     assert [e["seq"] for e in events] == seqs == [head + 1, head + 2]
     assert events[0]["stream"] == BROADCAST and events[0]["event"] == "notice"
     assert events[0]["data"] == {"text": "later 0", "level": "info"}
     assert events[0]["ts"].endswith("Z")
-    assert await client.silent()
+    assert await client.barrier() == []
 
 
 async def test_subscribe_twice_is_idempotent(ws):
@@ -171,22 +172,26 @@ async def test_subscribe_twice_is_idempotent(ws):
     client = await ws.connect(DISPATCHER)
     assert (await client.subscribe(BROADCAST))["type"] == "subscribed"
     await client.send({"type": "subscribe", "id": "again", "stream": BROADCAST})
-    assert await client.silent()
+    assert await client.barrier() == []
     seqs = await in_thread(emit_notices, 3)
     assert [e["seq"] for e in await client.events(3)] == seqs
-    assert await client.silent()
+    marker = await in_thread(publish_marker, BROADCAST)
+    assert await client.frames_until(marker) == []
 
 
 async def test_unsubscribe_acknowledges_and_stops_events(ws):
     """`unsubscribe` answers `unsubscribed`; later events of the stream no longer arrive."""
-    client = await ws.connect(DISPATCHER)
-    await client.subscribe(BROADCAST)
+    client, witness = await ws.connect(DISPATCHER), await ws.connect(HQ)
+    for connection in (client, witness):
+        await connection.subscribe(BROADCAST)
     await in_thread(emit_notices, 1)
     await client.events(1)
     reply = await client.request({"type": "unsubscribe", "id": "u1", "stream": BROADCAST})
     assert reply == {"type": "unsubscribed", "id": "u1", "stream": BROADCAST}
     await in_thread(emit_notices, 2)
-    assert await client.silent()
+    assert [e["seq"] for e in await witness.events(3)] == [1, 2, 3]
+    # The hub hands an event to all the stream's subscribers at once: `client` would have it by now.
+    assert await client.barrier() == []
 
 
 async def test_unsubscribe_then_subscribe_again_resumes_live_events(ws):
@@ -197,7 +202,7 @@ async def test_unsubscribe_then_subscribe_again_resumes_live_events(ws):
     await in_thread(emit_notices, 2)
     reply = await client.subscribe(BROADCAST)
     assert reply["type"] == "subscribed" and reply["head"] == 2
-    assert await client.silent()
+    assert await client.barrier() == []
     await in_thread(emit_notices, 1)
     assert [e["seq"] for e in await client.events(1)] == [3]
 
@@ -287,7 +292,7 @@ async def test_position_by_rider_is_silent_and_reaches_positions_subscribers_in_
     await rider.send(
         {"type": "position", "lat": 37.4979, "lng": 127.0276, "accuracy": 8.5, "heading": 90, "speed": 4.2}
     )
-    assert await rider.silent()
+    assert await rider.barrier() == []
     mine = []
     while not mine:  # the next batch with this rider (at most one batch per second)
         batch = await watcher.recv(timeout=3)
@@ -349,8 +354,7 @@ async def test_pong_gets_no_reply(ws):
     """A client `pong` is a sign of life only: nothing is sent back."""
     client = await ws.connect(DISPATCHER)
     await client.send({"type": "pong"})
-    assert await client.silent()
-    assert await client.alive()
+    assert await client.barrier() == []
 
 
 # -- errors ----------------------------------------------------------------------------------------
@@ -654,10 +658,11 @@ async def test_resume_with_current_epoch_replays_since_then_goes_live(ws):
     replay = await client.events(4)
     assert [e["seq"] for e in replay] == [3, 4, 5, 6]
     assert [e["data"]["text"] for e in replay] == ["notice 2", "notice 3", "notice 4", "notice 5"]
-    assert await client.silent()
+    assert await client.barrier() == []
     await in_thread(emit_notices, 2)
     assert [e["seq"] for e in await client.events(2)] == [7, 8]
-    assert await client.silent()
+    marker = await in_thread(publish_marker, BROADCAST)
+    assert await client.frames_until(marker) == []
 
 
 async def test_resume_at_head_recovers_with_nothing_to_replay(ws):
@@ -667,7 +672,7 @@ async def test_resume_at_head_recovers_with_nothing_to_replay(ws):
     client = await ws.connect(DISPATCHER)
     reply = await client.subscribe(BROADCAST, since=head, epoch=epoch)
     assert reply["recovered"] is True and reply["head"] == head
-    assert await client.silent()
+    assert await client.barrier() == []
     await in_thread(emit_notices, 1)
     assert [e["seq"] for e in await client.events(1)] == [head + 1]
 
@@ -689,7 +694,7 @@ async def test_resume_with_another_epoch_resets(ws, epoch):
     }
     reset = await client.recv()
     assert reset == {"type": "reset", "stream": BROADCAST, "epoch": current, "head": head, "reason": "history_expired"}
-    assert await client.silent()
+    assert await client.barrier() == []
     await in_thread(emit_notices, 1)
     assert [e["seq"] for e in await client.events(1)] == [head + 1]
 
@@ -702,7 +707,7 @@ async def test_resume_beyond_head_resets(ws):
     reply = await client.subscribe(BROADCAST, since=head + 5, epoch=epoch)
     assert reply["recovered"] is False and reply["head"] == head
     assert (await client.recv())["type"] == "reset"
-    assert await client.silent()
+    assert await client.barrier() == []
 
 
 def prune_through(stream: str, seq: int) -> int:
@@ -723,7 +728,7 @@ async def test_resume_older_than_retained_history_resets(ws):
     reply = await client.subscribe(BROADCAST, since=5, epoch=epoch)
     assert reply["recovered"] is True
     assert [e["seq"] for e in await client.events(5)] == [6, 7, 8, 9, 10]
-    assert await client.silent()
+    assert await client.barrier() == []
 
 
 @pytest.mark.parametrize("chunk", [500, 7], ids=["one-read", "chunked-replay"])
@@ -749,7 +754,8 @@ async def test_resume_during_concurrent_commits_is_gapless_and_duplicate_free(ws
     assert final >= reply["head"] + 150
     seqs = await client.seqs_until(BROADCAST, final)
     assert seqs == list(range(since + 1, final + 1))
-    assert await client.silent()
+    marker = await in_thread(publish_marker, BROADCAST)
+    assert await client.frames_until(marker) == []
     if warm:
         assert await other.seqs_until(BROADCAST, final) == list(range(1, final + 1))
 
@@ -766,8 +772,8 @@ async def test_gap_fill_when_the_bus_loses_every_third_event(ws, lossy_bus, sett
     await in_thread(emit_notices, 31)
     assert dropped == list(range(3, 31, 3))
     assert await client.seqs_until(BROADCAST, 31) == list(range(1, 32))
-    assert await client.silent()
-    assert get_hub().stats.events_filled >= len(dropped)
+    marker = await in_thread(publish_marker, BROADCAST)
+    assert await client.frames_until(marker) == []
 
 
 async def test_gap_fill_delivers_the_lost_last_event_of_a_burst(ws, lossy_bus, settings):
@@ -779,7 +785,8 @@ async def test_gap_fill_delivers_the_lost_last_event_of_a_burst(ws, lossy_bus, s
     await in_thread(emit_notices, 5)
     assert dropped == [5]
     assert await client.seqs_until(BROADCAST, 5, timeout=3) == [1, 2, 3, 4, 5]
-    assert await client.silent()
+    marker = await in_thread(publish_marker, BROADCAST)
+    assert await client.frames_until(marker) == []
 
 
 async def test_gap_fill_when_the_bus_loses_every_event(ws, lossy_bus, settings):
@@ -790,7 +797,8 @@ async def test_gap_fill_when_the_bus_loses_every_event(ws, lossy_bus, settings):
     lossy_bus(lambda event: True)
     await in_thread(emit_notices, 12)
     assert await client.seqs_until(BROADCAST, 12, timeout=3) == list(range(1, 13))
-    assert await client.silent()
+    marker = await in_thread(publish_marker, BROADCAST)
+    assert await client.frames_until(marker) == []
 
 
 async def test_bus_duplicates_and_reordering_are_delivered_once_in_order(ws, lossy_bus, settings):
@@ -802,15 +810,17 @@ async def test_bus_duplicates_and_reordering_are_delivered_once_in_order(ws, los
     assert [e["seq"] for e in await client.events(1)] == [1]
     lossy_bus(lambda event: True)
     assert await in_thread(emit_notices, 2) == [2, 3]
-    assert await client.silent()
+    marker = await in_thread(publish_marker, BROADCAST)
+    assert await client.frames_until(marker) == []  # 2 and 3 never reached the bus
     await in_thread(publish_by_hand, BROADCAST, [1, 3, 2, 3, 2, 1])
     assert [e["seq"] for e in await client.events(2)] == [2, 3]
-    assert await client.silent()
+    marker = await in_thread(publish_marker, BROADCAST)
+    assert await client.frames_until(marker) == []  # the repeats were dropped
     assert await in_thread(emit_notices, 2) == [4, 5]
     await in_thread(publish_by_hand, BROADCAST, [4, 4, 5, 4, 5])
     assert [e["seq"] for e in await client.events(2)] == [4, 5]
-    assert await client.silent()
-    assert get_hub().stats.duplicates >= 7
+    marker = await in_thread(publish_marker, BROADCAST)
+    assert await client.frames_until(marker) == []
 
 
 async def test_bus_out_of_order_live_events_reach_late_joiner_once(ws, lossy_bus, settings):
@@ -826,7 +836,9 @@ async def test_bus_out_of_order_live_events_reach_late_joiner_once(ws, lossy_bus
     assert [e["seq"] for e in await late.events(4)] == [3, 4, 5, 6]
     await in_thread(publish_by_hand, BROADCAST, [6, 2, 5, 1, 3, 4])
     assert [e["seq"] for e in await first.events(6)] == [1, 2, 3, 4, 5, 6]
-    assert await late.silent()
+    marker = await in_thread(publish_marker, BROADCAST)
+    assert await late.frames_until(marker) == []  # it had 3..6 from its replay already
+    assert await first.frames_until(marker) == []
     await in_thread(emit_notices, 1)  # the hub heals with a later event (here published by hand)
     await in_thread(publish_by_hand, BROADCAST, [7])
     assert [e["seq"] for e in await late.events(1)] == [7]

@@ -7,14 +7,15 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.db import close_old_connections, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from deliveries.services import create_order
 from realtime import outbox
-from realtime.bus import channel_for, get_redis
+from realtime.bus import channel_for, get_redis, message_for
 from realtime.events import NoticeData, build
 from realtime.models import Event, Stream
+from realtime.tests.wsclient import publish_marker
 
 WRITERS = 8
 ORDERS_PER_WRITER = 6
@@ -41,6 +42,15 @@ def seqs_of(stream: str, after: int = 0) -> list[int]:
 
 def notice(stream="broadcast:all", text="hello"):
     return build(stream, "notice", NoticeData(text=text))
+
+
+def waiting_for_a_lock() -> bool:
+    """Whether a connection to the test database is waiting for a lock."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0] > 0
 
 
 def in_thread(target, *args):
@@ -99,7 +109,6 @@ def test_emit_next_writer_waits_until_previous_commits(demo_tx):
     before = head_of(stream)
     first_emitted, release_first = threading.Event(), threading.Event()
     second_done = threading.Event()
-    seen_by_reader: list[list[int]] = []
 
     def first_writer():
         with transaction.atomic():
@@ -116,13 +125,13 @@ def test_emit_next_writer_waits_until_previous_commits(demo_tx):
     first, first_errors = in_thread(first_writer)
     second, second_errors = in_thread(second_writer)
     first_emitted.wait(10)
-    # While the first transaction is open, the second cannot take a seq, so nothing is visible.
-    for _ in range(20):
-        close_old_connections()
-        seen_by_reader.append(seqs_of(stream, after=before))
+    deadline = time.monotonic() + 10
+    while not waiting_for_a_lock():  # a barrier on the database's own state, not a guess
+        assert time.monotonic() < deadline, "the second writer never waited for the first"
         time.sleep(0.01)
+    # While the first transaction is open, the second waits for it without a seq: nothing is visible.
     assert not second_done.is_set()
-    assert all(seen == [] for seen in seen_by_reader)
+    assert seqs_of(stream, after=before) == []
     release_first.set()
     first.join(10)
     second.join(10)
@@ -199,7 +208,8 @@ def test_publish_on_commit_sends_the_encoded_frame_once(demo, django_capture_on_
     pubsub.get_message(timeout=1)  # the subscribe confirmation
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         order = create_order(**order_kwargs(demo))
-    assert pubsub.get_message(timeout=0.2) is None  # nothing before commit
+    marker = publish_marker("orders:gangnam")  # Redis delivers in publish order: nothing came before it
+    assert pubsub.get_message(timeout=2)["data"] == message_for(0, json.dumps(marker))
     for callback in callbacks:
         callback()
     message = pubsub.get_message(timeout=2)

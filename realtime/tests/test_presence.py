@@ -1,38 +1,34 @@
 """Presence (protocol §3): who is connected per stream, user, role, center and server process, exact
-across processes, and a process that dies leaves presence within its TTL with nothing left behind."""
+across processes. Connections go through the real consumer and this event loop's hub, which keep
+presence the way production does; other server processes are `Presence` objects built as the hub
+builds its own. That a SIGKILLed server leaves presence is tested on real server processes
+(tests/live/test_cross_process.py)."""
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
-from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio
+from asgiref.testing import ApplicationCommunicator
+from django.conf import settings as django_settings
 from django.test import Client
 from django.urls import path
 from ninja import NinjaAPI
 
+from bros.asgi import application
 from core.api_auth import API_AUTH
 from core.models import ApiToken
 from realtime.api_presence import router as presence_router
 from realtime.bus import get_redis
-from realtime.presence import (
-    Presence,
-    connections_of_user,
-    conns_key,
-    is_user_online,
-    presence_snapshot,
-    proc_key,
-    procs_key,
-)
+from realtime.consumers import PROCESS_ID
+from realtime.hub import get_hub
+from realtime.presence import Presence, conns_key, presence_snapshot, proc_key, procs_key
+from realtime.tests.wsclient import WsClients
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-HOLDER = Path(__file__).with_name("presence_holder.py")
-KILL_DEADLINE = 10  # seconds; the holder's TTL is 2 s, the protocol allows 45 s (60 s at most)
+DISPATCHER = "dispatch-gangnam"
+TIMEOUT = 5.0
 
 test_api = NinjaAPI(urls_namespace="test-presence", auth=API_AUTH, docs_url=None)
 test_api.add_router("/ops", presence_router)
@@ -51,12 +47,31 @@ def presence_prefix(settings):
 
 
 @pytest.fixture
-async def processes():
-    """Start Presence objects ("server processes") on demand; stop the ones still running at the end."""
+async def ws(settings, demo_tx):
+    """Connections to the real ASGI app; at the end they are closed and this loop's hub stopped."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    clients = WsClients()
+    yield clients
+    await clients.shutdown()
+
+
+def presence_like_the_hub(process_id: str) -> Presence:
+    """Another server process's presence, built as `realtime.consumers._start_presence` builds it."""
+    return Presence(
+        redis.asyncio.Redis.from_url(django_settings.REDIS_URL),
+        process_id=process_id,
+        ttl=django_settings.REALTIME_PRESENCE_TTL,
+        heartbeat_interval=django_settings.REALTIME_PRESENCE_HEARTBEAT,
+    )
+
+
+@pytest.fixture
+async def other_processes():
+    """Start other server processes' presence on demand; stop them (and their clients) at the end."""
     started: list[Presence] = []
 
-    async def start(**kwargs) -> Presence:
-        presence = Presence(**kwargs)
+    async def start() -> Presence:
+        presence = presence_like_the_hub(f"other-{uuid.uuid4().hex[:8]}")
         await presence.start()
         started.append(presence)
         return presence
@@ -64,239 +79,196 @@ async def processes():
     yield start
     for presence in started:
         await presence.stop()
+        await presence.redis.aclose()
 
 
 def entry_of(snapshot: dict, process_id: str) -> dict | None:
     return next((p for p in snapshot["processes"] if p["id"] == process_id), None)
 
 
-async def test_presence_connect_is_counted_per_stream_user_role_and_center(processes):
-    """A connection with streams appears in every count of the snapshot and under its process."""
-    server = await processes()
-    await server.connect("c1", user_id=12, username="dispatch-gangnam", role="dispatcher")
-    await server.set_streams("c1", ["deliveries:gangnam", "riders:gangnam", "user:12", "broadcast:all"])
+async def snapshot_after(*clients) -> dict:
+    """The presence snapshot once the consumer has handled everything the clients sent.
 
-    snapshot = presence_snapshot()
+    A ping barrier per client: the consumer handles a connection's frames one at a time, and a
+    subscribe's presence write is part of handling it. The hub registers its process in a task of
+    its own, so the snapshot is read again until this process is in it.
+    """
+    for client in clients:
+        assert await client.barrier() == []
+    async with asyncio.timeout(TIMEOUT):
+        while entry_of(snapshot := presence_snapshot(), PROCESS_ID) is None:
+            await asyncio.sleep(0.01)
+    return snapshot
+
+
+async def subscribed(client, *streams: str):
+    for stream in streams:
+        assert (await client.subscribe(stream))["type"] == "subscribed", stream
+    return client
+
+
+async def test_presence_counts_a_connection_per_stream_user_role_and_center(ws):
+    """A connection with streams counts per stream, user, role and center, under its process with CPU and memory."""
+    client = await ws.connect(DISPATCHER)
+    own = f"user:{client.user.pk}"
+    await subscribed(client, "deliveries:gangnam", "riders:gangnam", own, "broadcast:all")
+
+    snapshot = await snapshot_after(client)
 
     assert snapshot["connections"] == 1
-    assert snapshot["by_stream"] == {
-        "broadcast:all": 1,
-        "deliveries:gangnam": 1,
-        "riders:gangnam": 1,
-        "user:12": 1,
-    }
-    assert snapshot["by_user"] == {"12": 1}
+    assert snapshot["by_stream"] == {"broadcast:all": 1, "deliveries:gangnam": 1, "riders:gangnam": 1, own: 1}
+    assert snapshot["by_user"] == {str(client.user.pk): 1}
     assert snapshot["by_role"] == {"dispatcher": 1}
     assert snapshot["by_center"] == {"gangnam": 1}
     [process] = snapshot["processes"]
-    assert process["id"] == server.process_id
-    assert process["pid"] == os.getpid()
-    assert process["connections"] == 1
+    assert (process["id"], process["pid"], process["connections"]) == (PROCESS_ID, os.getpid(), 1)
+    assert isinstance(process["cpu"], float) and process["cpu"] >= 0
+    assert process["rss"] > 0
 
 
-async def test_presence_connect_without_streams_counts_the_user_only(processes):
+async def test_presence_counts_a_connection_that_has_not_subscribed_for_its_user_only(ws):
     """A connection that has not subscribed yet counts for its user and role, not for any stream."""
-    server = await processes()
-    await server.connect("c1", user_id=7, username="callcenter", role="callcenter")
+    client = await ws.connect("callcenter")
 
-    snapshot = presence_snapshot()
+    snapshot = await snapshot_after(client)
 
     assert snapshot["connections"] == 1
-    assert snapshot["by_user"] == {"7": 1}
+    assert snapshot["by_user"] == {str(client.user.pk): 1}
     assert snapshot["by_role"] == {"callcenter": 1}
-    assert snapshot["by_stream"] == {}
-    assert snapshot["by_center"] == {}
+    assert (snapshot["by_stream"], snapshot["by_center"]) == ({}, {})
 
 
-async def test_presence_set_streams_replaces_the_connection_streams(processes):
-    """Each set_streams call is the full list: streams left behind stop counting."""
-    server = await processes()
-    await server.connect("c1", user_id=3, username="hq", role="hq")
-    await server.set_streams("c1", ["deliveries:gangnam", "orders:gangnam"])
-    await server.set_streams("c1", ["chat:mapo"])
+async def test_presence_unsubscribe_stops_counting_the_stream(ws):
+    """Streams a connection unsubscribed from stop counting; the ones it subscribed to since count."""
+    client = await subscribed(await ws.connect("hq"), "deliveries:gangnam", "orders:gangnam")
+    for stream in ("deliveries:gangnam", "orders:gangnam"):
+        await client.request({"type": "unsubscribe", "id": "u", "stream": stream})
+    await subscribed(client, "chat:mapo")
 
-    snapshot = presence_snapshot()
+    snapshot = await snapshot_after(client)
 
     assert snapshot["by_stream"] == {"chat:mapo": 1}
     assert snapshot["by_center"] == {"mapo": 1}
 
 
-async def test_presence_by_center_counts_a_connection_once_per_center(processes):
+async def test_presence_by_center_counts_a_connection_once_per_center(ws):
     """A connection on several streams of one center counts once for that center."""
-    server = await processes()
-    await server.connect("c1", user_id=3, username="hq", role="hq")
-    await server.set_streams("c1", ["deliveries:gangnam", "positions:gangnam", "chat:gangnam", "orders:songpa"])
-    await server.connect("c2", user_id=4, username="dispatch-gangnam", role="dispatcher")
-    await server.set_streams("c2", ["deliveries:gangnam"])
+    hq = await ws.connect("hq")
+    await subscribed(hq, "deliveries:gangnam", "riders:gangnam", "chat:gangnam", "orders:songpa")
+    dispatcher = await subscribed(await ws.connect(DISPATCHER), "deliveries:gangnam")
 
-    assert presence_snapshot()["by_center"] == {"gangnam": 2, "songpa": 1}
+    snapshot = await snapshot_after(hq, dispatcher)
 
-
-async def test_presence_set_streams_ignores_a_disconnected_connection(processes):
-    """A subscribe that finishes after its socket closed does not bring the connection back."""
-    server = await processes()
-    await server.connect("c1", user_id=5, username="u5", role="dispatcher")
-    await server.disconnect("c1")
-    await server.set_streams("c1", ["deliveries:gangnam"])
-
-    snapshot = presence_snapshot()
-
-    assert snapshot["connections"] == 0
-    assert snapshot["by_stream"] == {}
+    assert snapshot["by_center"] == {"gangnam": 2, "songpa": 1}
 
 
-async def test_presence_disconnect_removes_the_connection(processes):
-    """A disconnected connection leaves every count; the user's other connection stays."""
-    server = await processes()
-    await server.connect("c1", user_id=12, username="dispatch-gangnam", role="dispatcher")
-    await server.connect("c2", user_id=12, username="dispatch-gangnam", role="dispatcher")
-    await server.set_streams("c1", ["deliveries:gangnam"])
-    await server.set_streams("c2", ["chat:gangnam"])
-    await server.disconnect("c1")
+async def test_presence_disconnect_removes_the_connection(ws):
+    """A closed connection leaves every count; the same user's other connection stays."""
+    leaving = await subscribed(await ws.connect(DISPATCHER), "deliveries:gangnam")
+    staying = await subscribed(await ws.connect(DISPATCHER), "chat:gangnam")
+    await snapshot_after(leaving, staying)
 
-    snapshot = presence_snapshot()
+    await leaving.disconnect()  # returns once the server side has finished, its cleanup included
+    snapshot = await snapshot_after(staying)
 
     assert snapshot["connections"] == 1
     assert snapshot["by_stream"] == {"chat:gangnam": 1}
-    assert snapshot["by_user"] == {"12": 1}
-    assert entry_of(snapshot, server.process_id)["connections"] == 1
+    assert snapshot["by_user"] == {str(staying.user.pk): 1}
+    assert entry_of(snapshot, PROCESS_ID)["connections"] == 1
 
 
-async def test_presence_counts_connections_of_all_processes_together(processes):
+async def test_presence_counts_connections_of_all_processes_together(ws, other_processes):
     """Two server processes' connections add up, with one entry per process."""
-    first = await processes()
-    second = await processes()
-    await first.connect("a", user_id=12, username="dispatch-gangnam", role="dispatcher")
-    await first.set_streams("a", ["deliveries:gangnam"])
-    await second.connect("b", user_id=12, username="dispatch-gangnam", role="dispatcher")
-    await second.set_streams("b", ["deliveries:gangnam"])
-    await second.connect("c", user_id=30, username="rider-gangnam-01", role="rider")
-    await second.set_streams("c", ["chat:gangnam"])
+    client = await subscribed(await ws.connect(DISPATCHER), "deliveries:gangnam")
+    other = await other_processes()
+    await other.connect("b", user_id=client.user.pk, username=DISPATCHER, role="dispatcher")
+    await other.set_streams("b", ["deliveries:gangnam"])
+    await other.connect("c", user_id=30, username="rider-gangnam-01", role="rider")
+    await other.set_streams("c", ["chat:gangnam"])
 
-    snapshot = presence_snapshot()
+    snapshot = await snapshot_after(client)
 
     assert snapshot["connections"] == 3
-    assert {p["id"]: p["connections"] for p in snapshot["processes"]} == {first.process_id: 1, second.process_id: 2}
+    assert {p["id"]: p["connections"] for p in snapshot["processes"]} == {PROCESS_ID: 1, other.process_id: 2}
     assert snapshot["by_stream"] == {"chat:gangnam": 1, "deliveries:gangnam": 2}
-    assert snapshot["by_user"] == {"12": 2, "30": 1}
+    assert snapshot["by_user"] == {str(client.user.pk): 2, "30": 1}
     assert snapshot["by_role"] == {"dispatcher": 2, "rider": 1}
     assert snapshot["by_center"] == {"gangnam": 3}
-    assert connections_of_user(12) == 2
 
 
-async def test_presence_is_user_online_follows_connections(processes):
-    """A user is online while any of their connections, on any process, is open."""
-    first = await processes()
-    second = await processes()
-    assert not is_user_online(12)
+async def test_presence_server_shutdown_removes_the_process_and_its_connections(ws, other_processes):
+    """The ASGI lifespan shutdown takes this process and its connections out of presence at once."""
+    lifespan = ApplicationCommunicator(application, {"type": "lifespan"})
+    await lifespan.send_input({"type": "lifespan.startup"})
+    assert (await lifespan.receive_output(TIMEOUT))["type"] == "lifespan.startup.complete"
+    client = await subscribed(await ws.connect(DISPATCHER), "deliveries:gangnam")
+    other = await other_processes()
+    await other.connect("c", user_id=3, username="u3", role="hq")
+    await snapshot_after(client)
 
-    await first.connect("a", user_id=12, username="dispatch-gangnam", role="dispatcher")
-    await second.connect("b", user_id=12, username="dispatch-gangnam", role="dispatcher")
-    assert is_user_online(12)
-    assert connections_of_user(12) == 2
-    assert connections_of_user(13) == 0
-
-    await first.disconnect("a")
-    assert connections_of_user(12) == 1
-    await second.disconnect("b")
-    assert not is_user_online(12)
-
-
-async def test_presence_stop_removes_the_process_and_its_connections(processes):
-    """A process that shuts down cleanly leaves presence at once, with its keys deleted."""
-    leaving = await processes()
-    staying = await processes()
-    await leaving.connect("a", user_id=1, username="u1", role="hq")
-    await leaving.connect("b", user_id=2, username="u2", role="hq")
-    await staying.connect("c", user_id=3, username="u3", role="hq")
-
-    await leaving.stop()
+    await lifespan.send_input({"type": "lifespan.shutdown"})
+    assert (await lifespan.receive_output(TIMEOUT))["type"] == "lifespan.shutdown.complete"
     snapshot = presence_snapshot()
 
-    assert [p["id"] for p in snapshot["processes"]] == [staying.process_id]
+    assert [p["id"] for p in snapshot["processes"]] == [other.process_id]
     assert snapshot["connections"] == 1
-    client = get_redis()
-    assert not client.exists(proc_key(leaving.process_id), conns_key(leaving.process_id))
-    assert not client.sismember(procs_key(), leaving.process_id)
+    client_redis = get_redis()
+    assert not client_redis.exists(proc_key(PROCESS_ID), conns_key(PROCESS_ID))
+    assert not client_redis.sismember(procs_key(), PROCESS_ID)
 
 
-async def test_presence_heartbeat_records_cpu_and_memory(processes):
-    """Each process reports its CPU percentage and resident memory for the ops monitor."""
-    server = await processes()
-    await server.heartbeat()
+async def test_presence_heartbeat_keeps_the_process_past_its_ttl(ws, settings):
+    """A process whose hub keeps heart-beating stays in presence longer than its key's TTL."""
+    settings.REALTIME_PRESENCE_TTL = 1  # read when the hub starts (first connect)
+    settings.REALTIME_PRESENCE_HEARTBEAT = 0.2
+    client = await ws.connect(DISPATCHER)
+    await snapshot_after(client)
 
-    [process] = presence_snapshot()["processes"]
+    await asyncio.sleep(2 * settings.REALTIME_PRESENCE_TTL)  # the time that passes is what is tested
 
-    assert isinstance(process["cpu"], float)
-    assert process["cpu"] >= 0
-    assert process["rss"] > 0
-
-
-async def test_presence_heartbeat_keeps_a_process_past_its_ttl(processes):
-    """A process that keeps heart-beating stays in presence longer than its key's TTL."""
-    server = await processes(ttl=1, heartbeat_interval=0.2)
-    await server.connect("c1", user_id=1, username="u1", role="hq")
-    beating = asyncio.create_task(server.keep_alive())
-    try:
-        await asyncio.sleep(2)
-        assert presence_snapshot()["connections"] == 1
-    finally:
-        beating.cancel()
+    assert entry_of(presence_snapshot(), PROCESS_ID)["connections"] == 1
 
 
-async def test_presence_expired_process_is_ignored_and_collected(processes):
-    """A process whose key expired is left out of the snapshot and its hash and membership deleted."""
-    silent = await processes(ttl=0.5, heartbeat_interval=0.1)
-    await silent.connect("c1", user_id=1, username="u1", role="hq")
-    client = get_redis()
-    for _ in range(50):
-        if not client.exists(proc_key(silent.process_id)):
-            break
-        await asyncio.sleep(0.1)
+async def test_presence_expired_process_is_collected_and_its_heartbeat_restores_it(ws):
+    """A process whose key expired (a stalled event loop) is left out and collected; its next heartbeat restores it."""
+    client = await subscribed(await ws.connect("hq"), "deliveries:mapo")
+    await snapshot_after(client)
+    redis_client = get_redis()
+    redis_client.delete(proc_key(PROCESS_ID))  # what the TTL does after a long stall
 
     snapshot = presence_snapshot()
+    assert (snapshot["processes"], snapshot["connections"]) == ([], 0)
+    assert not redis_client.exists(conns_key(PROCESS_ID))
+    assert not redis_client.sismember(procs_key(), PROCESS_ID)
 
-    assert snapshot["processes"] == []
-    assert snapshot["connections"] == 0
-    assert not client.exists(conns_key(silent.process_id))
-    assert not client.sismember(procs_key(), silent.process_id)
-
-
-async def test_presence_heartbeat_restores_a_process_collected_during_a_stall(processes):
-    """A process whose key expired (an event-loop stall) writes its connections back on its next heartbeat."""
-    server = await processes()
-    await server.connect("c1", user_id=1, username="u1", role="hq")
-    await server.set_streams("c1", ["deliveries:mapo"])
-    get_redis().delete(proc_key(server.process_id))  # what the TTL does after a long stall
-    assert presence_snapshot()["connections"] == 0
-
-    await server.heartbeat()
+    await get_hub().presence.heartbeat()  # what the hub runs every REALTIME_PRESENCE_HEARTBEAT
 
     snapshot = presence_snapshot()
     assert snapshot["connections"] == 1
     assert snapshot["by_stream"] == {"deliveries:mapo": 1}
 
 
-async def test_presence_heartbeat_repairs_a_lost_connection_write(processes):
-    """A connection whose Redis write was lost is written back by the next heartbeat."""
-    server = await processes()
-    await server.connect("c1", user_id=1, username="u1", role="hq")
-    await server.connect("c2", user_id=2, username="u2", role="hq")
-    get_redis().hdel(conns_key(server.process_id), "c2")  # as if that HSET had failed
+async def test_presence_heartbeat_repairs_a_lost_connection_write(ws):
+    """A connection whose Redis write was lost is written back by the process's next heartbeat."""
+    first, second = await ws.connect("hq"), await ws.connect(DISPATCHER)
+    await snapshot_after(first, second)
+    lost = get_redis().hkeys(conns_key(PROCESS_ID))[0]
+    get_redis().hdel(conns_key(PROCESS_ID), lost)  # as if that connection's HSET had failed
+    assert presence_snapshot()["connections"] == 1
 
-    await server.heartbeat()
+    await get_hub().presence.heartbeat()
 
-    assert presence_snapshot()["by_user"] == {"1": 1, "2": 1}
+    assert presence_snapshot()["by_user"] == {str(first.user.pk): 1, str(second.user.pk): 1}
 
 
-async def test_presence_snapshot_makes_three_round_trips(processes, monkeypatch):
+async def test_presence_snapshot_makes_three_round_trips(other_processes, monkeypatch):
     """A snapshot costs three round trips to Redis however many processes and connections there are."""
     for index in range(4):
-        server = await processes()
+        server = await other_processes()
         for conn in range(5):
             await server.connect(f"c{conn}", user_id=index * 10 + conn + 1, username="u", role="dispatcher")
             await server.set_streams(f"c{conn}", ["deliveries:gangnam", "chat:gangnam"])
-    dead = await processes()
+    dead = await other_processes()
     await dead.connect("x", user_id=99, username="u99", role="hq")
     get_redis().delete(proc_key(dead.process_id))
     round_trips = []
@@ -319,55 +291,6 @@ async def test_presence_snapshot_makes_three_round_trips(processes, monkeypatch)
     assert round_trips == ["SMEMBERS", "pipeline", "pipeline"]
 
 
-def test_presence_process_killed_with_sigkill_leaves_presence(presence_prefix):
-    """A server process killed with SIGKILL drops out of presence once its key expires, its hash collected."""
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            str(HOLDER),
-            "--connections=3",
-            "--user=4242",
-            "--stream=deliveries:gangnam",
-            "--stream=chat:gangnam",
-            "--ttl=2",
-            "--heartbeat=0.5",
-        ],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "DJANGO_SETTINGS_MODULE": "bros.settings", "REDIS_PREFIX": presence_prefix},
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        process_id = holder.stdout.readline().strip()
-        assert process_id, f"the holder exited with {holder.poll()} before registering"
-
-        snapshot = presence_snapshot()
-        assert entry_of(snapshot, process_id)["connections"] == 3
-        assert entry_of(snapshot, process_id)["pid"] == holder.pid
-        assert snapshot["by_user"] == {"4242": 3}
-        assert snapshot["by_stream"] == {"chat:gangnam": 3, "deliveries:gangnam": 3}
-
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.wait(timeout=5)
-        deadline = time.monotonic() + KILL_DEADLINE
-        while entry_of(snapshot, process_id) is not None and time.monotonic() < deadline:
-            time.sleep(0.2)
-            snapshot = presence_snapshot()
-    finally:
-        if holder.poll() is None:
-            holder.kill()
-            holder.wait()
-        holder.stdout.close()
-
-    assert entry_of(snapshot, process_id) is None
-    assert snapshot["connections"] == 0
-    assert snapshot["by_user"] == {}
-    assert snapshot["by_stream"] == {}
-    client = get_redis()
-    assert not client.exists(proc_key(process_id), conns_key(process_id))
-    assert not client.sismember(procs_key(), process_id)
-
-
 @pytest.fixture
 def api_client(settings):
     settings.ROOT_URLCONF = __name__
@@ -385,7 +308,7 @@ def event_loop_runner():
 def test_presence_api_gives_hq_the_snapshot(demo, api_client, event_loop_runner):
     """HQ gets the snapshot: processes and counts per stream, user, role and center."""
     hq = demo.user("hq")
-    server = Presence()
+    server = presence_like_the_hub("api-test")
     event_loop_runner(server.start())
     try:
         event_loop_runner(server.connect("c1", user_id=hq.pk, username="hq", role="hq"))
@@ -395,6 +318,7 @@ def test_presence_api_gives_hq_the_snapshot(demo, api_client, event_loop_runner)
         response = api_client.get("/api/v1/ops/presence")
     finally:
         event_loop_runner(server.stop())
+        event_loop_runner(server.redis.aclose())
 
     assert response.status_code == 200
     body = response.json()

@@ -16,6 +16,7 @@ the end, so that the next test's event loop starts a fresh one. A fixture like t
         assert (await client.subscribe("broadcast:all"))["type"] == "subscribed"
         await in_thread(emit_notices, 2)
         events = await client.events(2)
+        assert await client.barrier() == []  # and nothing more is on its way
 
 Server settings the hub reads when it starts (REALTIME_PING_INTERVAL, REALTIME_HEADS_INTERVAL) must
 be overridden (pytest-django's `settings` fixture) before the first `connect` of the test.
@@ -27,6 +28,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import json
 import threading
 
 from asgiref.sync import sync_to_async
@@ -38,6 +40,7 @@ from django.db import connections, transaction
 from django.test import Client
 
 from bros.asgi import application
+from realtime.bus import channel_for, get_redis, message_for
 from realtime.events import NoticeData, build
 from realtime.hub import stop_hub
 from realtime.outbox import emit
@@ -45,7 +48,6 @@ from realtime.outbox import emit
 # The origin validator snapshots ALLOWED_HOSTS at import; "localhost" is in the default list.
 ORIGIN = "http://localhost"
 TIMEOUT = 5.0  # seconds: the bound of every wait for a frame the server owes us
-SILENCE = 0.3  # seconds of quiet that count as "nothing arrives"
 
 _ids = itertools.count(1)
 
@@ -109,6 +111,19 @@ def emit_notices(count: int, stream: str = "broadcast:all", text: str = "notice"
             (row,) = emit([build(stream, "notice", NoticeData(text=f"{text} {i}"))])
         seqs.append(row.seq)
     return seqs
+
+
+def publish_marker(stream: str) -> dict:
+    """Put a marker frame on `stream`'s bus channel behind every message published so far (sync); return it.
+
+    The hub reads all its channels over one Redis connection in publish order and hands a message
+    outside the sequence (seq 0) to the stream's subscribers as it is. So once a subscriber has the
+    marker, the hub has handled every message published before it: what did not arrive by then
+    will not arrive. (A ping barrier alone cannot show that: a message may still be on the bus.)
+    """
+    marker = {"type": "marker", "id": f"m{next(_ids)}"}
+    get_redis().publish(channel_for(stream), message_for(0, json.dumps(marker)))
+    return marker
 
 
 class NoticeWriter:
@@ -228,9 +243,27 @@ class WsClient:
             seqs.append(frame["seq"])
         return seqs
 
-    async def silent(self, timeout: float = SILENCE) -> bool:
-        """Whether nothing at all (server pings included) arrives within `timeout`."""
-        return await self.communicator.receive_nothing(timeout=timeout)
+    async def barrier(self, timeout: float = TIMEOUT) -> list[dict]:
+        """Send `ping`; return every frame (server pings left out) that arrives before its `pong`.
+
+        The server handles a connection's frames one at a time and sends its frames in order, so at
+        the pong everything it had sent this connection before reading the ping has arrived: an
+        empty list proves that nothing the server already produced is on its way. For events that
+        may still be on the bus, wait for a `publish_marker` (or another subscriber's copy) first.
+        """
+        frame_id = f"b{next(_ids)}"
+        await self.send({"type": "ping", "id": frame_id})
+        before = []
+        while (frame := await self.recv(timeout)) != {"type": "pong", "id": frame_id}:
+            before.append(frame)
+        return before
+
+    async def frames_until(self, marker: dict, timeout: float = TIMEOUT) -> list[dict]:
+        """Return every frame (server pings left out) that arrives before `marker` (see `publish_marker`)."""
+        before = []
+        while (frame := await self.recv(timeout)) != marker:
+            before.append(frame)
+        return before
 
     async def alive(self) -> bool:
         """Whether the connection still answers a `ping` with its `pong`."""

@@ -33,6 +33,24 @@ SERVER_START_TIMEOUT = 30.0
 WAIT = 10_000  # ms: the bound of every wait for the page
 
 
+def running_in_ci() -> bool:
+    """Whether this is a CI run (`CI=true`, as CI services and `.ci/run` set it)."""
+    return os.environ.get("CI", "").lower() in ("true", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _chromium_present():
+    """Skip the browser tests when Chromium is missing, with the reason; in CI fail them instead.
+
+    A green CI run must mean the browser tests ran, not that they were skipped.
+    """
+    if CHROMIUM.exists():
+        return
+    if running_in_ci():
+        pytest.fail(f"{CHROMIUM} is missing: CI must run the browser tests (apt-get install chromium)")
+    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium fonts-liberation)")
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

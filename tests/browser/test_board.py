@@ -16,6 +16,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
+from playwright.sync_api import expect
 
 from core.models import StaffProfile
 from deliveries import services
@@ -24,12 +25,7 @@ from riders import positions
 from riders.models import Rider
 from riders.services import set_rider_duty
 
-from .conftest import CHROMIUM, WAIT, SocketProxy
-
-if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
-
-from playwright.sync_api import expect
+from .conftest import WAIT, SocketProxy
 
 pytestmark = pytest.mark.browser
 

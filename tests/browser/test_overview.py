@@ -5,12 +5,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
-from .conftest import CHROMIUM
-
-if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
-
 from playwright.sync_api import expect
 
 from . import test_board as board

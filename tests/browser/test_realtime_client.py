@@ -22,10 +22,7 @@ from realtime.reconcile import publish_reconcile_frames
 from realtime.services import publish_event
 from realtime.streams import parse_stream
 
-from .conftest import CHROMIUM, SocketProxy
-
-if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
+from .conftest import SocketProxy
 
 pytestmark = pytest.mark.browser
 

@@ -38,6 +38,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 from realtime.bus import get_redis
 from realtime.presence import presence_snapshot
+from realtime.tests.wsclient import publish_marker
 from tests import support
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -422,12 +423,11 @@ class WsClient:
             got.append(frame)
         return got
 
-    async def quiet(self, seconds: float = 1.0) -> list[dict]:
-        """Non-ping frames that arrive within `seconds` (a check that nothing more comes)."""
+    async def frames_until(self, marker: dict, timeout: float = 10.0) -> list[dict]:
+        """Non-ping frames that arrive before `marker` (see `bus_marker`): [] proves nothing more comes."""
         extra = []
-        with contextlib.suppress(AssertionError):
-            while True:
-                extra.append(await self.next(seconds))
+        while (frame := await self.next(timeout)) != marker:
+            extra.append(frame)
         return extra
 
     async def close(self) -> None:
@@ -539,6 +539,15 @@ class RawWebSocket:
 
 
 # -- committing events in the test process ---------------------------------------------------------
+
+
+async def bus_marker(stream: str) -> dict:
+    """Publish a marker on `stream`'s bus channel behind everything published so far; return it.
+
+    Every server process hands it to its subscribers of the stream only after all it got before it
+    (realtime.tests.wsclient.publish_marker): a client that has the marker has everything it will get.
+    """
+    return await asyncio.to_thread(publish_marker, stream)
 
 
 def create_orders(count: int, *, center: str = "gangnam") -> list:

@@ -16,6 +16,7 @@ from realtime.bus import get_redis
 from realtime.presence import conns_key, presence_snapshot, proc_key
 from tests.live.conftest import (
     RawWebSocket,
+    bus_marker,
     create_orders,
     db,
     emit_notices,
@@ -89,7 +90,8 @@ async def test_cross_process_concurrent_commits_reach_every_process_gapless_in_c
     for client in clients:
         events = await client.events(DELIVERIES, 20)
         assert [(e["seq"], e["data"]["id"]) for e in events] == stored
-    assert await asyncio.gather(*(client.quiet() for client in clients)) == [[]] * 4
+    marker = await bus_marker(DELIVERIES)
+    assert await asyncio.gather(*(client.frames_until(marker) for client in clients)) == [[]] * 4
 
 
 async def test_cross_process_client_of_a_killed_process_resumes_on_another(
@@ -126,7 +128,8 @@ async def test_cross_process_client_of_a_killed_process_resumes_on_another(
     events = await resumed.events(DELIVERIES, final_head - last)
     assert seqs(events) == list(range(last + 1, final_head + 1))
     assert seqs(await on_b.events(DELIVERIES, final_head - head)) == list(range(head + 1, final_head + 1))
-    assert await asyncio.gather(resumed.quiet(), on_b.quiet()) == [[], []]
+    marker = await bus_marker(DELIVERIES)
+    assert await asyncio.gather(resumed.frames_until(marker), on_b.frames_until(marker)) == [[], []]
 
 
 async def test_cross_process_killed_process_leaves_presence(live_servers, demo_tx, session_cookie, ws_clients):
@@ -289,7 +292,7 @@ async def test_slow_client_is_dropped_while_a_normal_client_gets_every_event(
             await db(emit_notices)(SLOW_BATCH, batch=SLOW_BATCH, text_size=SLOW_TEXT)
             received += seqs(await normal.events(BROADCAST, SLOW_BATCH))
         assert received == list(range(head + 1, head + SLOW_EVENTS + 1))
-        assert await normal.quiet(0.6) == []
+        assert await normal.frames_until(await bus_marker(BROADCAST)) == []
 
         # The slow client was dropped by the server (and left presence); the normal one was not.
         try:

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.live.conftest import WsClient, create_orders, db
+from tests.live.conftest import WsClient, bus_marker, create_orders, db
 
 DELIVERIES = "deliveries:gangnam"
 
@@ -62,7 +62,7 @@ async def test_event_committed_after_subscribe_arrives(server, cookie, ws_client
     assert event["seq"] == head + 1
     assert event["event"] == "delivery.created"
     assert event["data"]["id"] == order.delivery.pk
-    assert await client.quiet() == []
+    assert await client.frames_until(await bus_marker(DELIVERIES)) == []
 
 
 async def test_resume_with_since_recovers_the_missed_events(server, cookie, ws_clients):
@@ -78,7 +78,7 @@ async def test_resume_with_since_recovers_the_missed_events(server, cookie, ws_c
     assert frame["recovered"] is True
     assert frame["head"] == since + 3
     assert [e["seq"] for e in await second.events(DELIVERIES, 3)] == [since + 1, since + 2, since + 3]
-    assert await second.quiet() == []
+    assert await second.frames_until(await bus_marker(DELIVERIES)) == []
 
 
 async def test_bad_json_is_answered_with_error_and_keeps_the_socket_open(server, cookie, ws_clients):
