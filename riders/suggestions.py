@@ -75,13 +75,18 @@ def gps_stale_seconds() -> float:
 
 
 def scoring_params() -> dict:
-    """The ranking weights, JSON-able, for a client that ranks the board rows itself."""
+    """The ranking weights, JSON-able, for a client that ranks the board rows itself.
+
+    With the time zone "last seen 12:04" is written in: settings.TIME_ZONE, like the server's
+    reasons, not whatever zone the dispatcher's browser is set to.
+    """
     return {
         "load_penalty_km": LOAD_PENALTY_KM,
         "stale_tier_km": STALE_TIER_KM,
         "no_position_tier_km": NO_POSITION_TIER_KM,
         "gps_stale_seconds": gps_stale_seconds(),
         "near_km": NEAR_KM,
+        "time_zone": settings.TIME_ZONE,
     }
 
 
