@@ -1,9 +1,11 @@
 """Assignment suggestions: on-duty riders ranked for a shop, each with the reason it is where it is.
 
 design.md: "Assignment suggestions explain themselves: '1.2 km · 2 active · GPS 4 s ago'" and "a
-rider whose GPS is older than ~45 s is greyed with 'last seen'". The assign dialog opens without a
-round trip, so the page carries `rider_board_rows` and can rank on the client with the same
-weights (`scoring_params`); `suggest_riders` is the server-side ranking and the reference for it.
+rider whose GPS is older than ~45 s is greyed with 'last seen'". `suggest_riders` is the ranking
+and its source of truth: the delivery drawer shows its best riders (`suggestions_for_delivery`).
+The assign dialog opens without a round trip, so the page carries `rider_board_rows` and ranks on
+the client with the same weights (`scoring_params`) in static/deliveries/suggest.js, a copy held
+to this module by the shared vectors in riders/tests/vectors/ranking.json.
 
 A rider's position is the newer of the live fix in Redis (`current_positions`, always up to date)
 and the `last_*` columns (written by the once-a-second batch, so they may lag; they are all that is
@@ -30,6 +32,7 @@ from datetime import datetime
 from django.conf import settings
 from django.utils import timezone
 
+from deliveries.models import Delivery
 from realtime.outbox import format_ts
 from riders.models import Rider
 from riders.positions import current_positions
@@ -230,6 +233,20 @@ def suggest_riders(
         )
     suggestions.sort(key=lambda s: (s.score, s.name, s.rider_id))
     return suggestions if limit is None else suggestions[: max(0, limit)]
+
+
+def suggestions_for_delivery(*, delivery: Delivery, limit: int, now: datetime | None = None) -> list[Suggestion]:
+    """Return the best riders to (re)assign `delivery` to, its current rider left out.
+
+    Nothing once the delivery is picked up or closed: it can no longer be assigned. `delivery`
+    needs its shop and center loaded. One query and one Redis read.
+    """
+    if delivery.status not in (Delivery.Status.WAITING, Delivery.Status.ASSIGNED):
+        return []
+    ranked = suggest_riders(
+        center_code=delivery.center.code, lat=delivery.shop.lat, lng=delivery.shop.lng, now=now, limit=limit + 1
+    )
+    return [s for s in ranked if s.rider_id != delivery.rider_id][:limit]
 
 
 def rider_board_rows(*, center_code: str, now: datetime | None = None) -> list[dict]:
