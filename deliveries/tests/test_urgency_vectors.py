@@ -14,7 +14,7 @@ from django.test import override_settings
 
 from deliveries import services
 from deliveries.models import Delivery, Order, Shop
-from deliveries.selectors import BoardFilter, board_window
+from deliveries.selectors import BoardFilter, board_counts, board_window, centers_overview, late_delivery_ids
 from riders.services import set_rider_duty
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "urgency.json").read_text())
@@ -69,3 +69,22 @@ def test_urgency_annotation_matches_every_vector(demo):
     # The browser is handed created, ready and promised times; ready is created + prep, as the vectors assume.
     prep = timedelta(minutes=VECTORS["shop_prep_minutes"])
     assert all(row.ready_at == row.created_at + prep for row in rows if row.pk in by_id)
+
+
+def test_late_alert_counts_and_overview_agree_with_urgency_vectors(demo):
+    """The other readers of "late" and "needs attention" (board counts, late alert, HQ overview) match the vectors."""
+    Shop.objects.filter(pk=demo.shop().pk).update(prep_minutes=VECTORS["shop_prep_minutes"])
+    rider = demo.rider("gangnam", 1)
+    set_rider_duty(actor=None, rider_id=rider.pk, on_duty=True)
+    level = {delivery_in(demo, case, rider.pk).pk: case["urgency"] for case in VECTORS["cases"]}
+    late = {pk for pk, urgency in level.items() if urgency == 3}
+
+    with override_settings(SLA_UNASSIGNED_MINUTES=VECTORS["settings"]["sla_unassigned_minutes"]):
+        counts = board_counts(center_code="gangnam", board=BoardFilter(range="24h"), now=NOW)
+        (gangnam,) = [center for center in centers_overview(now=NOW) if center["code"] == "gangnam"]
+
+    assert counts["all"] == len(level)
+    assert counts["late"] == len(late)
+    assert counts["attention"] == len([urgency for urgency in level.values() if urgency > 0])
+    assert set(late_delivery_ids(center_code="gangnam", now=NOW)) == late
+    assert gangnam["deliveries"]["late"] == len(late)
