@@ -123,7 +123,7 @@ def delivery_drawer(request, center: str, delivery_id: int):
     context = {
         "delivery": delivery,
         "order": delivery.order,
-        "suggestions": suggestions.suggestions_for_delivery(delivery=delivery, limit=DRAWER_SUGGESTIONS),
+        "suggestions": selectors.suggested_riders(delivery=delivery, limit=DRAWER_SUGGESTIONS),
     }
     return render(request, "deliveries/board.html#drawer", context)
 

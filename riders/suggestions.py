@@ -2,7 +2,8 @@
 
 design.md: "Assignment suggestions explain themselves: '1.2 km · 2 active · GPS 4 s ago'" and "a
 rider whose GPS is older than ~45 s is greyed with 'last seen'". `suggest_riders` is the ranking
-and its source of truth: the delivery drawer shows its best riders (`suggestions_for_delivery`).
+and its source of truth: the delivery drawer shows its best riders
+(`deliveries.selectors.suggested_riders`).
 The assign dialog opens without a round trip, so the page carries `rider_board_rows` and ranks on
 the client with the same weights (`scoring_params`) in static/deliveries/suggest.js, a copy held
 to this module by the shared vectors in riders/tests/vectors/ranking.json.
@@ -32,7 +33,6 @@ from datetime import datetime
 from django.conf import settings
 from django.utils import timezone
 
-from deliveries.models import Delivery
 from realtime.outbox import format_ts
 from riders.models import Rider
 from riders.positions import current_positions
@@ -233,20 +233,6 @@ def suggest_riders(
         )
     suggestions.sort(key=lambda s: (s.score, s.name, s.rider_id))
     return suggestions if limit is None else suggestions[: max(0, limit)]
-
-
-def suggestions_for_delivery(*, delivery: Delivery, limit: int, now: datetime | None = None) -> list[Suggestion]:
-    """Return the best riders to (re)assign `delivery` to, its current rider left out.
-
-    Nothing once the delivery is picked up or closed: it can no longer be assigned. `delivery`
-    needs its shop and center loaded. One query and one Redis read.
-    """
-    if delivery.status not in (Delivery.Status.WAITING, Delivery.Status.ASSIGNED):
-        return []
-    ranked = suggest_riders(
-        center_code=delivery.center.code, lat=delivery.shop.lat, lng=delivery.shop.lng, now=now, limit=limit + 1
-    )
-    return [s for s in ranked if s.rider_id != delivery.rider_id][:limit]
 
 
 def rider_board_rows(*, center_code: str, now: datetime | None = None) -> list[dict]:

@@ -1,5 +1,6 @@
-"""The delivery drawer shows the server's rider ranking (riders/suggestions.py), the source of truth
-the assign dialog's browser copy is held to by the shared vectors."""
+"""The delivery drawer shows the server's rider ranking (riders/suggestions.py through
+selectors.suggested_riders), the source of truth the assign dialog's browser copy is held to by the
+shared vectors."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from deliveries import services
+from deliveries import selectors, services
 from deliveries.models import Delivery
 from realtime.bus import get_redis
 from riders.models import Rider
@@ -36,8 +37,8 @@ def _no_live_positions():
         redis.delete(*keys)
 
 
-def rider_near_shop(demo, number: int, *, km: float, load: int = 0) -> Rider:
-    """Put a Gangnam rider on duty `km` north of the first shop with a fix from a few seconds ago."""
+def rider_near_shop(demo, number: int, *, km: float, load: int = 0, now=None) -> Rider:
+    """Put a Gangnam rider on duty `km` north of the first shop with a fix 3 s before `now`."""
     rider = demo.rider("gangnam", number)
     set_rider_duty(actor=None, rider_id=rider.pk, on_duty=True)
     shop = demo.shop()
@@ -45,7 +46,7 @@ def rider_near_shop(demo, number: int, *, km: float, load: int = 0) -> Rider:
         load=load,
         last_lat=shop.lat + km / KM_PER_DEGREE_LAT,
         last_lng=shop.lng,
-        last_position_at=timezone.now() - timedelta(seconds=3),
+        last_position_at=(now or timezone.now()) - timedelta(seconds=3),
     )
     return rider
 
@@ -72,6 +73,41 @@ def drawer(client, demo, delivery: Delivery) -> str:
 def suggested(content: str) -> list[tuple[int, str]]:
     """(rider id, reason) of each suggestion in the drawer, in order; the GPS age is left out (it ticks)."""
     return [(int(pk), reason.rsplit(" · ", 1)[0]) for pk, reason in SUGGESTION.findall(content)]
+
+
+# -- the selector --------------------------------------------------------------------------------------------
+
+
+def test_suggested_riders_ranks_riders_for_the_delivery_shop(demo):
+    """A waiting delivery gets the best riders for its shop, as suggest_riders ranks them, up to the limit."""
+    now = timezone.now()
+    far, near, middle = (rider_near_shop(demo, n, km=km, now=now) for n, km in ((1, 3.0), (2, 0.4), (3, 1.2)))
+    got = selectors.suggested_riders(delivery=take_order(demo), limit=2, now=now)
+    assert [(s.rider_id, s.reason) for s in got] == [
+        (near.pk, "0.4 km · idle · GPS 3 s ago"),
+        (middle.pk, "1.2 km · idle · GPS 3 s ago"),
+    ]
+    assert far.pk not in {s.rider_id for s in got}
+
+
+def test_suggested_riders_leave_out_the_current_rider(demo):
+    """An assigned delivery is offered the other riders (to reassign), still up to the limit."""
+    near, middle, far = (rider_near_shop(demo, n, km=km) for n, km in ((1, 0.4), (2, 1.2), (3, 3.0)))
+    delivery = services.assign_delivery(actor=None, delivery_id=take_order(demo).pk, rider_id=near.pk)
+    assert [s.rider_id for s in selectors.suggested_riders(delivery=delivery, limit=2)] == [middle.pk, far.pk]
+
+
+def test_suggested_riders_offer_nothing_once_picked_up(demo, django_assert_num_queries):
+    """A picked-up delivery can no longer be assigned: no suggestions, and no query for them."""
+    near = rider_near_shop(demo, 1, km=0.4)
+    rider_near_shop(demo, 2, km=1.2)
+    delivery = services.assign_delivery(actor=None, delivery_id=take_order(demo).pk, rider_id=near.pk)
+    delivery = services.pick_up_delivery(actor=None, delivery_id=delivery.pk)
+    with django_assert_num_queries(0):
+        assert selectors.suggested_riders(delivery=delivery, limit=3) == []
+
+
+# -- the drawer ----------------------------------------------------------------------------------------------
 
 
 def test_drawer_lists_the_server_ranking_of_riders_with_reasons(client, demo):

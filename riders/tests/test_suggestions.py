@@ -9,7 +9,6 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
-from deliveries import services
 from realtime.bus import get_redis
 from riders.models import Rider
 from riders.positions import record_fix
@@ -21,7 +20,6 @@ from riders.suggestions import (
     rider_board_rows,
     rider_status,
     suggest_riders,
-    suggestions_for_delivery,
 )
 
 # 12:04:30 in Seoul (settings.TIME_ZONE, UTC+9).
@@ -354,49 +352,3 @@ def test_rider_board_rows_costs_one_query(demo, django_assert_num_queries):
     with django_assert_num_queries(1):
         rows = rider_board_rows(center_code="gangnam", now=NOW)
     assert len(rows) == 20
-
-
-# suggestions_for_delivery (the drawer)
-
-
-def waiting_delivery(demo):
-    order = services.create_order(
-        actor=None,
-        shop_id=demo.shop().pk,
-        customer_name="Kim Minjun",
-        customer_phone="010-2000-3000",
-        address="Teheran-ro 1, Seoul",
-        items=[{"name": "Fried chicken", "qty": 1}],
-    )
-    return order.delivery
-
-
-def test_suggestions_for_delivery_ranks_riders_for_its_shop(demo):
-    """A waiting delivery gets the best riders for its shop, as suggest_riders ranks them, up to the limit."""
-    assert (demo.shop().lat, demo.shop().lng) == SHOP
-    far, near, middle = rider(demo, 1, km=3.0), rider(demo, 2, km=0.4), rider(demo, 3, km=1.2)
-    delivery = waiting_delivery(demo)
-    got = suggestions_for_delivery(delivery=delivery, limit=2, now=NOW)
-    assert [(s.rider_id, s.reason) for s in got] == [
-        (near.pk, "0.4 km · idle · GPS 5 s ago"),
-        (middle.pk, "1.2 km · idle · GPS 5 s ago"),
-    ]
-    assert far.pk not in {s.rider_id for s in got}
-
-
-def test_suggestions_for_delivery_leave_out_its_current_rider(demo):
-    """An assigned delivery is offered the other riders (to reassign), still up to the limit."""
-    near, middle, far = rider(demo, 1, km=0.4), rider(demo, 2, km=1.2), rider(demo, 3, km=3.0)
-    delivery = services.assign_delivery(actor=None, delivery_id=waiting_delivery(demo).pk, rider_id=near.pk)
-    got = suggestions_for_delivery(delivery=delivery, limit=2, now=NOW)
-    assert [s.rider_id for s in got] == [middle.pk, far.pk]
-
-
-def test_suggestions_for_delivery_offer_nothing_once_picked_up(demo, django_assert_num_queries):
-    """A picked-up delivery can no longer be assigned: no suggestions, and no query for them."""
-    near = rider(demo, 1, km=0.4)
-    rider(demo, 2, km=1.2)
-    delivery = services.assign_delivery(actor=None, delivery_id=waiting_delivery(demo).pk, rider_id=near.pk)
-    delivery = services.pick_up_delivery(actor=None, delivery_id=delivery.pk)
-    with django_assert_num_queries(0):
-        assert suggestions_for_delivery(delivery=delivery, limit=3, now=NOW) == []
