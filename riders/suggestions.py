@@ -2,11 +2,11 @@
 
 design.md: "Assignment suggestions explain themselves: '1.2 km · 2 active · GPS 4 s ago'" and "a
 rider whose GPS is older than ~45 s is greyed with 'last seen'". `suggest_riders` is the ranking
-and its source of truth: the delivery drawer shows its best riders
-(`deliveries.selectors.suggested_riders`).
-The assign dialog opens without a round trip, so the page carries `rider_board_rows` and ranks on
-the client with the same weights (`scoring_params`) in static/deliveries/suggest.js, a copy held
-to this module by the shared vectors in riders/tests/vectors/ranking.json.
+and its source of truth: the delivery drawer shows its best riders (through
+`deliveries.selectors.suggested_riders`). The assign dialog opens without a round trip, so the
+page carries `rider_board_rows` and ranks on the client with the same weights (`scoring_params`)
+in static/deliveries/suggest.js, a copy held to this module by the shared vectors in
+riders/tests/vectors/ranking.json (docs/shared-rules.md).
 
 A rider's position is the newer of the live fix in Redis (`current_positions`, always up to date)
 and the `last_*` columns (written by the once-a-second batch, so they may lag; they are all that is
