@@ -45,11 +45,18 @@ function localParts(ms, timeZone) {
   };
 }
 
+let today = { now: null, timeZone: null, day: null }; // one ranking asks for the same day once per stale rider
+
+function dayOf(now, timeZone) {
+  if (today.now !== now || today.timeZone !== timeZone) today = { now, timeZone, day: localParts(now, timeZone).day };
+  return today.day;
+}
+
 function gpsText({ ageS, stale, ts }, { now, timeZone }) {
   if (ts == null || ageS == null) return "GPS time unknown";
   if (stale) {
     const seen = localParts(ts, timeZone);
-    return seen.day === localParts(now, timeZone).day ? `last seen ${seen.time}` : `last seen ${seen.date} ${seen.time}`;
+    return seen.day === dayOf(now, timeZone) ? `last seen ${seen.time}` : `last seen ${seen.date} ${seen.time}`;
   }
   if (ageS < 60) return `GPS ${Math.floor(ageS)} s ago`;
   if (ageS < 3600) return `GPS ${Math.floor(ageS / 60)} min ago`;
