@@ -16,8 +16,9 @@ from .conftest import CHROMIUM, ROOT, WAIT
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
 
-# django_db: the live server serving the modules needs this run's test database to exist.
-pytestmark = [pytest.mark.browser, pytest.mark.django_db]
+# django_db: the live server serving the modules needs this run's test database to exist; transactional
+# like the other browser tests, so no connection of this process is left inside a transaction at teardown.
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 URGENCY = json.loads((ROOT / "deliveries" / "tests" / "vectors" / "urgency.json").read_text())
 RANKING = json.loads((ROOT / "riders" / "tests" / "vectors" / "ranking.json").read_text())
