@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from core.models import Center
 from deliveries.models import Delivery, Order, Shop
+from riders.suggestions import Suggestion, suggest_riders
 
 
 def start_of_today() -> datetime:
@@ -70,6 +71,20 @@ def order_with_delivery(order_id: int) -> Order | None:
         .filter(pk=order_id)
         .first()
     )
+
+
+def suggested_riders(*, delivery: Delivery, limit: int, now: datetime | None = None) -> list[Suggestion]:
+    """Return the best riders to (re)assign `delivery` to, by the server's ranking, its current rider left out.
+
+    Nothing once the delivery is picked up or closed: it can no longer be assigned. `delivery`
+    needs its shop and center loaded. One query and one Redis read.
+    """
+    if delivery.status not in (Delivery.Status.WAITING, Delivery.Status.ASSIGNED):
+        return []
+    ranked = suggest_riders(
+        center_code=delivery.center.code, lat=delivery.shop.lat, lng=delivery.shop.lng, now=now, limit=limit + 1
+    )
+    return [s for s in ranked if s.rider_id != delivery.rider_id][:limit]
 
 
 def centers_by_code(codes: list[str]) -> QuerySet[Center]:

@@ -16,6 +16,7 @@ from deliveries.selectors import BoardFilter
 from riders import suggestions
 
 FIRST_WINDOW = 60  # rows rendered around the viewport: a screenful plus overscan
+DRAWER_SUGGESTIONS = 3  # the best riders at a glance; the assign dialog lists them all
 
 LANDING_BY_ROLE = {
     access.Role.HQ: "dispatch-overview",
@@ -114,12 +115,17 @@ def board_rows(request, center: str):
 
 @login_required
 def delivery_drawer(request, center: str, delivery_id: int):
-    """The delivery detail drawer: timeline, order details, rider."""
+    """The delivery detail drawer: timeline, order details, rider, and the server's best riders for it."""
     _board_center(request, center)
     delivery = selectors.delivery_with_timeline(delivery_id)
     if delivery is None or delivery.center.code != center:
         raise Http404("No such delivery.")
-    return render(request, "deliveries/board.html#drawer", {"delivery": delivery, "order": delivery.order})
+    context = {
+        "delivery": delivery,
+        "order": delivery.order,
+        "suggestions": selectors.suggested_riders(delivery=delivery, limit=DRAWER_SUGGESTIONS),
+    }
+    return render(request, "deliveries/board.html#drawer", context)
 
 
 MAX_OFFSET = 1_000_000  # far beyond any day's deliveries; keeps the value inside PostgreSQL's bigint

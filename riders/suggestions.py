@@ -1,9 +1,12 @@
 """Assignment suggestions: on-duty riders ranked for a shop, each with the reason it is where it is.
 
 design.md: "Assignment suggestions explain themselves: '1.2 km · 2 active · GPS 4 s ago'" and "a
-rider whose GPS is older than ~45 s is greyed with 'last seen'". The assign dialog opens without a
-round trip, so the page carries `rider_board_rows` and can rank on the client with the same
-weights (`scoring_params`); `suggest_riders` is the server-side ranking and the reference for it.
+rider whose GPS is older than ~45 s is greyed with 'last seen'". `suggest_riders` is the ranking
+and its source of truth: the delivery drawer shows its best riders (through
+`deliveries.selectors.suggested_riders`). The assign dialog opens without a round trip, so the
+page carries `rider_board_rows` and ranks on the client with the same weights (`scoring_params`)
+in static/deliveries/suggest.js, a copy held to this module by the shared vectors in
+riders/tests/vectors/ranking.json (docs/shared-rules.md).
 
 A rider's position is the newer of the live fix in Redis (`current_positions`, always up to date)
 and the `last_*` columns (written by the once-a-second batch, so they may lag; they are all that is
@@ -75,13 +78,18 @@ def gps_stale_seconds() -> float:
 
 
 def scoring_params() -> dict:
-    """The ranking weights, JSON-able, for a client that ranks the board rows itself."""
+    """The ranking weights, JSON-able, for a client that ranks the board rows itself.
+
+    With the time zone "last seen 12:04" is written in: settings.TIME_ZONE, like the server's
+    reasons, not whatever zone the dispatcher's browser is set to.
+    """
     return {
         "load_penalty_km": LOAD_PENALTY_KM,
         "stale_tier_km": STALE_TIER_KM,
         "no_position_tier_km": NO_POSITION_TIER_KM,
         "gps_stale_seconds": gps_stale_seconds(),
         "near_km": NEAR_KM,
+        "time_zone": settings.TIME_ZONE,
     }
 
 

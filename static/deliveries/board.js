@@ -2,6 +2,7 @@
 import { RealtimeClient } from "../realtime/client.js";
 import { showConnectionState } from "../realtime/status.js";
 import { rankRiders } from "./suggest.js";
+import { URGENCY_LATE, isOpen, urgencyOf } from "./urgency.js";
 
 const config = JSON.parse(document.getElementById("board-config").textContent);
 const ROW_H = config.row_height;
@@ -202,23 +203,20 @@ function minutes(ms) {
 function tickTimers() {
   const now = Date.now();
   let turnedLate = false;
-  const unassignedMs = config.sla.unassigned_minutes * 60000;
+  const sla = { now, unassignedMinutes: config.sla.unassigned_minutes };
   for (const row of rowsEl.querySelectorAll(".row[data-id]")) {
     const status = row.dataset.status;
-    const open = status === "waiting" || status === "assigned" || status === "picked_up";
+    const open = isOpen(status);
     const promised = Date.parse(row.dataset.promised);
     const ready = Date.parse(row.dataset.ready);
     const created = Date.parse(row.dataset.created);
-    let urgency = 0;
-    if (open && now > promised) urgency = 3;
-    else if ((status === "waiting" || status === "assigned") && now > ready) urgency = 2;
-    else if (status === "waiting" && now - created > unassignedMs) urgency = 1;
-    if (urgency === 3 && !row.classList.contains("urgency-3")) turnedLate = true;
+    const urgency = urgencyOf({ status, created, ready, promised }, sla);
+    if (urgency === URGENCY_LATE && !row.classList.contains("urgency-3")) turnedLate = true;
     row.classList.remove("urgency-0", "urgency-1", "urgency-2", "urgency-3");
     row.classList.add(`urgency-${urgency}`);
     const cell = row.querySelector("[data-timer]");
     if (!open) cell.textContent = "";
-    else if (urgency === 3) cell.textContent = `late ${minutes(now - promised)}`;
+    else if (urgency === URGENCY_LATE) cell.textContent = `late ${minutes(now - promised)}`;
     else cell.textContent = `${minutes(now - created)} old · ${minutes(promised - now)} left`;
   }
   if (turnedLate) scheduleRefresh(); // a delivery went late with no event: update counts and alert
