@@ -220,8 +220,7 @@ function tickTimers() {
   if (turnedLate) scheduleRefresh(); // a delivery went late with no event: update counts and alert
 }
 setInterval(tickTimers, 1000);
-// Deliveries outside the window go late with no event either; a slow refresh keeps counts honest.
-setInterval(() => loadWindow({ force: true }), 30000);
+// Deliveries outside the window go late with no event either: #rows also refreshes every 30 s (hx-trigger).
 
 // ---------------------------------------------------------------- riders: state, panel, map
 
