@@ -427,8 +427,10 @@ def test_board_rows_for_htmx_carry_counts_total_and_height_out_of_band(client, d
     assert oob["spacer"][0] == "true" and f"height: {6 * 36}px" in oob["spacer"][1]
     assert len(row_ids(response.content)) == 3
     assert "HX-Request" in response["Vary"]
-    # The page renders the same elements (the same partials), minus the out-of-band marker.
+    # Each has its element on the page (htmx reports an error for any other), rendered by the same partial.
     page = client.get(BOARD).content.decode()
+    assert set(oob) == {*(f"count-{name}" for name in names), "total", "spacer"}
+    assert all(f'id="{id_}"' in page for id_ in oob)
     assert oob["count-waiting"][1].replace(' hx-swap-oob="true"', "") in page
 
 
