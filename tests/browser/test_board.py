@@ -312,7 +312,8 @@ def test_board_assign_dialog_works_from_keyboard_and_closes_with_escape(browse, 
 
 
 HTMX_LOG = """() => {
-  const log = (window.__htmx = { sent: [], settled: [], outOfBand: [] });
+  const log = (window.__htmx = { sent: [], settled: [], outOfBand: [], errors: [] });
+  document.body.addEventListener('htmx:error', (e) => log.errors.push(e.detail.errorInfo.error));
   document.body.addEventListener('htmx:beforeSend', (e) => log.sent.push(e.target.id));
   document.body.addEventListener('htmx:afterSettle', (e) => log.settled.push(e.target.id));
   document.body.addEventListener('htmx:oobBeforeSwap', (e) => log.outOfBand.push(e.detail.target.id));
@@ -341,6 +342,7 @@ def test_board_rows_are_fetched_and_swapped_by_htmx_with_counts_out_of_band(brow
     log = htmx_log(page)
     assert "rows" in log["sent"] and "rows" in log["settled"], log
     assert {"count-waiting", "count-late", "count-attention", "total", "spacer"} <= set(log["outOfBand"]), log
+    assert log["errors"] == []  # e.g. htmx:oobErrorNoTarget: an out-of-band element the page does not have
     assert requests and all(r.headers.get("hx-request") == "true" for r in requests)
     assert all(r.headers.get("hx-target") == "rows" for r in requests)
 
@@ -376,6 +378,21 @@ def test_board_keeps_one_rows_request_in_flight_and_sends_the_last_ask_after_it(
     # The follow-up leaves in the task that applies the first response; after the second, none is left.
     assert htmx_log(page)["sent"] == ["rows", "rows"]
     assert len(held) == 2
+
+
+def test_board_keeps_the_keyboard_focus_on_its_row_across_a_refresh(browse, demo_tx):
+    """A row chosen with the arrow keys stays focused when a live refresh swaps the window around it."""
+    delivery = take_order(demo_tx)
+    page = browse("dispatch-gangnam")
+    live(page)
+    page.focus("#viewport")
+    page.keyboard.press("ArrowDown")
+    expect(row(page, delivery)).to_be_focused()
+
+    created = take_order(demo_tx)
+    expect(row(page, created)).to_be_visible()  # the window was swapped
+
+    expect(row(page, delivery)).to_be_focused()
 
 
 def test_board_drawer_and_its_live_refresh_are_loaded_by_htmx(browse, demo_tx):
