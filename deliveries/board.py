@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from django.utils import timezone
 
+from deliveries.models import Delivery
 from deliveries.selectors import BoardFilter, board_counts, board_window, late_delivery_ids
 from realtime import outbox
 from realtime.snapshots import in_one_snapshot
@@ -34,6 +35,11 @@ class BoardWindow:
     @property
     def counts_json(self) -> str:
         return json.dumps(self.counts | {"late_ids": self.late_ids})
+
+    @property
+    def chip_counts(self) -> list[tuple[str, int]]:
+        """The counts the board's chips show, by name: each status, late, needing attention."""
+        return [(name, self.counts[name]) for name in (*Delivery.Status.values, "late", "attention")]
 
     @property
     def top_px(self) -> int:

@@ -6,6 +6,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.utils.cache import patch_vary_headers
 
 from core import access
 from core.models import Center
@@ -102,7 +103,11 @@ def dispatch_board(request, center: str):
 
 @login_required
 def board_rows(request, center: str):
-    """A window of rows (htmx / the board script), with counts and the stream head in data attributes."""
+    """A window of rows, with counts and the stream head in data attributes.
+
+    htmx (the board's `#rows`) also gets the chip counts, the total and the list height, rendered by
+    the page's own partials and swapped out of band.
+    """
     _board_center(request, center)
     window = read_board_window(
         center_code=center,
@@ -110,7 +115,10 @@ def board_rows(request, center: str):
         offset=_int(request.GET.get("offset"), 0),
         limit=_int(request.GET.get("limit"), FIRST_WINDOW),
     )
-    return render(request, "deliveries/board.html#window", {"window": window})
+    partial = "refresh" if request.htmx else "window"
+    response = render(request, f"deliveries/board.html#{partial}", {"window": window})
+    patch_vary_headers(response, ["HX-Request"])
+    return response
 
 
 @login_required

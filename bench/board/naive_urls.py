@@ -2,8 +2,8 @@
 
 The naive page is the dispatcher board without virtualization: the real `dispatch_board` view,
 template, row partial, CSS and script (`static/deliveries/board.js`), but its row window holds ALL
-rows of the board query (`board_window(..., limit=100000)`) instead of a screenful. Its script
-refreshes rows through the board's own endpoint, `/dispatch/<center>/rows/`; a request coming
+rows of the board query (`board_window(..., limit=100000)`) instead of a screenful. htmx
+refreshes its rows, as on the board, through the board's own endpoint, `/dispatch/<center>/rows/`; a request coming
 from the naive page (told by its Referer, which the page's same-origin referrer policy always
 sends) gets all rows again, every other request goes to the real `board_rows` untouched.
 

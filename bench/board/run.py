@@ -4,17 +4,22 @@
     .venv/bin/python -m bench.board.run --soak-minutes 1     # a quicker full pass (~12 min)
     .venv/bin/python -m bench.board.run --only board --soak-minutes 3 --no-profile   # the board alone (~5 min)
     .venv/bin/python -m bench.board.run --static-override DIR   # with DIR/deliveries/board.js instead
+    .venv/bin/python -m bench.board.run --compare-ref REF    # the board at git REF vs this tree's, side by side
     .venv/bin/python -m bench.board.run --setup-only         # only (re)build the data set
     .venv/bin/python -m bench.board.run --skip-setup ...     # reuse the data as it is
 
-Data (database `bros_board_bench`, Redis prefix `bros-board-bench`; both made if missing): center
+Data (database `bros_board_bench`, Redis prefix `bros-board-bench`, or `$BOARD_BENCH_DB`; made if missing): center
 `gangnam` gets exactly 10,000 deliveries (bulk-inserted, see `build_deliveries`) spread over the
 last 3 h 50 min, and 500 on-duty riders with live GPS. The setup is idempotent: every run rebuilds
 the center's deliveries, so runs start from the same state.
 
 The runner starts one uvicorn process (`bench.board.naive_settings`: BROS plus the naive page
 `/bench/naive/gangnam/`, see `naive_urls.py`), logs in as `dispatch-gangnam`, and measures, for
-the board and the naive page one after the other (one page open at a time) in the same run:
+the board and the naive page one after the other (one page open at a time) in the same run. With
+`--compare-ref REF` the two pages are instead the board as the code at REF serves it ("before": the
+tree exported by `git archive REF` into a temporary folder, its own static files and its own uvicorn
+on another port, same database and Redis) and this tree's board, so a change to the board is
+measured against what it replaces under the same load, phase by phase:
 
 1. first render (median of `--loads` cold page loads after a warm-up): navigation timing, FCP,
    LCP, rows in the DOM / painted, DOM elements, `.row[data-id]` count, JS heap, renderer RSS;
@@ -47,15 +52,18 @@ import argparse
 import bisect
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
 import random
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -92,10 +100,12 @@ LONG_TASK_MS = 50.0
 SERVER_START_TIMEOUT = 60.0
 PAGE_TIMEOUT_MS = 180_000
 
+# BOARD_BENCH_DB names another database (and Redis prefix), so two runs on one machine cannot collide.
+DATABASE = os.environ.get("BOARD_BENCH_DB", "bros_board_bench")
 ENV = {
-    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/bros_board_bench",
+    "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DATABASE}",
     "REDIS_URL": "redis://127.0.0.1:6379/0",
-    "REDIS_PREFIX": "bros-board-bench",
+    "REDIS_PREFIX": DATABASE.replace("_", "-"),
     "SECRET_KEY": "x",
     "ALLOWED_HOSTS": "127.0.0.1,localhost",
     "DEBUG": "0",
@@ -140,13 +150,14 @@ def log(*args) -> None:
 
 
 def ensure_database() -> None:
-    """Create `bros_board_bench` if it is missing, then migrate and load the demo accounts."""
+    """Create the database (`bros_board_bench`) if it is missing, then migrate and load the demo accounts."""
     import psycopg
+    from psycopg import sql
 
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        if conn.execute("select 1 from pg_database where datname = 'bros_board_bench'").fetchone() is None:
-            conn.execute("create database bros_board_bench")
-            log("created database bros_board_bench")
+        if conn.execute("select 1 from pg_database where datname = %s", [DATABASE]).fetchone() is None:
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(DATABASE)))
+            log(f"created database {DATABASE}")
     env = {**os.environ, **ENV}
     for args in (["migrate", "-v0"], ["seed_demo", "--force"]):
         subprocess.run([PYTHON, "manage.py", *args], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -510,20 +521,22 @@ def free_port() -> int:
 
 
 class Server:
-    """One uvicorn process serving BROS and the naive page, in its own process group."""
+    """One uvicorn process serving BROS and the naive page from the tree at `root`, in its own process group."""
 
-    def __init__(self, log_path: Path):
+    def __init__(self, log_path: Path, root: Path = REPO, env: dict | None = None):
         self.port = free_port()
         self.base = f"http://{HOST}:{self.port}"
         self.log_path = log_path
+        self.root = root
+        self.env = {**os.environ, **ENV} if env is None else env
         self.proc: subprocess.Popen | None = None
         self._log = None
 
     def start(self) -> None:
-        env = {**os.environ, **ENV}
+        env = self.env
         subprocess.run(
-            [PYTHON, "manage.py", "collectstatic", "--noinput", "--clear", "-v0"], cwd=REPO, env=env, check=True
-        )  # into bench/board/.static, afresh: the current static/ (and override) with the production storage
+            [PYTHON, "manage.py", "collectstatic", "--noinput", "--clear", "-v0"], cwd=self.root, env=env, check=True
+        )  # into <root>/bench/board/.static, afresh: that tree's static/ (and override) with the production storage
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
@@ -543,7 +556,7 @@ class Server:
                 "--log-level",
                 "warning",
             ],
-            cwd=REPO,
+            cwd=self.root,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -719,13 +732,15 @@ def long_tasks_between(page, t_from: float, t_to: float) -> list[float]:
 
 
 class Bench:
-    def __init__(self, args, server: Server, driver: Driver, browser, context):
+    def __init__(self, args, server: Server, driver: Driver, browser, context, before: Server | None = None):
         self.args = args
         self.server = server
         self.driver = driver
         self.browser = browser
         self.context = context
         self.urls = {"board": f"{server.base}/dispatch/{CENTER}/", "naive": f"{server.base}/bench/naive/{CENTER}/"}
+        if before is not None:
+            self.urls["before"] = f"{before.base}/dispatch/{CENTER}/"
 
     def trace_path(self, name: str) -> Path:
         return RESULTS / f"board-{self.args.stamp}-trace-{name}.json"
@@ -1262,17 +1277,38 @@ ROWS = [
 
 
 def table(results: dict) -> str:
-    lines = ["| metric | board | naive (all rows) | naive / board |", "| --- | ---: | ---: | ---: |"]
+    """The figures side by side: board and naive page, or (`--compare-ref`) the board before and now."""
+    if "compare" in results:
+        left, right = ("before", f"board @ {results['compare']['commit'][:8]}"), ("board", "board (this tree)")
+        ratio_label = "this tree / before"
+    else:
+        left, right = ("board", "board"), ("naive", "naive (all rows)")
+        ratio_label = "naive / board"
+    lines = [f"| metric | {left[1]} | {right[1]} | {ratio_label} |", "| --- | ---: | ---: | ---: |"]
     for section, key, label, unit, fmt in ROWS:
-        b = results.get("board", {}).get(section, {}).get(key)
-        n = results.get("naive", {}).get(section, {}).get(key)
+        b = results.get(left[0], {}).get(section, {}).get(key)
+        n = results.get(right[0], {}).get(section, {}).get(key)
         if b is None and n is None:
             continue
-        ratio = f"{n / b:.1f}×" if isinstance(b, int | float) and isinstance(n, int | float) and b else "—"
+        ratio = f"{n / b:.2f}×" if isinstance(b, int | float) and isinstance(n, int | float) and b else "—"
         name = f"{label} ({unit})" if unit else label
         shown = [fmt.format(v) if v is not None else "—" for v in (b, n)]
         lines.append(f"| {name} | {shown[0]} | {shown[1]} | {ratio} |")
     return "\n".join(lines)
+
+
+def export_tree(ref: str) -> tuple[str, Path]:
+    """Export the tracked files of git `ref` into a new temporary folder; return the commit and the folder."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    folder = Path(tempfile.mkdtemp(prefix=f"bros-board-bench-{commit[:8]}-"))
+    archive = subprocess.Popen(["git", "archive", "--format=tar", commit], cwd=REPO, stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", str(folder)], stdin=archive.stdout, check=True)
+    archive.stdout.close()
+    if archive.wait() != 0:
+        raise RuntimeError(f"git archive {commit} failed")
+    return commit, folder
 
 
 def code_version() -> dict:
@@ -1341,7 +1377,14 @@ def parse_args(argv=None):
     p.add_argument("--loads", type=int, default=3, help="measured page loads per page (after one warm-up)")
     p.add_argument("--gps-interval", type=float, default=10.0, help="seconds between two fixes of one rider")
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the profiled board burst/dialog")
-    p.add_argument("--only", choices=["board", "naive"], default=None, help="measure one page only")
+    p.add_argument("--only", choices=["board", "naive", "before"], default=None, help="measure one page only")
+    p.add_argument(
+        "--compare-ref",
+        metavar="REF",
+        default=None,
+        help="measure the board served by the code at git REF ('before', its own server) against this tree's\n"
+        "board instead of the naive page; REF must have the same models and migrations as this tree",
+    )
     p.add_argument(
         "--static-override",
         type=Path,
@@ -1353,6 +1396,10 @@ def parse_args(argv=None):
         if not args.static_override.is_dir():
             p.error(f"--static-override {args.static_override}: no such folder")
         ENV["BOARD_BENCH_STATIC_OVERRIDE"] = str(args.static_override.resolve())
+    if args.only == "before" and not args.compare_ref:
+        p.error("--only before needs --compare-ref")
+    if args.only == "naive" and args.compare_ref:
+        p.error("--compare-ref compares boards: --only naive does not go with it")
     for name in ("soak_minutes", "naive_soak_minutes"):
         if not 0 <= getattr(args, name) <= 60:
             p.error(f"--{name.replace('_', '-')} must be between 0 and 60")
@@ -1396,12 +1443,29 @@ def main(argv=None) -> int:
     connections.close_all()  # from here on the ORM runs in the driver thread only
 
     server = Server(RESULTS / f"board-{stamp}-server.log")
+    before, before_root = None, None
     gps = Gps(center, rider_ids, interval=args.gps_interval)
     driver = Driver(CENTER, rider_ids)
-    pages = [args.only] if args.only else ["board", "naive"]
+    pages = [args.only] if args.only else ["before", "board"] if args.compare_ref else ["board", "naive"]
     try:
+        if args.compare_ref:
+            commit, before_root = export_tree(args.compare_ref)
+            script = before_root / "static" / "deliveries" / "board.js"
+            results["compare"] = {
+                "ref": args.compare_ref,
+                "commit": commit,
+                "root": str(before_root),
+                "board_js_sha256": hashlib.sha256(script.read_bytes()).hexdigest()[:16] if script.exists() else None,
+            }
+            log(f"before: {args.compare_ref} = {commit}, exported to {before_root}")
+            # The same database, Redis and settings; the static override applies to this tree only.
+            env = {k: v for k, v in {**os.environ, **ENV}.items() if k != "BOARD_BENCH_STATIC_OVERRIDE"}
+            before = Server(RESULTS / f"board-{stamp}-server-before.log", root=before_root, env=env)
         server.start()
         log(f"server on {server.base} (pid {server.proc.pid}); data {results['data']}")
+        if before is not None:
+            before.start()
+            log(f"before: server on {before.base} (pid {before.proc.pid})")
         gps.start()
         driver.call(driver.load_pools)
         with sync_playwright() as pw:
@@ -1416,7 +1480,8 @@ def main(argv=None) -> int:
                 login.click("form [type=submit]")
                 login.wait_for_url(f"**/dispatch/{CENTER}/", timeout=PAGE_TIMEOUT_MS)
                 login.close()
-                bench = Bench(args, server, driver, browser, context)
+                # The session cookie is the host's, whatever the port: it logs the page in on `before` too.
+                bench = Bench(args, server, driver, browser, context, before=before)
                 for which in pages:
                     results.setdefault(which, {})["first_render"] = bench.first_render(which)
                     if which == "naive":
@@ -1436,7 +1501,7 @@ def main(argv=None) -> int:
                     }
                     print_profile(results["board"]["profiled"])
                 for which in pages:
-                    minutes = args.soak_minutes if which == "board" else args.naive_soak_minutes
+                    minutes = args.naive_soak_minutes if which == "naive" else args.soak_minutes
                     if minutes > 0:
                         driver.call(driver.load_pools)
                         log(f"{which}: soak for {minutes:g} min at {args.rate:g} events/s")
@@ -1451,6 +1516,10 @@ def main(argv=None) -> int:
         gps.close()
         driver.close()
         server.stop()
+        if before is not None:
+            before.stop()
+        if before_root is not None:
+            shutil.rmtree(before_root, ignore_errors=True)
         results["driver"] = {"failed_commands": driver.failed, "errors": driver.errors, "gps_fixes": gps.sent}
         results["finished"] = time.strftime("%Y%m%d-%H%M%S")
         results["machine"]["load_avg_at_end"] = os.getloadavg()

@@ -402,6 +402,48 @@ def test_board_rows_endpoint_renders_window_partial(client, demo):
     assert b"<html" not in response.content
 
 
+def out_of_band(content: bytes) -> dict[str, tuple[str, str, str]]:
+    """The response's out-of-band elements by id: (hx-swap-oob value, the opening tag, the text inside)."""
+    found = re.findall(r'(<\w+ [^>]*\bid="([\w-]+)"[^>]*\bhx-swap-oob="(\w+)"[^>]*>)([^<]*)<', content.decode())
+    return {id_: (swap, tag, text) for tag, id_, swap, text in found}
+
+
+def test_board_rows_for_htmx_carry_counts_total_and_height_out_of_band(client, demo):
+    """An htmx rows request also gets every chip count, the total and the list height, to swap out of band."""
+    many_orders(demo, 5)
+    late = take_order(demo)
+    promised_ago(late, minutes=2)
+    client.force_login(demo.user("dispatch-gangnam"))
+
+    response = client.get(ROWS, {"offset": 2, "limit": 3, "status": "waiting"}, headers={"HX-Request": "true"})
+
+    oob = out_of_band(response.content)
+    counts = json.loads(window_attrs(response.content)["counts"])
+    names = [*Delivery.Status.values, "late", "attention"]
+    assert {name: oob[f"count-{name}"][2] for name in names} == {name: str(counts[name]) for name in names}
+    assert (counts["waiting"], counts["late"], counts["delivered"]) == (6, 1, 0)
+    assert all(oob[f"count-{name}"][0] == "true" for name in names)
+    assert oob["total"][0::2] == ("innerHTML", "6 deliveries")
+    assert oob["spacer"][0] == "true" and f"height: {6 * 36}px" in oob["spacer"][1]
+    assert len(row_ids(response.content)) == 3
+    assert "HX-Request" in response["Vary"]
+    # Each has its element on the page (htmx reports an error for any other), rendered by the same partial.
+    page = client.get(BOARD).content.decode()
+    assert set(oob) == {*(f"count-{name}" for name in names), "total", "spacer"}
+    assert all(f'id="{id_}"' in page for id_ in oob)
+    assert oob["count-waiting"][1].replace(' hx-swap-oob="true"', "") in page
+
+
+def test_board_rows_without_htmx_are_the_window_alone(client, demo):
+    """A plain rows request (no HX-Request) answers the window without out-of-band parts."""
+    many_orders(demo, 2)
+    client.force_login(demo.user("dispatch-gangnam"))
+    response = client.get(ROWS)
+    assert window_attrs(response.content)["total"] == "2"
+    assert b"hx-swap-oob" not in response.content
+    assert "HX-Request" in response["Vary"]
+
+
 def test_board_rows_ignore_bad_offset_and_limit(client, demo):
     """A negative or non-numeric offset/limit falls back to the defaults instead of failing."""
     many_orders(demo, 3)
@@ -737,6 +779,16 @@ def test_overview_opens_for_hq(client, demo, path):
     assert content.count('class="center-card') == 3
     mapo = content[content.index('data-center="mapo"') :]
     assert re.search(r'data-count="waiting">1<', mapo[: mapo.index("</article>")])
+
+
+def test_overview_cards_reload_themselves_through_htmx(client, demo):
+    """The cards partial carries its own hx-get and triggers, so the cards htmx swaps in keep refreshing."""
+    client.force_login(demo.user("hq"))
+    for path in ("/dispatch/", "/dispatch/overview/cards/"):
+        tag = re.search(r'<div class="cards" id="cards"[^>]*>', client.get(path).content.decode()).group(0)
+        assert 'hx-get="/dispatch/overview/cards/"' in tag
+        assert 'hx-trigger="overview-refresh, every 30s"' in tag
+        assert 'hx-sync="this:queue last"' in tag
 
 
 @pytest.mark.parametrize("username", ["dispatch-gangnam", "callcenter", "rider-gangnam-01"])

@@ -11,9 +11,7 @@ const REFRESH_DELAY = 250; // ms: coalesce a burst of events into one window ref
 const REFRESH_MAX_WAIT = 1000;
 
 const viewport = document.getElementById("viewport");
-const spacer = document.getElementById("spacer");
 const rowsEl = document.getElementById("rows");
-const totalEl = document.getElementById("total");
 const grid = document.querySelector(".grid[role=grid]");
 const filters = document.getElementById("filters");
 const drawer = document.getElementById("drawer");
@@ -28,6 +26,9 @@ let refreshTimer = null;
 let refreshFirstAsked = 0;
 
 // ---------------------------------------------------------------- rows and the virtual window
+
+// htmx fetches and swaps the row windows (#rows: hx-get, hx-sync, and the counts, total and list
+// height out of band); this script decides when, and which rows, a window must hold.
 
 function csrfToken() {
   return document.cookie.split("; ").find((c) => c.startsWith("csrftoken="))?.split("=")[1] || "";
@@ -50,46 +51,52 @@ function windowCovers(first, count) {
   return first >= windowOffset && first + count <= windowOffset + rows || (windowOffset === 0 && rows >= total);
 }
 
-// One rows request at a time: asks that come meanwhile become one follow-up, and every response is
-// applied, so a slow server delays the window but can never starve it of updates.
-let loading = false;
-let loadAgain = false;
-
-async function loadWindow({ force = false } = {}) {
+// hx-sync="this:queue last": one rows request at a time, asks that come meanwhile become one
+// follow-up, and every response is applied, so a slow server delays the window but never starves it.
+function loadWindow({ force = false } = {}) {
   const { first, count } = visibleRange();
-  if (!force && windowCovers(first, count)) return;
-  if (loading) {
-    loadAgain = true;
-    return;
-  }
-  loading = true;
-  const params = filterQuery();
-  params.set("offset", Math.max(0, first - OVERSCAN));
-  params.set("limit", count + 2 * OVERSCAN);
-  try {
-    const response = await fetch(`/dispatch/${config.center}/rows/?${params}`, { credentials: "same-origin" });
-    if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    const template = document.createElement("template");
-    template.innerHTML = await response.text();
-    windowStale = false;
-    applyWindow(template.content.querySelector(".window"));
-  } catch {
-    windowStale = true; // offline or a server error: reload once the connection is back
-  } finally {
-    loading = false;
-    if (loadAgain) {
-      loadAgain = false;
-      loadWindow({ force: true });
-    }
-  }
+  if (force || !windowCovers(first, count)) htmx.trigger(rowsEl, "board-refresh");
 }
+
+rowsEl.addEventListener("htmx:configRequest", (event) => {
+  // Read when the request leaves (a queued one too), so the window covers where the list is then.
+  const { first, count } = visibleRange();
+  event.detail.parameters.offset = Math.max(0, first - OVERSCAN);
+  event.detail.parameters.limit = count + 2 * OVERSCAN;
+});
+
+for (const failure of ["htmx:sendError", "htmx:responseError"]) {
+  rowsEl.addEventListener(failure, () => {
+    windowStale = true; // offline or a server error: reload once the connection is back
+  });
+}
+
+let shownRows = new Map(); // the rows on screen just before a swap, by delivery id
+let focusedRow = null;
+
+rowsEl.addEventListener("htmx:beforeSwap", (event) => {
+  if (event.target !== rowsEl || !event.detail.shouldSwap) return;
+  shownRows = new Map([...rowsEl.querySelectorAll(".row[data-id]")].map((row) => [row.dataset.id, row]));
+  focusedRow = rowsEl.contains(document.activeElement) ? document.activeElement.id : null;
+  // The old window holds no htmx state: taking it out first spares htmx cleaning up its ~800
+  // elements one by one and settling the rows the new window has again (a third of a swap's cost).
+  rowsEl.replaceChildren();
+});
+
+// settle:0ms: this runs in the same task as the swap, before any paint.
+rowsEl.addEventListener("htmx:afterSettle", (event) => {
+  if (event.target !== rowsEl) return;
+  windowStale = false;
+  applyWindow(rowsEl.querySelector(".window"));
+  if (focusedRow) document.getElementById(focusedRow)?.focus({ preventScroll: true });
+});
 
 function applyWindow(fresh) {
   // Never let an older response replace a row the page already shows at a newer version.
   for (const row of fresh.querySelectorAll(".row[data-id]")) {
     const id = row.dataset.id;
     const version = Number(row.dataset.version);
-    const current = document.getElementById(`delivery-${id}`);
+    const current = shownRows.get(id);
     const shown = current ? Number(current.dataset.version) : 0;
     if (current && shown > version) {
       row.replaceWith(current);
@@ -99,13 +106,11 @@ function applyWindow(fresh) {
     if (known.has(id) && known.get(id) > version) row.classList.add("stale"); // an event is newer still
     known.set(id, Math.max(known.get(id) || 0, version));
   }
+  shownRows = new Map();
   windowOffset = Number(fresh.dataset.offset);
   total = Number(fresh.dataset.total);
-  rowsEl.replaceChildren(fresh);
-  spacer.style.height = `${Math.max(total, 1) * ROW_H}px`;
-  grid.setAttribute("aria-rowcount", total);
-  totalEl.textContent = `${total} ${total === 1 ? "delivery" : "deliveries"}`;
-  updateCounts(JSON.parse(fresh.dataset.counts));
+  grid.setAttribute("aria-rowcount", total); // the spacer, the counts and the total came out of band
+  updateLateAlert(JSON.parse(fresh.dataset.counts).late_ids);
   tickTimers();
 }
 
@@ -144,13 +149,13 @@ filters.addEventListener("submit", (event) => {
 });
 
 function applyFilters() {
-  const params = filterQuery();
+  const params = filterQuery(); // the rows request sends the form itself (hx-include)
   history.replaceState(null, "", params.toString() ? `?${params}` : location.pathname);
   viewport.scrollTop = 0;
   loadWindow({ force: true });
 }
 
-// ---------------------------------------------------------------- counts and late alerts
+// ---------------------------------------------------------------- late alerts
 
 // The alert follows delivery ids of the whole center (not counts, not the filtered view): a
 // delivery that closes while another goes late, or a widened filter, cannot hide or fake one.
@@ -158,12 +163,8 @@ let lateNow = new Set();
 let lateAcknowledged = null; // ids late when the page opened, or acknowledged since
 let freshShown = 0;
 
-function updateCounts(counts) {
-  for (const el of document.querySelectorAll("[data-count]")) {
-    const value = counts[el.dataset.count];
-    if (value !== undefined) el.textContent = value;
-  }
-  lateNow = new Set(counts.late_ids || []);
+function updateLateAlert(lateIds) {
+  lateNow = new Set(lateIds || []);
   if (lateAcknowledged === null) lateAcknowledged = new Set(lateNow);
   const fresh = [...lateNow].filter((id) => !lateAcknowledged.has(id)).length;
   if (fresh > freshShown) beep();
@@ -222,8 +223,7 @@ function tickTimers() {
   if (turnedLate) scheduleRefresh(); // a delivery went late with no event: update counts and alert
 }
 setInterval(tickTimers, 1000);
-// Deliveries outside the window go late with no event either; a slow refresh keeps counts honest.
-setInterval(() => loadWindow({ force: true }), 30000);
+// Deliveries outside the window go late with no event either: #rows also refreshes every 30 s (hx-trigger).
 
 // ---------------------------------------------------------------- riders: state, panel, map
 
@@ -488,19 +488,20 @@ candidatesEl.addEventListener("click", (event) => assignSelected(event.target.cl
 
 // ---------------------------------------------------------------- detail drawer
 
+// htmx loads the drawer (hx-sync on #drawer: a newer request replaces an older one); offline or on
+// an error it keeps what it shows.
 async function openDrawer(id, { keepFocus = false } = {}) {
-  let html;
+  const url = `/dispatch/${config.center}/deliveries/${id}/`;
   try {
-    const response = await fetch(`/dispatch/${config.center}/deliveries/${id}/`, { credentials: "same-origin" });
-    if (!response.ok) return;
-    html = await response.text();
+    await htmx.ajax("GET", url, { source: drawer, target: drawer, swap: "innerHTML" });
   } catch {
-    return; // offline: the drawer keeps what it shows
+    return; // aborted by a newer request, or offline
   }
-  drawer.innerHTML = html;
+  const body = drawer.querySelector(".drawer-body");
+  if (body?.dataset.id !== String(id)) return; // refused (not swapped)
   drawer.hidden = false;
   drawer.dataset.id = id;
-  if (!keepFocus) drawer.querySelector("button")?.focus();
+  if (!keepFocus) body.querySelector("button")?.focus();
 }
 
 drawer.addEventListener("click", async (event) => {
@@ -630,5 +631,5 @@ rt.subscribe(`positions:${config.center}`, {
 });
 
 // What the page was rendered with is the starting point, including which deliveries were late.
-updateCounts(JSON.parse(rowsEl.querySelector(".window")?.dataset.counts || "{}"));
+updateLateAlert(JSON.parse(rowsEl.querySelector(".window")?.dataset.counts || "{}").late_ids);
 tickTimers();

@@ -1,4 +1,4 @@
-// HQ overview: every center's counts, refreshed from the server whenever one of their streams moves.
+// HQ overview: every center's counts; htmx reloads the cards (#cards) whenever one of their streams moves.
 import { RealtimeClient } from "../realtime/client.js";
 import { showConnectionState } from "../realtime/status.js";
 
@@ -7,10 +7,9 @@ let timer = null;
 
 function refreshSoon() {
   if (timer) return; // one refresh per burst, at most every 500 ms
-  timer = setTimeout(async () => {
+  timer = setTimeout(() => {
     timer = null;
-    const response = await fetch("/dispatch/overview/cards/", { credentials: "same-origin" });
-    if (response.ok) document.getElementById("cards").outerHTML = await response.text();
+    htmx.trigger("#cards", "overview-refresh"); // by id: each swap puts a new #cards in place
   }, 500);
 }
 
@@ -19,4 +18,3 @@ showConnectionState(rt, document.getElementById("conn-state"));
 for (const stream of streams) {
   rt.subscribe(stream, { snapshot: false, onEvent: refreshSoon, onReset: refreshSoon, onReconcile: refreshSoon });
 }
-setInterval(refreshSoon, 30000); // stale-GPS counts change with time alone

@@ -304,6 +304,113 @@ def test_board_assign_dialog_works_from_keyboard_and_closes_with_escape(browse, 
     assert (delivery.status, delivery.version) == ("waiting", 1)
 
 
+# -- htmx does the swapping ----------------------------------------------------------------------------------
+
+
+HTMX_LOG = """() => {
+  const log = (window.__htmx = { sent: [], settled: [], outOfBand: [], errors: [] });
+  document.body.addEventListener('htmx:error', (e) => log.errors.push(e.detail.errorInfo.error));
+  document.body.addEventListener('htmx:beforeSend', (e) => log.sent.push(e.target.id));
+  document.body.addEventListener('htmx:afterSettle', (e) => log.settled.push(e.target.id));
+  document.body.addEventListener('htmx:oobBeforeSwap', (e) => log.outOfBand.push(e.detail.target.id));
+}"""
+
+
+def htmx_log(page) -> dict:
+    return page.evaluate("() => window.__htmx")
+
+
+def test_board_rows_are_fetched_and_swapped_by_htmx_with_counts_out_of_band(browse, demo_tx):
+    """A live event makes htmx fetch /rows/ (HX-Request) and swap the window, the counts, the total and the height."""
+    take_order(demo_tx)
+    page = browse("dispatch-gangnam")
+    live(page)
+    page.evaluate(HTMX_LOG)
+    requests = []
+    page.on("request", lambda request: "/rows/" in request.url and requests.append(request))
+
+    created = take_order(demo_tx)
+
+    expect(row(page, created)).to_be_visible()
+    expect(page.locator("[data-count=waiting]")).to_have_text("2")
+    expect(page.locator("#total")).to_have_text("2 deliveries")
+    assert page.evaluate("() => document.getElementById('spacer').offsetHeight") == 2 * ROW_H
+    log = htmx_log(page)
+    assert "rows" in log["sent"] and "rows" in log["settled"], log
+    assert {"count-waiting", "count-late", "count-attention", "total", "spacer"} <= set(log["outOfBand"]), log
+    assert log["errors"] == []  # e.g. htmx:oobErrorNoTarget: an out-of-band element the page does not have
+    assert requests and all(r.headers.get("hx-request") == "true" for r in requests)
+    assert all(r.headers.get("hx-target") == "rows" for r in requests)
+
+
+def wait_for_held(page, held: list, count: int) -> None:
+    """Wait (bounded) until `count` routed requests are held: Playwright hands them over while the test waits."""
+    deadline = time.monotonic() + WAIT / 1000
+    while len(held) < count and time.monotonic() < deadline:
+        page.wait_for_timeout(20)
+    assert len(held) == count, held
+
+
+def test_board_keeps_one_rows_request_in_flight_and_sends_the_last_ask_after_it(browse, demo_tx):
+    """Asks for rows while a request is in flight become one follow-up request, sent when the first one lands."""
+    take_order(demo_tx)
+    page = browse("dispatch-gangnam")
+    live(page)
+    page.evaluate(HTMX_LOG)
+    held = []
+    page.route("**/rows/**", lambda route: held.append(route))
+
+    page.evaluate("() => { for (let i = 0; i < 5; i++) window.__board.loadWindow({ force: true }); }")
+    page.wait_for_function("() => window.__htmx.sent.length === 1")
+    assert htmx_log(page)["sent"] == ["rows"]  # the other four were queued, all in the same task
+    wait_for_held(page, held, 1)
+    held[0].continue_()
+
+    page.wait_for_function("() => window.__htmx.sent.length === 2")
+    wait_for_held(page, held, 2)
+    held[1].continue_()
+    page.wait_for_function("() => window.__htmx.settled.filter((id) => id === 'rows').length === 2")
+
+    # The follow-up leaves in the task that applies the first response; after the second, none is left.
+    assert htmx_log(page)["sent"] == ["rows", "rows"]
+    assert len(held) == 2
+
+
+def test_board_keeps_the_keyboard_focus_on_its_row_across_a_refresh(browse, demo_tx):
+    """A row chosen with the arrow keys stays focused when a live refresh swaps the window around it."""
+    delivery = take_order(demo_tx)
+    page = browse("dispatch-gangnam")
+    live(page)
+    page.focus("#viewport")
+    page.keyboard.press("ArrowDown")
+    expect(row(page, delivery)).to_be_focused()
+
+    created = take_order(demo_tx)
+    expect(row(page, created)).to_be_visible()  # the window was swapped
+
+    expect(row(page, delivery)).to_be_focused()
+
+
+def test_board_drawer_and_its_live_refresh_are_loaded_by_htmx(browse, demo_tx):
+    """The details drawer is fetched by htmx (HX-Request) into #drawer, on opening and when its delivery changes."""
+    rider = rider_on_duty(demo_tx, 1)
+    delivery = take_order(demo_tx)
+    page = browse("dispatch-gangnam")
+    live(page)
+    page.evaluate(HTMX_LOG)
+    requests = []
+    page.on("request", lambda request: "/deliveries/" in request.url and requests.append(request))
+
+    row(page, delivery).locator("[data-action=detail]").click()
+    expect(page.locator("#drawer .drawer-body")).to_have_attribute("data-version", "1")
+    services.assign_delivery(actor=None, delivery_id=delivery.pk, rider_id=rider.pk)
+    expect(page.locator("#drawer .drawer-body")).to_have_attribute("data-version", "2")
+
+    assert len(requests) >= 2
+    assert all(r.headers.get("hx-request") == "true" and r.headers.get("hx-target") == "drawer" for r in requests)
+    assert htmx_log(page)["settled"].count("drawer") >= 2
+
+
 # -- filters and search --------------------------------------------------------------------------------------
 
 

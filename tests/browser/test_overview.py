@@ -50,6 +50,23 @@ def test_overview_shows_every_center_and_updates_live(browse, demo_tx):
     shot(page, "overview")
 
 
+def test_overview_cards_are_reloaded_by_htmx(browse, demo_tx):
+    """A center's event makes htmx fetch the cards partial (HX-Request) and swap #cards for it."""
+    page = browse("hq", OVERVIEW)
+    live(page)
+    page.evaluate(board.HTMX_LOG)
+    requests = []
+    page.on("request", lambda request: "/overview/cards/" in request.url and requests.append(request))
+
+    take_order(demo_tx, center="mapo")
+
+    expect(card(page, "mapo").locator("[data-count=waiting]")).to_have_text("1")
+    assert requests and all(r.headers.get("hx-request") == "true" for r in requests)
+    assert "cards" in board.htmx_log(page)["sent"]
+    take_order(demo_tx, center="mapo")  # the swapped-in cards still answer the next refresh
+    expect(card(page, "mapo").locator("[data-count=waiting]")).to_have_text("2")
+
+
 def test_overview_card_opens_that_centers_board_for_hq(browse, demo_tx):
     """From the overview HQ opens any center's board, which shows that center's deliveries live."""
     mapo = take_order(demo_tx, center="mapo")
