@@ -16,7 +16,7 @@ from pydantic import ValidationError as SchemaError
 from realtime.events import ChatMessageData, NoticeData, build
 from realtime.models import Event
 from realtime.outbox import emit
-from realtime.streams import StreamName
+from realtime.streams import StreamName, stream_exists
 
 PUBLISHABLE: dict[str, frozenset[str]] = {
     "chat": frozenset({"chat.message"}),
@@ -41,6 +41,8 @@ def publish_event(*, actor, stream: StreamName, event: str, data: dict, via: str
     """Log `event` on `stream` and publish it on commit; return the stored event (with its seq)."""
     if not stream.logged or event not in PUBLISHABLE.get(stream.namespace, ()):
         raise NotPublishable(f"{event!r} cannot be published to {stream}.")
+    if not stream_exists(stream):  # token scopes like "chat:*" name no particular center
+        raise NotPublishable(f"No such stream: {stream}.")
     try:
         if event == "chat.message":
             payload = ChatMessageData(

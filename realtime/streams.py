@@ -10,7 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from django.contrib.auth import get_user_model
+
 from core.access import Access, Role, access_for, center_of_rider_user
+from core.models import Center
 from realtime import registry
 
 ROOM_PATTERNS = {
@@ -70,13 +73,35 @@ BROADCAST = "broadcast:all"
 def can_subscribe(user, stream: StreamName) -> bool:
     """Protocol §2, 'may subscribe'. Unknown centers are simply refused like foreign ones."""
     access = access_for(user)
-    return access.role is not None and stream.kind.may_subscribe(access, stream)
+    return access.role is not None and stream.kind.may_subscribe(access, stream) and _exists_for(access, stream)
 
 
 def can_publish(user, stream: StreamName) -> bool:
     """Protocol §2, 'may publish' (for users; tokens are checked by `core.access.token_allows`)."""
     access = access_for(user)
-    return access.role is not None and stream.kind.may_publish(access, stream)
+    return access.role is not None and stream.kind.may_publish(access, stream) and _exists_for(access, stream)
+
+
+def stream_exists(stream: StreamName) -> bool:
+    """Whether the stream's room is a real center or user (a stream row is never made for a typo)."""
+    if stream.kind.rooms == "center":
+        return Center.objects.filter(code=stream.room).exists()
+    if stream.kind.rooms == "user":
+        return get_user_model().objects.filter(pk=int(stream.room)).exists()
+    return True
+
+
+def _exists_for(access: Access, stream: StreamName) -> bool:
+    """Rooms the rules admit only by name (HQ's "every center", another user's id) must exist.
+
+    A dispatcher's or rider's centers and their own user id come from the database already, so
+    their subscriptions, the hot path, cost no query here.
+    """
+    if stream.kind.rooms == "center" and access.centers is not None:
+        return True
+    if stream.kind.rooms == "user" and stream.room == str(access.user_id):
+        return True
+    return stream_exists(stream)
 
 
 def _own_or_hq(access: Access, stream: StreamName) -> bool:
