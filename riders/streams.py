@@ -26,6 +26,11 @@ def rider_versions(center_code: str) -> dict[str, int]:
     return {str(pk): version for pk, version in rows}
 
 
+def positions_join_frames(center_code: str) -> list[str]:
+    """A new subscriber of `positions:<center>` first gets every rider's current position."""
+    return [positions.positions_snapshot_frame(center_code)]
+
+
 def accept_position_frame(access: Access, fields: dict) -> None:
     """A rider's `position` frame: validated, rate-limited and queued for the next batch."""
     if access.role != Role.RIDER or access.rider_id is None:
@@ -57,7 +62,7 @@ def register() -> None:
             may_subscribe=_dispatchers,
             logged=False,
             snapshot=positions.current_positions,
-            join_frames=lambda center_code: [positions.positions_snapshot_frame(center_code)],
+            join_frames=positions_join_frames,
         )
     )
     registry.register_frame("position", accept_position_frame)
