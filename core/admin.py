@@ -1,7 +1,8 @@
 """Admin for centers, staff roles and users, and the pieces every app's admin shares.
 
 State owned by services is browse-only (`ReadOnlyAdmin`); admin actions call the services as the
-acting admin and report each refusal (`run_each`) instead of failing the whole batch.
+acting admin and report each refusal (`run_each`) instead of failing the whole batch; add and
+change forms whose model a service owns save through it (`ServiceSaveAdmin`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
+from django.http import HttpResponseRedirect
 
+from core import services
 from core.exceptions import CommandRefused
 from core.models import Center, StaffProfile
 
@@ -60,6 +63,32 @@ def run_each(
     return len(succeeded)
 
 
+class SaveRefused(Exception):
+    """A service refused the save of an admin form; the message says why."""
+
+
+class ServiceSaveAdmin(admin.ModelAdmin):
+    """An admin whose add and change forms save through a service, called in `save_model`.
+
+    A refusal rolls the whole save back (the admin's log entry too) and returns to the form with
+    the service's own words, instead of reporting a save that did not happen.
+    """
+
+    def save_through(self, command: Callable):
+        """Run the service `command()` and return what it saved; turn a refusal into `SaveRefused`."""
+        try:
+            return command()
+        except REFUSALS as exc:
+            raise SaveRefused(refusal_message(exc)) from exc
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except SaveRefused as exc:  # raised inside the admin's transaction, which is rolled back
+            self.message_user(request, str(exc), messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
+
 class HelpChangeListMixin:
     """Show `changelist_help` above a change list (why it is read-only, where changes are made)."""
 
@@ -84,9 +113,28 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Center)
-class CenterAdmin(admin.ModelAdmin):
+class CenterAdmin(ServiceSaveAdmin):
     list_display = ["code", "name", "lat", "lng"]
     search_fields = ["code", "name"]
+    readonly_fields = ["version"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # The code names the center's streams and pages: fixed once the center exists.
+        readonly = list(super().get_readonly_fields(request, obj))
+        return [*readonly, "code"] if obj is not None else readonly
+
+    def save_model(self, request, obj: Center, form, change: bool) -> None:
+        saved = self.save_through(
+            lambda: services.save_center(
+                actor=request.user,
+                center_id=obj.pk if change else None,
+                code=obj.code,
+                name=obj.name,
+                lat=obj.lat,
+                lng=obj.lng,
+            )
+        )
+        obj.pk, obj.version = saved.pk, saved.version
 
 
 class StaffProfileForm(forms.ModelForm):

@@ -20,6 +20,7 @@ class Center(models.Model):
     name = models.CharField(max_length=100)
     lat = models.FloatField(help_text="Map centre latitude")
     lng = models.FloatField(help_text="Map centre longitude")
+    version = models.PositiveIntegerField(default=1)
 
     class Meta:
         ordering = ["code"]

@@ -18,7 +18,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
-from core.admin import HelpChangeListMixin, ReadOnlyAdmin, run_each
+from core.admin import HelpChangeListMixin, ReadOnlyAdmin, ServiceSaveAdmin, run_each
 from deliveries import services
 from deliveries.models import Delivery, Order, Shop, Source, TimelineEntry
 
@@ -63,11 +63,24 @@ class OrderSearchMixin:
 
 
 @admin.register(Shop)
-class ShopAdmin(admin.ModelAdmin):
+class ShopAdmin(ServiceSaveAdmin):
+    """Shops are saved through `save_shop`, which tells open boards about what their rows show."""
+
     list_display = ["name", "center", "address", "phone", "prep_minutes", "is_active"]
     list_filter = ["center", "is_active"]
     list_select_related = ["center"]
     search_fields = ["name", "address"]
+    readonly_fields = ["version"]
+
+    def save_model(self, request, obj: Shop, form, change: bool) -> None:
+        saved = self.save_through(
+            lambda: services.save_shop(
+                actor=request.user,
+                shop_id=obj.pk if change else None,
+                **{field: getattr(obj, field) for field in services.SHOP_FIELDS},
+            )
+        )
+        obj.pk, obj.version = saved.pk, saved.version
 
 
 class CancelOrdersForm(forms.Form):

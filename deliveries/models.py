@@ -16,6 +16,7 @@ class Shop(models.Model):
     lng = models.FloatField()
     prep_minutes = models.PositiveSmallIntegerField(default=15, help_text="Usual time until an order is ready")
     is_active = models.BooleanField(default=True)
+    version = models.PositiveIntegerField(default=1)
 
     class Meta:
         ordering = ["center__code", "name"]

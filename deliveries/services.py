@@ -14,12 +14,14 @@ from datetime import UTC, datetime, timedelta
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from core import access
 from core.actors import actor_label
 from core.exceptions import InvalidTransition, StaleVersion
 from deliveries.models import Delivery, Order, Shop, Source, TimelineEntry
+from deliveries.selectors import in_window, start_of_today
 from realtime.events import (
     OrderItem,
     assignment_new_event,
@@ -550,3 +552,101 @@ def deliver_delivery(
         ]
     )
     return delivery
+
+
+# ---------------------------------------------------------------------------------------------
+# Shops (admin). Lock order: shop → orders → deliveries, each by id.
+# ---------------------------------------------------------------------------------------------
+
+SHOP_FIELDS = ("center_id", "name", "address", "phone", "lat", "lng", "prep_minutes", "is_active")
+# What today's rows and drawers show of their shop (delivery events carry only the name).
+SHOP_FIELDS_SHOWN_WITH_DELIVERIES = ("name", "address", "lat", "lng")
+
+
+def _check_may_manage_shops(actor) -> None:
+    if actor is not None and access.access_for(actor).role != access.Role.HQ:
+        raise PermissionDenied("Only HQ manages shops.")
+
+
+def _refresh_shop_deliveries(shop: Shop, *, renamed: bool) -> list:
+    """Bump today's deliveries of `shop` (and, if it was renamed, their orders) and return their events.
+
+    Boards render a delivery's shop (name, address, place) in its row: `delivery.updated` with a
+    new version is what makes them re-read it. Locks the orders, then the deliveries, by id.
+    """
+    today = Delivery.objects.filter(in_window(start_of_today()), shop=shop)
+    ids = list(today.order_by("pk").values_list("pk", "order_id"))
+    if not ids:
+        return []
+    delivery_ids, order_ids = [d for d, _ in ids], [o for _, o in ids]
+    if renamed:
+        list(Order.objects.select_for_update(no_key=True).filter(pk__in=order_ids).order_by("pk").values_list("pk"))
+    list(Delivery.objects.select_for_update(no_key=True).filter(pk__in=delivery_ids).order_by("pk").values_list("pk"))
+    Delivery.objects.filter(pk__in=delivery_ids).update(version=F("version") + 1, updated_at=timezone.now())
+    if renamed:
+        Order.objects.filter(pk__in=order_ids).update(version=F("version") + 1)
+    events = []
+    for delivery in Delivery.objects.select_related("order", "center", "shop", "rider").filter(pk__in=delivery_ids):
+        delivery.order.center, delivery.order.shop, delivery.order.delivery = delivery.center, delivery.shop, delivery
+        events.append(delivery_event("delivery.updated", delivery))
+        if renamed:
+            events.append(order_event("order.updated", delivery.order))
+    return events
+
+
+@transaction.atomic
+def save_shop(
+    *,
+    actor,
+    shop_id: int | None = None,
+    center_id: int,
+    name: str,
+    address: str,
+    lat: float,
+    lng: float,
+    phone: str = "",
+    prep_minutes: int = 15,
+    is_active: bool = True,
+    expected_version: int | None = None,
+) -> Shop:
+    """Add a shop (`shop_id` None) or change one. Locks the shop, then its orders and deliveries of today.
+
+    A change to what delivery rows show of the shop bumps each of today's deliveries of the shop
+    with `delivery.updated` (and, on a rename, each order with `order.updated`), so open boards
+    and integrations see it. A shop with open deliveries cannot move to another center: they would
+    stay behind in the old one.
+    """
+    _check_may_manage_shops(actor)
+    values = {
+        "center_id": center_id,
+        "name": name,
+        "address": address,
+        "phone": phone,
+        "lat": lat,
+        "lng": lng,
+        "prep_minutes": prep_minutes,
+        "is_active": is_active,
+    }
+    if shop_id is None:
+        shop = Shop(**values)
+        shop.full_clean(exclude=["version"])
+        shop.save()
+        return shop
+    shop = Shop.objects.select_for_update(no_key=True).get(pk=shop_id)
+    if expected_version is not None and expected_version != shop.version:
+        raise StaleVersion(
+            f"The shop changed since you looked (version {expected_version}, now {shop.version}).", entity=shop
+        )
+    changed = [field for field, value in values.items() if getattr(shop, field) != value]
+    if not changed:
+        return shop
+    if "center_id" in changed and shop.deliveries.filter(status__in=Delivery.OPEN_STATUSES).exists():
+        raise InvalidTransition(f"{shop.name} has open deliveries: it cannot move to another center now.", entity=shop)
+    for field in changed:
+        setattr(shop, field, values[field])
+    shop.full_clean(exclude=["version"])
+    shop.version += 1
+    shop.save(update_fields=[*changed, "version"])
+    if any(field in SHOP_FIELDS_SHOWN_WITH_DELIVERIES for field in changed):
+        emit(_refresh_shop_deliveries(shop, renamed="name" in changed))
+    return shop

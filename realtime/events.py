@@ -238,3 +238,8 @@ def assignment_new_event(delivery) -> PendingEvent:
 def assignment_revoked_event(delivery, *, rider, reason: str, was_picked_up: bool = False) -> PendingEvent:
     payload = AssignmentRevokedData(delivery=delivery_data(delivery), reason=reason, was_picked_up=was_picked_up)
     return build(stream_for_user(rider.user_id), "assignment.revoked", payload)
+
+
+def rider_moved_event(rider, *, from_center_code: str) -> PendingEvent:
+    """`rider.status` on the stream of the center a rider left: its `center` names the new one."""
+    return build(stream_for_center("riders", from_center_code), "rider.status", rider_data(rider))

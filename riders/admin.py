@@ -1,11 +1,12 @@
-"""Admin for riders (profile edited here, shifts only through `set_rider_duty`) and GPS history."""
+"""Admin for riders (profiles saved through `create_rider` / `update_rider_profile`, shifts through
+`set_rider_duty`) and GPS history."""
 
 from __future__ import annotations
 
 from django import forms
 from django.contrib import admin
 
-from core.admin import ReadOnlyAdmin, run_each
+from core.admin import ReadOnlyAdmin, ServiceSaveAdmin, run_each
 from riders import services
 from riders.models import PositionSample, Rider
 
@@ -20,7 +21,7 @@ class RiderForm(forms.ModelForm):
     def clean(self):
         cleaned = super().clean()
         if self.instance.pk and "center" in self.changed_data:
-            # Locked until the admin's save commits, so a shift cannot start in between.
+            # Only to show the error beside the field: `update_rider_profile` re-checks under its lock.
             current = Rider.objects.select_for_update(no_key=True).get(pk=self.instance.pk)
             if current.on_duty:
                 self.add_error("center", "End the rider's shift before moving them to another center.")
@@ -28,7 +29,7 @@ class RiderForm(forms.ModelForm):
 
 
 @admin.register(Rider)
-class RiderAdmin(admin.ModelAdmin):
+class RiderAdmin(ServiceSaveAdmin):
     form = RiderForm
     list_display = ["name", "center", "status", "on_duty", "load", "vehicle", "phone", "last_position_at"]
     list_filter = ["center", "on_duty", "vehicle"]
@@ -55,11 +56,14 @@ class RiderAdmin(admin.ModelAdmin):
         return readonly
 
     def save_model(self, request, obj: Rider, form, change: bool) -> None:
+        profile = {"name": obj.name, "phone": obj.phone, "vehicle": obj.vehicle, "center_id": obj.center_id}
         if change:
-            # Services change load, duty and position concurrently: write only the profile fields.
-            obj.save(update_fields=[name for name in PROFILE_FIELDS if name in form.cleaned_data])
+            saved = self.save_through(
+                lambda: services.update_rider_profile(actor=request.user, rider_id=obj.pk, **profile)
+            )
         else:
-            obj.save()
+            saved = self.save_through(lambda: services.create_rider(actor=request.user, user_id=obj.user_id, **profile))
+        obj.pk, obj.version = saved.pk, saved.version
 
     @admin.display(description="Status")
     def status(self, rider: Rider) -> str:

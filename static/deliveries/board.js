@@ -335,6 +335,7 @@ function drawRiders(only = null) {
       markers.set(rider.id, marker);
     } else {
       marker.setLatLng([rider.lat, rider.lng]);
+      if (marker.getTooltip()?.getContent() !== rider.name) marker.setTooltipContent(rider.name); // renamed
     }
     const color = markerColor(rider);
     if (marker.options.color !== color) marker.setStyle({ color, fillColor: color, fillOpacity: 0.85 });
@@ -595,7 +596,16 @@ rt.subscribe(config.stream.name, {
   versionOf: (id) => known.get(String(id)),
 });
 
+function forgetRider(id) {
+  riders.delete(id);
+  riderItems.delete(id);
+  markers.get(id)?.remove();
+  markers.delete(id);
+}
+
+// A rider unknown so far was just added (in the admin); one whose center is no longer this one moved away.
 function applyRider(data) {
+  if (data.center !== config.center) return forgetRider(data.id);
   const rider = riders.get(data.id) || { id: data.id, ts: null, lat: null, lng: null };
   if ((rider.version || 0) > data.version) return; // never go back to an older state
   riders.set(data.id, { ...rider, ...data });
@@ -608,6 +618,8 @@ rt.subscribe(`riders:${config.center}`, {
     scheduleRiders(frame.data.id);
   },
   onReset(snapshot) {
+    const current = new Set(snapshot.items.map((data) => data.id));
+    for (const id of [...riders.keys()]) if (!current.has(id)) forgetRider(id);
     for (const data of snapshot.items) applyRider(data);
     renderRiders();
     drawRiders();
