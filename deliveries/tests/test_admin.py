@@ -409,7 +409,8 @@ def test_rider_profile_save_keeps_live_state_written_meanwhile(superuser, demo, 
     )
     assert response.status_code == 302
     rider.refresh_from_db()
-    assert (rider.name, rider.load, rider.version, rider.last_lat) == ("Renamed Rider", 2, 2, 37.0)
+    # Version 1, then 2 by the service meanwhile, then 3 by the rename.
+    assert (rider.name, rider.load, rider.version, rider.last_lat) == ("Renamed Rider", 2, 3, 37.0)
 
 
 def test_rider_center_change_refused_while_on_duty(superuser, demo):

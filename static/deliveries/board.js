@@ -596,11 +596,24 @@ rt.subscribe(config.stream.name, {
   versionOf: (id) => known.get(String(id)),
 });
 
+// The rider filter's options were rendered with the page: keep their names and membership current.
+const riderFilter = document.querySelector("select[name=rider]");
+
+function syncRiderOption(rider) {
+  let option = riderFilter.querySelector(`option[value="${rider.id}"]`);
+  if (option) return setText(option, rider.name);
+  option = new Option(rider.name, rider.id);
+  const after = [...riderFilter.options].find((o) => Number(o.value) && byName(o.text, rider.name) > 0);
+  riderFilter.insertBefore(option, after || null);
+}
+
 function forgetRider(id) {
   riders.delete(id);
   riderItems.delete(id);
   markers.get(id)?.remove();
   markers.delete(id);
+  const option = riderFilter.querySelector(`option[value="${id}"]`);
+  if (option && !option.selected) option.remove(); // a filter in use keeps its rider
 }
 
 // A rider unknown so far was just added (in the admin); one whose center is no longer this one moved away.
@@ -609,6 +622,7 @@ function applyRider(data) {
   const rider = riders.get(data.id) || { id: data.id, ts: null, lat: null, lng: null };
   if ((rider.version || 0) > data.version) return; // never go back to an older state
   riders.set(data.id, { ...rider, ...data });
+  syncRiderOption(data);
 }
 
 rt.subscribe(`riders:${config.center}`, {

@@ -15,3 +15,5 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
+
+MIDDLEWARE = [*MIDDLEWARE, "tests.browser.middleware.forget_content_types"]  # noqa: F405
