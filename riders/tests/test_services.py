@@ -1,4 +1,4 @@
-"""Specification of the rider services (riders/services.py): starting and ending shifts.
+"""Specification of the rider services (riders/services.py): shifts, and profiles edited in the admin.
 
 Successes run through `verify_action` and refusals inside `refused`, shared with the delivery
 service tests so both check events and "nothing changed" the same way.
@@ -7,7 +7,8 @@ service tests so both check events and "nothing changed" the same way.
 from __future__ import annotations
 
 import pytest
-from django.core.exceptions import PermissionDenied
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied, ValidationError
 
 from core.exceptions import InvalidTransition, StaleVersion
 from deliveries.services import assign_delivery, deliver_delivery
@@ -17,11 +18,12 @@ from deliveries.tests.test_services import (
     on_duty_rider,
     picked_up_delivery,
     refused,
+    state_fingerprint,
     user_without_profile,
     verify_action,
 )
 from riders.models import Rider
-from riders.services import set_rider_duty
+from riders.services import create_rider, set_rider_duty, update_rider_profile
 
 
 def test_set_rider_duty_starts_shift(demo):
@@ -195,3 +197,136 @@ def test_set_rider_duty_off_duty_rider_can_no_longer_be_assigned(demo):
 
     with refused(InvalidTransition):
         assign_delivery(actor=demo.user("dispatch-gangnam"), delivery_id=delivery.pk, rider_id=rider.pk)
+
+
+# -- profiles (admin) -------------------------------------------------------------------------
+
+
+def profile(rider: Rider, **changes) -> dict:
+    return {"name": rider.name, "phone": rider.phone, "vehicle": rider.vehicle, **changes}
+
+
+def test_update_rider_profile_renames_rider(demo):
+    """Renaming a rider bumps its version and emits rider.status with the new name on its center's stream."""
+    rider = demo.rider("gangnam", 2)
+
+    action = verify_action(
+        lambda: update_rider_profile(
+            actor=demo.user("dispatch-gangnam"), rider_id=rider.pk, **profile(rider, name="Kim Renamed")
+        )
+    )
+
+    assert current_rider(rider.pk).version == rider.version + 1
+    assert action.streams == {"riders:gangnam": ["rider.status"]}
+    assert action.event("rider.status").data["name"] == "Kim Renamed"
+
+
+def test_update_rider_profile_keeps_duty_and_load(demo):
+    """A profile edit of a rider at work leaves duty and load as they are."""
+    delivery = assigned_delivery(demo, rider=2)
+
+    verify_action(
+        lambda: update_rider_profile(actor=None, rider_id=delivery.rider_id, **profile(delivery.rider, vehicle="car"))
+    )
+
+    after = current_rider(delivery.rider_id)
+    assert (after.vehicle, after.on_duty, after.load) == ("car", True, 1)
+
+
+def test_update_rider_profile_unchanged_changes_nothing(demo):
+    """Saving an unchanged profile neither bumps the version nor emits an event."""
+    rider = demo.rider("gangnam", 2)
+    before = state_fingerprint()
+
+    update_rider_profile(actor=None, rider_id=rider.pk, **profile(rider), center_id=rider.center_id)
+
+    assert state_fingerprint() == before
+
+
+def test_update_rider_profile_moves_off_duty_rider_on_both_streams(demo):
+    """Moving an off-duty rider emits rider.status, naming the new center, on the old and the new center's stream."""
+    rider = demo.rider("gangnam", 2)
+
+    action = verify_action(
+        lambda: update_rider_profile(
+            actor=demo.user("hq"), rider_id=rider.pk, **profile(rider), center_id=demo.center("mapo").pk
+        )
+    )
+
+    assert action.streams == {"riders:gangnam": ["rider.status"], "riders:mapo": ["rider.status"]}
+    assert {event.data["center"] for event in action.events} == {"mapo"}
+
+
+def test_update_rider_profile_refuses_moving_on_duty_rider(demo):
+    """An on-duty rider cannot move to another center: their board and deliveries would stay behind."""
+    rider = on_duty_rider(demo, "gangnam", 2)
+    with refused(InvalidTransition):
+        update_rider_profile(
+            actor=demo.user("hq"), rider_id=rider.pk, **profile(rider), center_id=demo.center("mapo").pk
+        )
+
+
+def test_update_rider_profile_refuses_stale_version(demo):
+    """An edit based on an older version of the rider is refused."""
+    rider = on_duty_rider(demo, "gangnam", 2)
+    with refused(StaleVersion):
+        update_rider_profile(actor=None, rider_id=rider.pk, **profile(rider, name="X"), expected_version=1)
+
+
+def test_update_rider_profile_refuses_dispatcher_of_another_center(demo):
+    """A dispatcher of another center may not edit the rider."""
+    rider = demo.rider("gangnam", 2)
+    with refused(PermissionDenied):
+        update_rider_profile(actor=demo.user("dispatch-mapo"), rider_id=rider.pk, **profile(rider, name="X"))
+
+
+def test_update_rider_profile_refuses_move_to_center_actor_does_not_manage(demo):
+    """A dispatcher may not move their rider into a center they do not dispatch."""
+    rider = demo.rider("gangnam", 2)
+    with refused(PermissionDenied):
+        update_rider_profile(
+            actor=demo.user("dispatch-gangnam"), rider_id=rider.pk, **profile(rider), center_id=demo.center("mapo").pk
+        )
+
+
+def test_update_rider_profile_refuses_blank_name(demo):
+    """A rider needs a name."""
+    rider = demo.rider("gangnam", 2)
+    with refused(ValidationError):
+        update_rider_profile(actor=None, rider_id=rider.pk, **profile(rider, name=""))
+
+
+def test_create_rider_adds_off_duty_rider_with_event(demo):
+    """A new rider starts off duty at version 1, announced by rider.status on its center's stream."""
+    user = get_user_model().objects.create_user("rider-gangnam-new")
+
+    action = verify_action(
+        lambda: create_rider(
+            actor=demo.user("dispatch-gangnam"), user_id=user.pk, center_id=demo.center("gangnam").pk, name="New Rider"
+        )
+    )
+
+    rider = current_rider(action.result.pk)
+    assert (rider.name, rider.on_duty, rider.load, rider.version, rider.vehicle) == (
+        "New Rider",
+        False,
+        0,
+        1,
+        "motorcycle",
+    )
+    assert action.streams == {"riders:gangnam": ["rider.status"]}
+
+
+def test_create_rider_refuses_user_who_is_a_rider_already(demo):
+    """One user is at most one rider."""
+    with refused(ValidationError):
+        create_rider(
+            actor=None, user_id=demo.rider("gangnam", 2).user_id, center_id=demo.center("mapo").pk, name="Twin"
+        )
+
+
+def test_create_rider_refuses_dispatcher_of_another_center(demo):
+    """A dispatcher adds riders only to the centers they dispatch."""
+    user = get_user_model().objects.create_user("rider-mapo-new")
+    with refused(PermissionDenied):
+        create_rider(actor=demo.user("dispatch-gangnam"), user_id=user.pk, center_id=demo.center("mapo").pk, name="X")
