@@ -572,7 +572,7 @@ def _refresh_shop_deliveries(shop: Shop, *, renamed: bool) -> list:
     """Bump today's deliveries of `shop` (and, if it was renamed, their orders) and return their events.
 
     Boards render a delivery's shop (name, address, place) in its row: `delivery.updated` with a
-    new version is what makes them re-read it. Locks the orders, then the deliveries, by id.
+    new version is what makes them re-read it. Locks the orders (on a rename), then the deliveries, by id.
     """
     today = Delivery.objects.filter(in_window(start_of_today()), shop=shop)
     ids = list(today.order_by("pk").values_list("pk", "order_id"))
