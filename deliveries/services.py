@@ -77,13 +77,28 @@ def last_change(delivery) -> dict | None:
     }
 
 
-def _check_version(entity, expected_version: int | None, *, delivery) -> None:
+# The delivery statuses each command starts from, and its refusal from any other ({status}: the current one).
+TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "cancel": (Delivery.OPEN_STATUSES, "The order is already {status}."),
+    "assign": ((Status.WAITING, Status.ASSIGNED), "A {status} delivery cannot be assigned."),
+    "unassign": ((Status.ASSIGNED,), "Only an assigned delivery can be unassigned; this one is {status}."),
+    "pick_up": ((Status.ASSIGNED,), "Only an assigned delivery can be picked up; this one is {status}."),
+    "deliver": ((Status.PICKED_UP,), "Only a picked-up delivery can be delivered; this one is {status}."),
+}
+
+
+def _require_transition(command: str, delivery, *, expected_version: int | None, entity=None) -> None:
+    """Refuse a stale version of `entity` (default: the delivery), then a status `command` cannot start from."""
+    entity = entity or delivery
     if expected_version is not None and expected_version != entity.version:
         raise StaleVersion(
             f"It changed since you looked (version {expected_version}, now {entity.version}).",
             entity=entity,
             changed_by=last_change(delivery),
         )
+    allowed, refusal = TRANSITIONS[command]
+    if delivery.status not in allowed:
+        raise InvalidTransition(refusal.format(status=delivery.get_status_display().lower()), entity=entity)
 
 
 def _lock_delivery(delivery_id: int | None = None, *, order_id: int | None = None) -> Delivery:
@@ -302,12 +317,7 @@ def cancel_order(
     order = delivery.order
     if actor is not None and not access.can_take_orders(actor, order.center.code):
         raise PermissionDenied("You do not handle orders of this center.")
-    _check_version(order, expected_version, delivery=delivery)
-    if not delivery.is_open:
-        raise InvalidTransition(
-            f"The order is already {delivery.get_status_display().lower()}.",
-            entity=order,
-        )
+    _require_transition("cancel", delivery, expected_version=expected_version, entity=order)
     previous_status, previous_rider = delivery.status, delivery.rider
     events = []
     if previous_rider is not None:
@@ -372,12 +382,7 @@ def assign_delivery(
     delivery = _lock_delivery(delivery_id)
     if actor is not None and not access.can_dispatch(actor, delivery.center.code):
         raise PermissionDenied("You do not dispatch this center.")
-    _check_version(delivery, expected_version, delivery=delivery)
-    if delivery.status not in (Status.WAITING, Status.ASSIGNED):
-        raise InvalidTransition(
-            f"A {delivery.get_status_display().lower()} delivery cannot be assigned.",
-            entity=delivery,
-        )
+    _require_transition("assign", delivery, expected_version=expected_version)
     if delivery.rider_id == rider_id:
         raise InvalidTransition(f"It is already assigned to {delivery.rider.name}.", entity=delivery)
     riders = _lock_riders(delivery.rider_id, rider_id, center=delivery.center)
@@ -435,12 +440,7 @@ def unassign_delivery(
     delivery = _lock_delivery(delivery_id)
     if actor is not None and not access.can_dispatch(actor, delivery.center.code):
         raise PermissionDenied("You do not dispatch this center.")
-    _check_version(delivery, expected_version, delivery=delivery)
-    if delivery.status != Status.ASSIGNED:
-        raise InvalidTransition(
-            f"Only an assigned delivery can be unassigned; this one is {delivery.get_status_display().lower()}.",
-            entity=delivery,
-        )
+    _require_transition("unassign", delivery, expected_version=expected_version)
     rider = _lock_riders(delivery.rider_id, center=delivery.center)[delivery.rider_id]
     _change_load(rider, -1, actor=actor, via=via)
     delivery.rider, delivery.status, delivery.assigned_at = None, Status.WAITING, None
@@ -481,12 +481,7 @@ def pick_up_delivery(
         actor, center_code=delivery.center.code, rider_id=delivery.rider_id
     ):
         raise PermissionDenied("This delivery is not yours.")
-    _check_version(delivery, expected_version, delivery=delivery)
-    if delivery.status != Status.ASSIGNED:
-        raise InvalidTransition(
-            f"Only an assigned delivery can be picked up; this one is {delivery.get_status_display().lower()}.",
-            entity=delivery,
-        )
+    _require_transition("pick_up", delivery, expected_version=expected_version)
     delivery.status, delivery.picked_up_at = Status.PICKED_UP, timezone.now()
     delivery.version += 1
     delivery.save(update_fields=["status", "picked_up_at", "version", "updated_at"])
@@ -520,12 +515,7 @@ def deliver_delivery(
         actor, center_code=delivery.center.code, rider_id=delivery.rider_id
     ):
         raise PermissionDenied("This delivery is not yours.")
-    _check_version(delivery, expected_version, delivery=delivery)
-    if delivery.status != Status.PICKED_UP:
-        raise InvalidTransition(
-            f"Only a picked-up delivery can be delivered; this one is {delivery.get_status_display().lower()}.",
-            entity=delivery,
-        )
+    _require_transition("deliver", delivery, expected_version=expected_version)
     rider = _lock_riders(delivery.rider_id, center=delivery.center)[delivery.rider_id]
     _change_load(rider, -1, actor=actor, via=via)
     delivery.rider = rider
