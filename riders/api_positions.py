@@ -7,12 +7,11 @@ coalescing, so posting the same fixes twice keeps nothing new (no Idempotency-Ke
 
 from typing import Any
 
-from django.utils import timezone
 from ninja import Router, Schema, Status
 
-from core.access import Role, access_for
+from core.access import access_for
 from core.api_auth import caller_of
-from riders.positions import InvalidFix, accept_fixes, parse_fix
+from riders.positions import NotARider, TooManyFixes, take_rider_fixes
 
 router = Router(tags=["positions"])
 
@@ -51,17 +50,11 @@ def post_positions(request, body: PositionsIn):
     """
     caller = caller_of(request)
     rider_access = access_for(caller.user) if caller.token is None else None
-    if rider_access is None or rider_access.role != Role.RIDER or rider_access.rider_id is None:
-        return Status(403, {"detail": "Only riders send positions."})
-    if len(body.positions) > MAX_POSITIONS:
-        return Status(413, {"detail": f"At most {MAX_POSITIONS} positions per request."})
-    now = timezone.now()
-    fixes, errors = [], []
-    for index, entry in enumerate(body.positions):
-        try:
-            fixes.append(parse_fix(entry, now=now))
-        except InvalidFix as exc:
-            errors.append({"index": index, "msg": str(exc)})
-    (center_code,) = rider_access.centers
-    accepted = accept_fixes(rider_id=rider_access.rider_id, center_code=center_code, fixes=fixes)
-    return Status(202, {"accepted": accepted, "dropped": len(fixes) - accepted, "errors": errors})
+    try:
+        taken = take_rider_fixes(rider_access, body.positions, max_entries=MAX_POSITIONS)
+    except NotARider as exc:
+        return Status(403, {"detail": exc.message})
+    except TooManyFixes as exc:
+        return Status(413, {"detail": str(exc)})
+    errors = [{"index": index, "msg": msg} for index, msg in taken.errors]
+    return Status(202, {"accepted": taken.accepted, "dropped": taken.dropped, "errors": errors})

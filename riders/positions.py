@@ -34,6 +34,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
+from core.access import Access, Role
 from realtime.bus import channel_for, get_redis, message_for
 from realtime.outbox import format_ts
 from riders.models import PositionSample, Rider
@@ -243,6 +244,50 @@ def accept_fixes(*, rider_id: int, center_code: str, fixes: list[Fix]) -> int:
     for args in calls:
         accept(keys=keys, args=args, client=pipe)
     return sum(int(kept) for kept in pipe.execute())
+
+
+class NotARider(Exception):
+    """Positions come from riders only (not staff, not API tokens)."""
+
+    message = "Only riders send positions."
+
+
+class TooManyFixes(Exception):
+    """More fixes in one call than the caller allows."""
+
+
+@dataclass(frozen=True, slots=True)
+class FixesTaken:
+    """What became of a rider's fixes: `accepted` kept, `dropped` valid but coalesced, `errors` by index."""
+
+    accepted: int
+    dropped: int
+    errors: list[tuple[int, str]]
+
+
+def take_rider_fixes(
+    access: Access | None, entries: list, *, max_entries: int | None = None, now: datetime | None = None
+) -> FixesTaken:
+    """A rider's GPS fixes, from a socket `position` frame or the HTTP buffer: the one way in.
+
+    Refuses callers that are not riders (`NotARider`), then more than `max_entries` fixes
+    (`TooManyFixes`); checks each entry (`parse_fix`) and offers the valid ones to the rider's
+    center (`accept_fixes`). Invalid entries are reported by index, not fatal to the others.
+    """
+    if access is None or access.role != Role.RIDER or access.rider_id is None or not access.centers:
+        raise NotARider(NotARider.message)
+    if max_entries is not None and len(entries) > max_entries:
+        raise TooManyFixes(f"At most {max_entries} positions per request.")
+    now = now or timezone.now()
+    fixes, errors = [], []
+    for index, entry in enumerate(entries):
+        try:
+            fixes.append(parse_fix(entry, now=now))
+        except InvalidFix as exc:
+            errors.append((index, str(exc)))
+    (center_code,) = access.centers
+    accepted = accept_fixes(rider_id=access.rider_id, center_code=center_code, fixes=fixes)
+    return FixesTaken(accepted=accepted, dropped=len(fixes) - accepted, errors=errors)
 
 
 def record_fix(

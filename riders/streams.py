@@ -6,7 +6,6 @@ new subscriber first gets everyone's current position. Riders send fixes as `pos
 """
 
 from channels.db import database_sync_to_async
-from django.utils import timezone
 
 from core.access import Access, Role
 from realtime import registry
@@ -33,14 +32,12 @@ def positions_join_frames(center_code: str) -> list[str]:
 
 def accept_position_frame(access: Access, fields: dict) -> None:
     """A rider's `position` frame: validated, rate-limited and queued for the next batch."""
-    if access.role != Role.RIDER or access.rider_id is None:
-        raise registry.FrameRefused("forbidden", "Only riders send positions.")
     try:
-        fix = positions.parse_fix(fields, now=timezone.now())
-    except positions.InvalidFix as exc:
-        raise registry.FrameRefused("bad_request", str(exc)) from None
-    center = next(iter(access.centers))
-    positions.accept_fixes(rider_id=access.rider_id, center_code=center, fixes=[fix])
+        taken = positions.take_rider_fixes(access, [fields])
+    except positions.NotARider as exc:
+        raise registry.FrameRefused("forbidden", exc.message) from None
+    if taken.errors:
+        raise registry.FrameRefused("bad_request", taken.errors[0][1])
 
 
 def _start_position_batches(hub: Hub) -> None:
