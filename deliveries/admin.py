@@ -12,8 +12,7 @@ import re
 from django import forms
 from django.contrib import admin
 from django.contrib.admin import helpers
-from django.db.models import CharField, F, Func, Q
-from django.db.models.lookups import Contains
+from django.db.models import Q
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
@@ -21,17 +20,9 @@ from django.utils.html import format_html
 from core.admin import HelpChangeListMixin, ReadOnlyAdmin, ServiceSaveAdmin, run_each
 from deliveries import services
 from deliveries.models import Delivery, Order, Shop, Source, TimelineEntry
+from deliveries.selectors import phone_digits_match
 
 ORDER_NUMBER = re.compile(r"^#?\s*([0-9]{1,18})$")
-MIN_PHONE_DIGITS = 4
-
-
-class Digits(Func):
-    """The digits of a text column only (PostgreSQL), so "01012345678" finds "010-1234-5678"."""
-
-    function = "REGEXP_REPLACE"
-    template = "%(function)s(%(expressions)s, '[^0-9]', '', 'g')"
-    output_field = CharField()
 
 
 def order_number(term: str) -> int | None:
@@ -53,9 +44,9 @@ class OrderSearchMixin:
         number = order_number(search_term)
         if number is not None:
             extra |= Q(**{self.order_number_field: number})
-        digits = re.sub(r"[^0-9]", "", search_term)
-        if self.phone_field and len(digits) >= MIN_PHONE_DIGITS and re.fullmatch(r"[0-9 ()+-]+", search_term.strip()):
-            extra |= Q(Contains(Digits(F(self.phone_field)), digits))
+        phone = phone_digits_match(self.phone_field, search_term) if self.phone_field else None
+        if phone is not None:
+            extra |= phone
         if extra:
             # OR with the list as filtered before the text search, so filters keep applying.
             queryset = queryset | unsearched.filter(extra)

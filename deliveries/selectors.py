@@ -9,6 +9,7 @@ from datetime import datetime, time, timedelta
 from django.conf import settings
 from django.db.models import (
     Case,
+    CharField,
     Count,
     DateTimeField,
     ExpressionWrapper,
@@ -20,6 +21,7 @@ from django.db.models import (
     Value,
     When,
 )
+from django.db.models.lookups import Contains
 from django.utils import timezone
 
 from core.models import Center
@@ -170,6 +172,30 @@ def _with_urgency(deliveries: QuerySet[Delivery], now: datetime) -> QuerySet[Del
     )
 
 
+MIN_PHONE_DIGITS = 3
+PHONE_SEARCH = re.compile(r"[0-9 ()+-]+")
+
+
+class Digits(Func):
+    """The digits of a text column only (PostgreSQL), so "01012345678" finds "010-1234-5678"."""
+
+    function = "REGEXP_REPLACE"
+    template = "%(function)s(%(expressions)s, '[^0-9]', '', 'g')"
+    output_field = CharField()
+
+
+def phone_digits_match(phone_field: str, text: str) -> Q | None:
+    """Phones (in `phone_field`) holding the digits typed, whatever the dashes or spaces on either side.
+
+    None unless the text looks like (part of) a phone number with at least MIN_PHONE_DIGITS digits:
+    "Teheran-ro 152" searches addresses, not phones. The board and the admin search both use it.
+    """
+    digits = re.sub(r"[^0-9]", "", text)
+    if len(digits) < MIN_PHONE_DIGITS or not PHONE_SEARCH.fullmatch(text.strip()):
+        return None
+    return Q(Contains(Digits(F(phone_field)), digits))
+
+
 def _search(deliveries: QuerySet[Delivery], text: str) -> QuerySet[Delivery]:
     """Order number ("123"; "#123" for the number only), phone (digits, dashes ignored), address, name."""
     if not text:
@@ -180,11 +206,9 @@ def _search(deliveries: QuerySet[Delivery], text: str) -> QuerySet[Delivery]:
     condition = Q(order__address__icontains=text) | Q(order__customer_name__icontains=text)
     if number.isdigit() and len(number) < 19:
         condition |= Q(order_id=int(number))
-    digits = re.sub(r"\D", "", text)
-    if len(digits) >= 3:
-        phone_digits = Func(F("order__customer_phone"), Value(r"\D"), Value(""), Value("g"), function="regexp_replace")
-        deliveries = deliveries.annotate(phone_digits=phone_digits)
-        condition |= Q(phone_digits__contains=digits)
+    phone = phone_digits_match("order__customer_phone", text)
+    if phone is not None:
+        condition |= phone
     return deliveries.filter(condition)
 
 

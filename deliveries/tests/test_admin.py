@@ -158,6 +158,15 @@ def test_order_search_by_phone(superuser, demo):
         assert other not in found, term
 
 
+def test_order_search_by_phone_digits_matches_the_board_rule(superuser, demo):
+    """Admin finds a phone from three digits on, like the dispatch board (one rule for both)."""
+    order = take_order(demo, phone="010-9876-5432")
+    other = take_order(demo, phone="010-1111-2222")
+    found = results(superuser.get(admin_url(Order, "changelist"), {"q": "987"}))
+    assert order in found
+    assert other not in found
+
+
 def test_order_search_by_customer_name(superuser, demo):
     """Searching a customer's name finds their order."""
     order = take_order(demo, name="Yoon Unusualname")

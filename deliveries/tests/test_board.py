@@ -284,6 +284,13 @@ def test_board_search_finds_phone_by_digits(demo, text):
     assert ids(q=text) == [wanted.pk]
 
 
+def test_board_search_for_an_address_with_digits_does_not_match_phones(demo):
+    """ "Teheran-ro 152" searches addresses: a customer whose phone holds 152 is not a match."""
+    wanted = take_order(demo, address="Teheran-ro 152, Seoul")
+    take_order(demo, phone="010-1520-0000", address="Yeoksam-ro 7, Seoul")
+    assert ids(q="Teheran-ro 152") == [wanted.pk]
+
+
 @pytest.mark.parametrize("text", ["teheran-ro 152", "Lee Jimin", "jimin"])
 def test_board_search_finds_address_and_customer_name(demo, text):
     """Search matches the address or the customer's name, case-insensitively."""
