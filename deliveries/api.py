@@ -15,6 +15,7 @@ from core.api_auth import caller_of, idempotent
 from core.models import Center
 from deliveries import selectors, services
 from deliveries.models import Delivery
+from deliveries.schemas import OrderInput
 from realtime.events import DeliveryData, OrderData, delivery_data, order_data
 from realtime.streams import UnknownStream, parse_stream
 
@@ -65,16 +66,10 @@ class DeliveryDetailOut(DeliveryData):
     timeline: list[TimelineOut]
 
 
-class OrderIn(Schema):
-    shop: int
-    customer_name: str = Field(max_length=100)
-    customer_phone: str = Field(max_length=30)
-    address: str = Field(max_length=200)
-    lat: float | None = None
-    lng: float | None = None
-    items: list[dict]
-    note: str = Field("", max_length=500)
-    promised_at: datetime | None = None
+class OrderIn(OrderInput):
+    """The order input (every rule in `OrderInput`) and the shop taking it."""
+
+    shop: int = Field(strict=True)
 
 
 class CancelIn(Schema):
@@ -211,14 +206,7 @@ def create_order(request, payload: OrderIn):
     order = services.create_order(
         actor=caller.user,
         shop_id=payload.shop,
-        customer_name=payload.customer_name,
-        customer_phone=payload.customer_phone,
-        address=payload.address,
-        lat=payload.lat,
-        lng=payload.lng,
-        items=payload.items,
-        note=payload.note,
-        promised_at=payload.promised_at,
+        **payload.model_dump(exclude={"shop"}),
         source="api" if caller.token else None,
         via=caller.via,
     )

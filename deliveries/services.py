@@ -8,8 +8,7 @@ versions with `CommandRefused`, bumps `version` and emits its events in the same
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -21,9 +20,9 @@ from core import access
 from core.actors import actor_label
 from core.exceptions import InvalidTransition, StaleVersion
 from deliveries.models import Delivery, Order, Shop, Source, TimelineEntry
+from deliveries.schemas import OrderInput
 from deliveries.selectors import in_window, start_of_today
 from realtime.events import (
-    OrderItem,
     assignment_new_event,
     assignment_revoked_event,
     delivery_event,
@@ -34,7 +33,6 @@ from realtime.outbox import emit
 from riders.models import Rider
 
 Status = Delivery.Status
-PHONE = re.compile(r"^\+?[0-9][0-9 ()-]{5,27}[0-9]$")  # at most 30 characters, like the column
 
 _SOURCE_BY_ROLE = {
     access.Role.HQ: Source.DISPATCHER,
@@ -149,88 +147,6 @@ def _change_load(rider: Rider, delta: int, *, actor, via: str) -> None:
     rider.save(update_fields=["load", "version", "changed_by", "changed_at"])
 
 
-def _clean_order_input(*, customer_name, customer_phone, address, lat, lng, items, note) -> dict:
-    errors: dict[str, str] = {}
-    for name, value in (
-        ("customer_name", customer_name),
-        ("customer_phone", customer_phone),
-        ("address", address),
-        ("note", note),
-    ):
-        if value is not None and not isinstance(value, str):
-            errors[name] = "Must be text."
-    for name, value in (("customer_name", customer_name), ("address", address), ("note", note)):
-        if isinstance(value, str) and "\x00" in value:
-            errors[name] = "Contains a NUL character."
-    if isinstance(items, list) and any(isinstance(i, dict) and "\x00" in str(i.get("name", "")) for i in items):
-        errors["items"] = "Contains a NUL character."
-    for name, value in (("lat", lat), ("lng", lng)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            errors[name] = "Must be a number."
-    if errors:
-        raise ValidationError(errors)
-    customer_name = (customer_name or "").strip()
-    customer_phone = (customer_phone or "").strip()
-    address = (address or "").strip()
-    note = (note or "").strip()
-    if not customer_name:
-        errors["customer_name"] = "Enter the customer's name."
-    elif len(customer_name) > 100:
-        errors["customer_name"] = "At most 100 characters."
-    if not PHONE.match(customer_phone):
-        errors["customer_phone"] = "Enter a phone number like 010-1234-5678."
-    if not address:
-        errors["address"] = "Enter the delivery address."
-    elif len(address) > 200:
-        errors["address"] = "At most 200 characters."
-    if (lat is None) != (lng is None):
-        errors["lat"] = "Give both lat and lng, or neither."
-    elif lat is not None and not (-90 <= lat <= 90 and -180 <= lng <= 180):
-        errors["lat"] = "Coordinates out of range."
-    if len(note) > 500:
-        errors["note"] = "At most 500 characters."
-    cleaned_items = []
-    if not isinstance(items, list) or not items:
-        errors["items"] = "Add at least one item."
-    else:
-        try:
-            cleaned_items = [OrderItem.model_validate(item).model_dump() for item in items]
-        except Exception:
-            errors["items"] = 'Each item needs a "name" and a "qty" from 1 to 99.'
-    if errors:
-        raise ValidationError(errors)
-    return {
-        "customer_name": customer_name,
-        "customer_phone": customer_phone,
-        "address": address,
-        "lat": lat,
-        "lng": lng,
-        "items": cleaned_items,
-        "note": note,
-    }
-
-
-def _check_promised_at(promised_at: datetime, *, now: datetime) -> datetime:
-    """Return the promised time in UTC if it lies between now and the longest pre-order, else refuse.
-
-    The bound also keeps every stored time convertible to any local time zone: a year-9999
-    promise once overflowed each page that showed it.
-    """
-    if timezone.is_naive(promised_at):
-        raise ValidationError({"promised_at": "Include a UTC offset, e.g. 2026-11-21T19:30:00+09:00."})
-    latest = now + timedelta(days=settings.ORDER_PROMISE_MAX_DAYS)
-    too_late = f"Promise a time at most {settings.ORDER_PROMISE_MAX_DAYS} days ahead."
-    try:
-        promised_at = promised_at.astimezone(UTC)
-    except OverflowError:  # beyond year 9999 or before year 1 once converted
-        raise ValidationError({"promised_at": too_late}) from None
-    if promised_at < now - timedelta(minutes=1):
-        raise ValidationError({"promised_at": "The promised time is in the past."})
-    if promised_at > latest:
-        raise ValidationError({"promised_at": too_late})
-    return promised_at
-
-
 @transaction.atomic
 def create_order(
     *,
@@ -247,8 +163,11 @@ def create_order(
     source: str | None = None,
     via: str = "",
 ) -> Order:
-    """Take an order for a shop and create its waiting delivery in the shop's center. Locks nothing."""
-    fields = _clean_order_input(
+    """Take an order for a shop and create its waiting delivery in the shop's center. Locks nothing.
+
+    The input rules are `OrderInput`'s (deliveries/schemas.py), shared with the API and the forms.
+    """
+    order_input = OrderInput.clean(
         customer_name=customer_name,
         customer_phone=customer_phone,
         address=address,
@@ -256,17 +175,15 @@ def create_order(
         lng=lng,
         items=items,
         note=note,
+        promised_at=promised_at,
     )
     shop = Shop.objects.select_related("center").filter(pk=shop_id, is_active=True).first()
     if shop is None:
         raise ValidationError({"shop": "No such shop."})
     if actor is not None and not access.can_take_orders(actor, shop.center.code):
         raise PermissionDenied("You do not take orders for this center.")
-    now = timezone.now()
-    if promised_at is None:
-        promised_at = now + timedelta(minutes=settings.SLA_DEFAULT_PROMISE_MINUTES)
-    else:
-        promised_at = _check_promised_at(promised_at, now=now)
+    fields = order_input.model_dump(mode="json", exclude={"promised_at"})
+    promised_at = order_input.promised_at or timezone.now() + timedelta(minutes=settings.SLA_DEFAULT_PROMISE_MINUTES)
     order = Order.objects.create(
         center=shop.center,
         shop=shop,

@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.db import connection
 from django.middleware.csrf import _get_new_csrf_string
 from django.test import Client
@@ -476,6 +477,55 @@ def test_create_order_invalid_field_is_422(demo, client, overrides, field):
     assert [e["loc"] for e in detail] == [["body", field]]
     assert detail[0]["msg"]
     assert counts() == before
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "message"),
+    [
+        ({"lat": "37.5", "lng": 127.0}, "lat", "Must be a number."),
+        ({"lat": 37.5, "lng": True}, "lng", "Must be a number."),
+        ({"customer_name": 12}, "customer_name", "Must be text."),
+        ({"items": [{"name": "Chicken", "qty": True}]}, "items", 'Each item needs a "name" and a "qty" from 1 to 99.'),
+        ({"items": [{"name": "Chicken", "qty": "2"}]}, "items", 'Each item needs a "name" and a "qty" from 1 to 99.'),
+        ({"shop": True}, "shop", None),
+    ],
+)
+def test_create_order_types_are_strict(demo, client, overrides, field, message):
+    """A bool is not a number and "37.5" is not a coordinate: 422 on that field; nothing is created."""
+    before = counts()
+    login(client, demo, "callcenter")
+    response = post_json(client, f"{API}/orders", order_body(demo.shop(), **overrides))
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", field]
+    if message is not None:
+        assert error["msg"] == message
+    assert counts() == before
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"customer_phone": "call me"}, "customer_phone"),
+        ({"customer_name": " "}, "customer_name"),
+        ({"lat": 37.5, "lng": None}, "lat"),
+        ({"items": []}, "items"),
+        ({"note": "N" * 501}, "note"),
+        ({"promised_at": "2099-01-01T00:00:00+09:00"}, "promised_at"),
+    ],
+)
+def test_create_order_api_and_service_refuse_with_the_same_message(demo, client, overrides, field):
+    """The API's 422 and the service's ValidationError come from one schema: same field, same words."""
+    login(client, demo, "callcenter")
+    response = post_json(client, f"{API}/orders", order_body(demo.shop(), **overrides))
+    body = order_body(demo.shop(), **overrides)
+    shop_id = body.pop("shop")
+    with pytest.raises(ValidationError) as refused:
+        services.create_order(actor=None, shop_id=shop_id, **body)
+    assert response.status_code == 422
+    assert response.json()["detail"] == [
+        {"loc": ["body", field], "msg": " ".join(refused.value.message_dict[field]), "type": "value_error"}
+    ]
 
 
 def test_create_order_reports_every_invalid_field(demo, client):
