@@ -82,3 +82,19 @@ def demo(db) -> Demo:
 @pytest.fixture
 def demo_tx(transactional_db) -> Demo:
     return _ensure_demo()
+
+
+@pytest.fixture
+def no_live_positions():
+    """No live rider positions in this run's Redis keys, before and after the test."""
+    from realtime.bus import get_redis
+
+    def clean():
+        redis = get_redis()
+        keys = list(redis.scan_iter(match=f"{django_settings.REDIS_PREFIX}:pos:*", count=1000))
+        if keys:
+            redis.delete(*keys)
+
+    clean()
+    yield
+    clean()

@@ -9,14 +9,12 @@ import re
 from datetime import timedelta
 
 import pytest
-from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from deliveries import selectors, services
 from deliveries.models import Delivery
-from realtime.bus import get_redis
 from riders.models import Rider
 from riders.services import set_rider_duty
 
@@ -28,13 +26,8 @@ SUGGESTION = re.compile(
 )
 
 
-@pytest.fixture(autouse=True)
-def _no_live_positions():
-    """No live positions in this run's Redis keys: the stored columns alone place the riders."""
-    redis = get_redis()
-    keys = list(redis.scan_iter(match=f"{settings.REDIS_PREFIX}:pos:*", count=1000))
-    if keys:
-        redis.delete(*keys)
+# No live positions: the stored columns alone place the riders.
+pytestmark = pytest.mark.usefixtures("no_live_positions")
 
 
 def rider_near_shop(demo, number: int, *, km: float, load: int = 0, now=None) -> Rider:

@@ -40,19 +40,7 @@ NOW = datetime(2026, 11, 21, 9, 2, 3, 120000, tzinfo=UTC)
 THREADS = 8
 
 
-@pytest.fixture(autouse=True)
-def _clean_position_keys():
-    """Start and end every test with no position state in this run's Redis keys."""
-
-    def clean():
-        redis = get_redis()
-        keys = list(redis.scan_iter(match=f"{settings.REDIS_PREFIX}:pos:*", count=1000))
-        if keys:
-            redis.delete(*keys)
-
-    clean()
-    yield
-    clean()
+pytestmark = pytest.mark.usefixtures("no_live_positions")
 
 
 def fix(seconds: float = 0, *, lat: float = 37.4979, lng: float = 127.0276, base: datetime = NOW) -> Fix:

@@ -6,10 +6,8 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.conf import settings
 from django.test import override_settings
 
-from realtime.bus import get_redis
 from riders.models import Rider
 from riders.positions import record_fix
 from riders.services import set_rider_duty
@@ -28,19 +26,7 @@ KM_PER_DEGREE_LAT = 111.195  # haversine_km's Earth radius × π / 180
 SHOP = (37.5003, 127.0365)  # Gangnam Fried Chicken, the first Gangnam demo shop
 
 
-@pytest.fixture(autouse=True)
-def _clean_position_keys():
-    """Start and end every test with no live positions in this run's Redis keys."""
-
-    def clean():
-        redis = get_redis()
-        keys = list(redis.scan_iter(match=f"{settings.REDIS_PREFIX}:pos:*", count=1000))
-        if keys:
-            redis.delete(*keys)
-
-    clean()
-    yield
-    clean()
+pytestmark = pytest.mark.usefixtures("no_live_positions")
 
 
 def north_of_shop(km: float) -> tuple[float, float]:
