@@ -20,6 +20,24 @@ def database_url(db: dict) -> str:
     return f"postgres://{auth}{'@' if auth else ''}{host}{port}/{quote(db['NAME'], safe='')}"
 
 
+ORDER_FIELDS = {
+    "customer_name": "Kim Minjun",
+    "customer_phone": "010-2000-3000",
+    "address": "Teheran-ro 1, Seoul",
+    "items": [{"name": "Fried chicken", "qty": 1}],
+}
+
+
+def take_order(demo, *, center: str = "gangnam", actor=None, **fields):
+    """Take an order (and its waiting delivery) for the center's first shop through the real service.
+
+    `fields` override `ORDER_FIELDS`; `actor` None is the system.
+    """
+    from deliveries import services
+
+    return services.create_order(actor=actor, shop_id=demo.shop(center).pk, **(ORDER_FIELDS | fields))
+
+
 def make_token(name: str = "integration", *, commands=(), streams=(), revoked: bool = False):
     """Store an API token as the admin does (digest and hint only); return it with its raw secret."""
     from core.models import ApiToken

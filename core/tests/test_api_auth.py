@@ -9,12 +9,11 @@ from django.test import Client
 from django.utils import timezone
 
 from core.models import ApiToken, IdempotencyRecord
-from deliveries import services
 from deliveries.models import Delivery, Order, TimelineEntry
 from realtime.models import Event
 from riders.services import set_rider_duty
 from tests import support
-from tests.support import bearer
+from tests.support import bearer, take_order
 
 API = "/api/v1"
 
@@ -35,17 +34,6 @@ def order_body(shop, /, **overrides) -> dict:
         "address": "Teheran-ro 1, Seoul",
         "items": [{"name": "Fried chicken", "qty": 1}],
     } | overrides
-
-
-def make_order(demo, center: str = "gangnam") -> Order:
-    return services.create_order(
-        actor=None,
-        shop_id=demo.shop(center).pk,
-        customer_name="Lee",
-        customer_phone="010-2222-3333",
-        address="Somewhere 5",
-        items=[{"name": "Bibimbap", "qty": 1}],
-    )
 
 
 def counts() -> tuple[int, int, int]:
@@ -125,7 +113,7 @@ def test_token_wrong_namespace_is_403(demo, client):
 def test_token_delivery_command_outside_its_commands_is_403(demo, client):
     """An order-taking token cannot assign deliveries: 403, nothing changes."""
     _, raw = make_token(**ORDER_TAKER)
-    order = make_order(demo)
+    order = take_order(demo)
     rider = set_rider_duty(actor=None, rider_id=demo.rider("gangnam", 1).pk, on_duty=True)
     before = delivery_state(order.delivery.pk)
     response = post_json(client, f"{API}/deliveries/{order.delivery.pk}/assign", {"rider": rider.pk}, **bearer(raw))
@@ -136,7 +124,7 @@ def test_token_delivery_command_outside_its_commands_is_403(demo, client):
 def test_token_with_assign_scope_assigns(demo, client):
     """A token with deliveries.assign on deliveries:gangnam assigns; the timeline names the token."""
     _, raw = make_token("dispatch-bot", commands=["deliveries.assign"], streams=["deliveries:gangnam"])
-    order = make_order(demo)
+    order = take_order(demo)
     rider = set_rider_duty(actor=None, rider_id=demo.rider("gangnam", 1).pk, on_duty=True)
     response = post_json(client, f"{API}/deliveries/{order.delivery.pk}/assign", {"rider": rider.pk}, **bearer(raw))
     assert response.status_code == 200
@@ -148,7 +136,7 @@ def test_token_with_assign_scope_assigns(demo, client):
 def test_token_cancels_order_in_scope(demo, client):
     """An order-taking token cancels an order of its center."""
     _, raw = make_token("shop-pos", **ORDER_TAKER)
-    order = make_order(demo)
+    order = take_order(demo)
     response = post_json(client, f"{API}/orders/{order.pk}/cancel", {"reason": "Shop closed"}, **bearer(raw))
     assert response.status_code == 200
     assert response.json()["status"] == "cancelled"
@@ -159,7 +147,7 @@ def test_token_cancels_order_in_scope(demo, client):
 def test_token_cancel_outside_scope_is_refused(demo, client):
     """An order-taking token cannot cancel another center's order; nothing changes."""
     _, raw = make_token(**ORDER_TAKER)
-    order = make_order(demo, "mapo")
+    order = take_order(demo, center="mapo")
     before = delivery_state(order.delivery.pk)
     response = post_json(client, f"{API}/orders/{order.pk}/cancel", {"reason": "x"}, **bearer(raw))
     assert response.status_code in (403, 404)
@@ -274,7 +262,7 @@ def test_token_revoked_use_does_not_touch_last_used_at(demo, client):
 
 def test_token_reads_deliveries_of_scoped_center(demo, client):
     """deliveries:gangnam lets a token list gangnam's deliveries and read one of them."""
-    order = make_order(demo)
+    order = take_order(demo)
     _, raw = make_token(streams=["deliveries:gangnam"])
     response = client.get(f"{API}/deliveries", {"center": "gangnam"}, headers=bearer(raw))
     assert response.status_code == 200
@@ -286,8 +274,8 @@ def test_token_reads_deliveries_of_scoped_center(demo, client):
 
 def test_token_deliveries_outside_scope_is_404(demo, client):
     """orders:gangnam does not let a token read deliveries; deliveries:gangnam does not cover mapo."""
-    gangnam = make_order(demo)
-    mapo = make_order(demo, "mapo")
+    gangnam = take_order(demo)
+    mapo = take_order(demo, center="mapo")
     _, orders_only = make_token("orders-only", streams=["orders:gangnam"])
     _, gangnam_only = make_token("gangnam-only", streams=["deliveries:gangnam"])
     assert client.get(f"{API}/deliveries", {"center": "gangnam"}, headers=bearer(orders_only)).status_code == 404

@@ -17,6 +17,7 @@ from deliveries import selectors, services
 from deliveries.models import Delivery
 from riders.models import Rider
 from riders.services import set_rider_duty
+from tests.support import take_order
 
 BOARD = "/dispatch/gangnam/"
 KM_PER_DEGREE_LAT = 111.195
@@ -44,16 +45,8 @@ def rider_near_shop(demo, number: int, *, km: float, load: int = 0, now=None) ->
     return rider
 
 
-def take_order(demo) -> Delivery:
-    order = services.create_order(
-        actor=None,
-        shop_id=demo.shop().pk,
-        customer_name="Kim Minjun",
-        customer_phone="010-2000-3000",
-        address="Teheran-ro 1, Seoul",
-        items=[{"name": "Fried chicken", "qty": 1}],
-    )
-    return order.delivery
+def take_delivery(demo) -> Delivery:
+    return take_order(demo).delivery
 
 
 def drawer(client, demo, delivery: Delivery) -> str:
@@ -75,7 +68,7 @@ def test_suggested_riders_ranks_riders_for_the_delivery_shop(demo):
     """A waiting delivery gets the best riders for its shop, as suggest_riders ranks them, up to the limit."""
     now = timezone.now()
     far, near, middle = (rider_near_shop(demo, n, km=km, now=now) for n, km in ((1, 3.0), (2, 0.4), (3, 1.2)))
-    got = selectors.suggested_riders(delivery=take_order(demo), limit=2, now=now)
+    got = selectors.suggested_riders(delivery=take_delivery(demo), limit=2, now=now)
     assert [(s.rider_id, s.reason) for s in got] == [
         (near.pk, "0.4 km · idle · GPS 3 s ago"),
         (middle.pk, "1.2 km · idle · GPS 3 s ago"),
@@ -86,7 +79,7 @@ def test_suggested_riders_ranks_riders_for_the_delivery_shop(demo):
 def test_suggested_riders_leave_out_the_current_rider(demo):
     """An assigned delivery is offered the other riders (to reassign), still up to the limit."""
     near, middle, far = (rider_near_shop(demo, n, km=km) for n, km in ((1, 0.4), (2, 1.2), (3, 3.0)))
-    delivery = services.assign_delivery(actor=None, delivery_id=take_order(demo).pk, rider_id=near.pk)
+    delivery = services.assign_delivery(actor=None, delivery_id=take_delivery(demo).pk, rider_id=near.pk)
     assert [s.rider_id for s in selectors.suggested_riders(delivery=delivery, limit=2)] == [middle.pk, far.pk]
 
 
@@ -94,7 +87,7 @@ def test_suggested_riders_offer_nothing_once_picked_up(demo, django_assert_num_q
     """A picked-up delivery can no longer be assigned: no suggestions, and no query for them."""
     near = rider_near_shop(demo, 1, km=0.4)
     rider_near_shop(demo, 2, km=1.2)
-    delivery = services.assign_delivery(actor=None, delivery_id=take_order(demo).pk, rider_id=near.pk)
+    delivery = services.assign_delivery(actor=None, delivery_id=take_delivery(demo).pk, rider_id=near.pk)
     delivery = services.pick_up_delivery(actor=None, delivery_id=delivery.pk)
     with django_assert_num_queries(0):
         assert selectors.suggested_riders(delivery=delivery, limit=3) == []
@@ -110,7 +103,7 @@ def test_drawer_lists_the_server_ranking_of_riders_with_reasons(client, demo):
     near = rider_near_shop(demo, 3, km=0.4)
     middle = rider_near_shop(demo, 4, km=1.2)
 
-    content = drawer(client, demo, take_order(demo))
+    content = drawer(client, demo, take_delivery(demo))
 
     assert "Best riders now" in content
     assert suggested(content) == [
@@ -125,7 +118,7 @@ def test_drawer_lists_the_server_ranking_of_riders_with_reasons(client, demo):
 def test_drawer_of_assigned_delivery_suggests_the_other_riders(client, demo):
     """An assigned delivery's drawer suggests riders to reassign it to, never its own rider."""
     near, middle = rider_near_shop(demo, 1, km=0.4), rider_near_shop(demo, 2, km=1.2)
-    delivery = take_order(demo)
+    delivery = take_delivery(demo)
     services.assign_delivery(actor=None, delivery_id=delivery.pk, rider_id=near.pk)
 
     content = drawer(client, demo, delivery)
@@ -136,7 +129,7 @@ def test_drawer_of_assigned_delivery_suggests_the_other_riders(client, demo):
 def test_drawer_of_assigned_delivery_says_when_no_other_rider_is_on_duty(client, demo):
     """With its own rider the only one on duty, the drawer says there is no other rider."""
     only = rider_near_shop(demo, 1, km=0.4)
-    delivery = take_order(demo)
+    delivery = take_delivery(demo)
     services.assign_delivery(actor=None, delivery_id=delivery.pk, rider_id=only.pk)
 
     content = drawer(client, demo, delivery)
@@ -149,7 +142,7 @@ def test_drawer_of_picked_up_delivery_suggests_no_riders(client, demo):
     """Once picked up a delivery cannot be reassigned: its drawer has no suggestions section."""
     rider = rider_near_shop(demo, 1, km=0.4)
     rider_near_shop(demo, 2, km=1.2)
-    delivery = take_order(demo)
+    delivery = take_delivery(demo)
     services.assign_delivery(actor=None, delivery_id=delivery.pk, rider_id=rider.pk)
     services.pick_up_delivery(actor=None, delivery_id=delivery.pk)
 
@@ -162,7 +155,7 @@ def test_drawer_query_count_does_not_grow_with_riders_on_duty(client, demo, djan
     """The suggestions cost one query whether 2 or 12 riders are on duty."""
     for number in (1, 2):
         rider_near_shop(demo, number, km=float(number))
-    delivery = take_order(demo)
+    delivery = take_delivery(demo)
     drawer(client, demo, delivery)
     with CaptureQueriesContext(connection) as few:
         drawer(client, demo, delivery)

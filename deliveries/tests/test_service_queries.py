@@ -6,17 +6,7 @@ from django.test.utils import CaptureQueriesContext
 
 from deliveries import services
 from riders.services import set_rider_duty
-
-
-def order(demo):
-    return services.create_order(
-        actor=None,
-        shop_id=demo.shop().pk,
-        customer_name="Kim Jimin",
-        customer_phone="010-1234-5678",
-        address="Teheran-ro 1",
-        items=[{"name": "Chicken", "qty": 1}],
-    )
+from tests.support import take_order
 
 
 def queries(command, **kwargs) -> int:
@@ -29,7 +19,7 @@ def queries(command, **kwargs) -> int:
 def test_commands_run_a_constant_number_of_queries(demo, earlier_orders):
     """Create, assign, pick up and deliver each run the same few queries with 0 or 30 other orders."""
     for _ in range(earlier_orders):
-        order(demo)
+        take_order(demo)
     rider = demo.rider()
     set_rider_duty(actor=None, rider_id=rider.pk, on_duty=True)
     dispatcher = demo.user("dispatch-gangnam")
@@ -37,7 +27,7 @@ def test_commands_run_a_constant_number_of_queries(demo, earlier_orders):
     assert dispatcher_access.role == "dispatcher"
 
     with CaptureQueriesContext(connection) as created:
-        delivery_id = order(demo).delivery.pk
+        delivery_id = take_order(demo).delivery.pk
     counts = {
         "create": len(created.captured_queries),
         "assign": queries(services.assign_delivery, actor=dispatcher, delivery_id=delivery_id, rider_id=rider.pk),

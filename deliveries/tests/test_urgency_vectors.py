@@ -16,6 +16,7 @@ from deliveries import services
 from deliveries.models import Delivery, Order, Shop
 from deliveries.selectors import BoardFilter, board_counts, board_window, centers_overview, late_delivery_ids
 from riders.services import set_rider_duty
+from tests.support import take_order
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "urgency.json").read_text())
 NOW = datetime.fromisoformat(VECTORS["now"])
@@ -23,14 +24,7 @@ NOW = datetime.fromisoformat(VECTORS["now"])
 
 def delivery_in(demo, case: dict, rider_id: int) -> Delivery:
     """Take an order and drive it to the case's status through the services, then date it as the case says."""
-    order = services.create_order(
-        actor=None,
-        shop_id=demo.shop().pk,
-        customer_name="Kim Minjun",
-        customer_phone="010-2000-3000",
-        address="Teheran-ro 1, Seoul",
-        items=[{"name": "Fried chicken", "qty": 1}],
-    )
+    order = take_order(demo)
     delivery_id = order.delivery.pk
     status = case["status"]
     if status in ("assigned", "picked_up", "delivered"):

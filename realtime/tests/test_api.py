@@ -28,7 +28,7 @@ from realtime.tests.wsclient import WsClients, in_thread, publish_marker
 from riders.models import Rider
 from riders.positions import current_positions, record_fix
 from riders.services import set_rider_duty
-from tests.support import bearer, make_token
+from tests.support import bearer, make_token, take_order
 
 API = "/api/v1"
 CENTERS = ("gangnam", "mapo", "songpa")
@@ -62,18 +62,6 @@ def events_url(stream: str, **query) -> str:
     return f"{API}/streams/{stream}/events" + (f"?{params}" if params else "")
 
 
-def make_order(demo, center: str = "gangnam") -> Order:
-    """An order (and its waiting delivery) taken by the system through the real service."""
-    return deliveries_services.create_order(
-        actor=None,
-        shop_id=demo.shop(center).pk,
-        customer_name="Lee Jisoo",
-        customer_phone="010-2222-3333",
-        address="Somewhere 5, Seoul",
-        items=[{"name": "Bibimbap", "qty": 1}],
-    )
-
-
 def position(stream: str) -> tuple[str, int]:
     return outbox.stream_position(stream)
 
@@ -96,8 +84,8 @@ def user_room(demo, username: str) -> str:
 
 def test_snapshot_deliveries_lists_todays_and_open_deliveries_newest_first(demo_tx):
     """deliveries:<c> holds today's deliveries and older open ones, newest first, as DeliveryData, with head."""
-    older_open, older_done, *today = (make_order(demo_tx) for _ in range(5))
-    make_order(demo_tx, "mapo")
+    older_open, older_done, *today = (take_order(demo_tx) for _ in range(5))
+    take_order(demo_tx, center="mapo")
     rider = set_rider_duty(actor=None, rider_id=demo_tx.rider("gangnam", 1).pk, on_duty=True)
     done = older_done.delivery.pk
     deliveries_services.assign_delivery(actor=None, delivery_id=done, rider_id=rider.pk)
@@ -123,8 +111,8 @@ def test_snapshot_deliveries_lists_todays_and_open_deliveries_newest_first(demo_
 
 def test_snapshot_orders_lists_todays_orders_newest_first(demo_tx):
     """orders:<c> holds the center's orders of today, newest first, as OrderData."""
-    orders = [make_order(demo_tx) for _ in range(3)]
-    make_order(demo_tx, "songpa")
+    orders = [take_order(demo_tx) for _ in range(3)]
+    take_order(demo_tx, center="songpa")
 
     body = logged_in(demo_tx, "callcenter").get(snapshot_url("orders:gangnam")).json()
 
@@ -173,7 +161,7 @@ def test_snapshot_chat_holds_the_latest_messages_oldest_first(demo_tx):
 def test_snapshot_user_holds_the_users_own_events(demo_tx):
     """user:<self> holds the user's private events (a rider's assignment.new)."""
     rider = set_rider_duty(actor=None, rider_id=demo_tx.rider("gangnam", 3).pk, on_duty=True)
-    order = make_order(demo_tx)
+    order = take_order(demo_tx)
     deliveries_services.assign_delivery(actor=None, delivery_id=order.delivery.pk, rider_id=rider.pk)
     stream = f"user:{rider.user_id}"
 
@@ -270,7 +258,7 @@ def test_snapshot_refuses_streams_outside_the_role(demo, username, stream):
 @pytest.mark.parametrize("url", [snapshot_url, lambda s: events_url(s, since=0)], ids=["snapshot", "events"])
 def test_snapshot_unknown_center_refusal_matches_foreign_center(demo, url):
     """For a dispatcher, an unknown center and a foreign one (with history) are refused identically."""
-    make_order(demo, "mapo")
+    take_order(demo, center="mapo")
     client = logged_in(demo, "dispatch-gangnam")
     foreign = client.get(url("deliveries:mapo"))
     unknown = client.get(url("deliveries:nowhere"))
@@ -513,7 +501,7 @@ def http_events(username: str, stream: str, **query) -> dict:
 
 def create_orders(demo, count: int) -> None:
     for _ in range(count):
-        make_order(demo)
+        take_order(demo)
 
 
 @pytest.mark.parametrize("since", [0, 2, 5])
@@ -731,7 +719,7 @@ def test_publish_token_order_notice_to_its_orders_stream_is_202(demo, client):
 
 
 def delivery_payload(demo) -> dict:
-    order = make_order(demo)
+    order = take_order(demo)
     return delivery_data(order.delivery).model_dump(mode="json")
 
 

@@ -29,23 +29,13 @@ from realtime.tasks import reconcile_streams
 from realtime.tests.wsclient import WsClients, in_thread, publish_marker
 from riders.models import Rider
 from riders.services import set_rider_duty
+from tests.support import take_order
 
 NAMESPACES = ("deliveries", "orders", "riders")
 FRAME_KEYS = {"type", "stream", "epoch", "head", "versions"}
 # The counter row ensured before the snapshot, then BEGIN, SET TRANSACTION ISOLATION LEVEL, the
 # head, the versions, COMMIT.
 QUERIES_PER_FRAME = 6
-
-
-def make_order(demo, center: str = "gangnam") -> Order:
-    return deliveries_services.create_order(
-        actor=None,
-        shop_id=demo.shop(center).pk,
-        customer_name="Lee Jisoo",
-        customer_phone="010-2222-3333",
-        address="Somewhere 5, Seoul",
-        items=[{"name": "Bibimbap", "qty": 1}],
-    )
 
 
 def frame_of(namespace: str, center: str = "gangnam") -> dict:
@@ -59,9 +49,9 @@ def history_day(demo) -> dict[str, Order]:
     yesterday_done (delivered yesterday: excluded), mapo (another center: excluded).
     """
     rider = set_rider_duty(actor=None, rider_id=demo.rider("gangnam", 1).pk, on_duty=True)
-    orders = {name: make_order(demo) for name in ("today_waiting", "today_assigned", "today_cancelled")}
-    orders |= {name: make_order(demo) for name in ("yesterday_open", "yesterday_done")}
-    orders["mapo"] = make_order(demo, "mapo")
+    orders = {name: take_order(demo) for name in ("today_waiting", "today_assigned", "today_cancelled")}
+    orders |= {name: take_order(demo) for name in ("yesterday_open", "yesterday_done")}
+    orders["mapo"] = take_order(demo, center="mapo")
     deliveries_services.assign_delivery(actor=None, delivery_id=orders["today_assigned"].delivery.pk, rider_id=rider.pk)
     deliveries_services.cancel_order(actor=None, order_id=orders["today_cancelled"].pk, reason="customer")
     done = orders["yesterday_done"].delivery.pk
@@ -152,12 +142,12 @@ def queries_per_frame(namespace: str) -> int:
 def test_reconcile_frame_query_count_does_not_grow_with_entities(demo_tx, django_assert_max_num_queries):
     """Each frame costs the same few queries with 10 deliveries as with 100."""
     for _ in range(10):
-        make_order(demo_tx)
+        take_order(demo_tx)
     for namespace in NAMESPACES:
         reconcile_frame(namespace, "gangnam")  # every stream has its counter row from now on
     with_10 = {namespace: queries_per_frame(namespace) for namespace in NAMESPACES}
     for _ in range(90):
-        make_order(demo_tx)
+        take_order(demo_tx)
     with_100 = {namespace: queries_per_frame(namespace) for namespace in NAMESPACES}
 
     assert with_100 == with_10
@@ -229,7 +219,7 @@ def test_publish_reconcile_frames_sends_one_frame_per_center_stream(demo_tx):
 
 def test_reconcile_streams_task_publishes_every_frame(demo_tx):
     """The Celery task (run eagerly) publishes every frame and returns how many."""
-    make_order(demo_tx)
+    take_order(demo_tx)
     listener = Listener(center_streams())
     try:
         result = reconcile_streams.apply()
@@ -251,12 +241,12 @@ def test_publish_reconcile_frames_query_count_is_constant_per_frame(demo_tx):
 
     for center in ("gangnam", "mapo", "songpa"):
         for _ in range(10):
-            make_order(demo_tx, center)
+            take_order(demo_tx, center=center)
     publish_reconcile_frames()  # every stream has its counter row from now on
     with_10 = queries()
     for center in ("gangnam", "mapo", "songpa"):
         for _ in range(30):
-            make_order(demo_tx, center)
+            take_order(demo_tx, center=center)
     assert queries() == with_10 <= 1 + 9 * QUERIES_PER_FRAME
 
 
@@ -295,7 +285,7 @@ async def ws(demo_tx):
 
 def orders_in(demo, count: int, center: str = "gangnam") -> None:
     for _ in range(count):
-        make_order(demo, center)
+        take_order(demo, center=center)
 
 
 async def test_reconcile_frame_reaches_websocket_subscribers_of_the_stream(ws, demo_tx):
