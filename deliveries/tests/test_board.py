@@ -259,8 +259,9 @@ def test_board_rider_filter_and_unassigned(demo):
 def test_board_search_finds_order_number(demo, text):
     """Search finds a delivery by its order number, with or without '#'."""
     wanted = take_order(demo)
-    take_order(demo, phone=phone_without(wanted.order_id))
-    take_order(demo, phone=phone_without(wanted.order_id))
+    # Decoys whose phone and address hold no digit of the number (with order #1, "Teheran-ro 1" would match).
+    take_order(demo, phone=phone_without(wanted.order_id), address="Gangnam-daero, Seoul")
+    take_order(demo, phone=phone_without(wanted.order_id), address="Gangnam-daero, Seoul")
     assert ids(q=text.format(n=wanted.order_id)) == [wanted.pk]
 
 
