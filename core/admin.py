@@ -14,7 +14,6 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
-from django.http import HttpResponseRedirect
 
 from core import services
 from core.exceptions import CommandRefused
@@ -70,8 +69,8 @@ class SaveRefused(Exception):
 class ServiceSaveAdmin(admin.ModelAdmin):
     """An admin whose add and change forms save through a service, called in `save_model`.
 
-    A refusal rolls the whole save back (the admin's log entry too) and returns to the form with
-    the service's own words, instead of reporting a save that did not happen.
+    A refusal rolls the whole save back (the admin's log entry too) and shows the form again with
+    what was typed and the service's own words, instead of reporting a save that did not happen.
     """
 
     def save_through(self, command: Callable):
@@ -85,8 +84,22 @@ class ServiceSaveAdmin(admin.ModelAdmin):
         try:
             return super().changeform_view(request, object_id, form_url, extra_context)
         except SaveRefused as exc:  # raised inside the admin's transaction, which is rolled back
-            self.message_user(request, str(exc), messages.ERROR)
-            return HttpResponseRedirect(request.get_full_path())
+            # Render the same POST again, with the refusal as the form's error (see get_form).
+            request.bros_save_refused = str(exc)
+            return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change, **kwargs)
+        refusal = getattr(request, "bros_save_refused", None)
+        if refusal is None:
+            return form
+
+        class RefusedForm(form):
+            def clean(self):
+                super().clean()
+                raise forms.ValidationError(refusal)
+
+        return RefusedForm
 
 
 class HelpChangeListMixin:

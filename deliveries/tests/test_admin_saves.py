@@ -6,7 +6,6 @@ import pytest
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
-from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from core.models import Center, StaffProfile
@@ -35,8 +34,9 @@ def admin_url(model, view: str, *args) -> str:
     return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_{view}", args=args)
 
 
-def messages_of(response) -> list[str]:
-    return [str(message) for message in get_messages(response.wsgi_request)]
+def form_errors_of(response) -> list[str]:
+    """The errors of the re-rendered admin form (a refused save shows the form again)."""
+    return list(response.context["adminform"].form.non_field_errors())
 
 
 def events_after(last_id: int) -> list[tuple[str, str, dict]]:
@@ -112,7 +112,7 @@ def test_rider_admin_unchanged_save_emits_nothing(superuser, demo):
 
 
 def test_rider_admin_reports_service_refusal_and_saves_nothing(client, demo):
-    """A staff user allowed by Django but not by BROS (a dispatcher of another center) gets the refusal."""
+    """A staff user allowed by Django but not by BROS gets the refusal on the form, with what they typed."""
     rider = demo.rider(number=5)
     user = get_user_model().objects.create_user("staff-mapo", is_staff=True)
     user.user_permissions.add(*Permission.objects.filter(content_type__app_label="riders", codename__endswith="_rider"))
@@ -122,8 +122,9 @@ def test_rider_admin_reports_service_refusal_and_saves_nothing(client, demo):
 
     response = client.post(admin_url(Rider, "change", rider.pk), rider_form(rider, name="Renamed Rider"))
 
-    assert response.status_code == 302 and response.url == admin_url(Rider, "change", rider.pk)
-    assert messages_of(response) == ["You do not manage the riders of this center."]
+    assert response.status_code == 200  # the form again, with what was typed: nothing is lost
+    assert form_errors_of(response) == ["You do not manage the riders of this center."]
+    assert response.context["adminform"].form["name"].value() == "Renamed Rider"
     assert Rider.objects.get(pk=rider.pk).name == rider.name
     assert (events_after(since), LogEntry.objects.count()) == ([], logged)
 
@@ -150,7 +151,7 @@ def test_shop_admin_reports_refused_move_with_open_deliveries(superuser, demo):
 
     response = superuser.post(admin_url(Shop, "change", shop.pk), shop_form(shop, center=demo.center("mapo").pk))
 
-    assert messages_of(response) == [f"{shop.name} has open deliveries: it cannot move to another center now."]
+    assert form_errors_of(response) == [f"{shop.name} has open deliveries: it cannot move to another center now."]
     assert Shop.objects.get(pk=shop.pk).center.code == "gangnam"
 
 
