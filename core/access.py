@@ -1,13 +1,17 @@
 """Who may do what where: a user's role and centers, and the rules every caller checks.
 
 Services, API endpoints, pages and stream subscriptions all ask these functions, so a rule lives
-in exactly one place. Superusers are treated as HQ.
+in exactly one place. Superusers are treated as HQ. Commands are authorized by `authorize`, which
+every service calls for whoever acts: a user, an API token (`TokenActor`) or the system (None).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.core.exceptions import PermissionDenied
+
+from core.actors import TokenActor
 from core.models import Center, StaffProfile
 
 Role = StaffProfile.Role
@@ -104,7 +108,62 @@ def can_set_duty(user, *, center_code: str, rider_id: int) -> bool:
     return can_dispatch(user, center_code)
 
 
-def token_allows(patterns: list[str], stream: str) -> bool:
+def token_allows(patterns, stream: str) -> bool:
     """Whether a token scoped to `patterns` ("ns:room", "ns:*" or "*") covers the stream `ns:room`."""
     namespace = stream.partition(":")[0]
     return any(p == "*" or p == stream or (p.endswith(":*") and p[:-2] == namespace) for p in patterns)
+
+
+# Each command: the stream namespace whose "namespace:center" a token must cover (None: no token may
+# run it), the user rule, and what a refused user is told. The names are those tokens are scoped to.
+_COMMANDS = {
+    "orders.create": ("orders", "take_orders", "You do not take orders for this center."),
+    "orders.cancel": ("orders", "take_orders", "You do not handle orders of this center."),
+    "deliveries.assign": ("deliveries", "dispatch", "You do not dispatch this center."),
+    "deliveries.unassign": ("deliveries", "dispatch", "You do not dispatch this center."),
+    "deliveries.pickup": ("deliveries", "handle_delivery", "This delivery is not yours."),
+    "deliveries.deliver": ("deliveries", "handle_delivery", "This delivery is not yours."),
+    "riders.duty": ("riders", "set_duty", "You cannot change this rider's shift."),
+    "riders.manage": ("riders", "dispatch", "You do not manage the riders of this center."),
+    "shops.manage": (None, "hq", "Only HQ manages shops."),
+    "centers.manage": (None, "hq", "Only HQ manages centers."),
+}
+COMMANDS = frozenset(_COMMANDS)
+
+
+def _user_may(user, rule: str, *, center_code: str | None, rider_id: int | None) -> bool:
+    if rule == "hq":
+        return access_for(user).role == Role.HQ
+    if center_code is None:
+        return False
+    if rule == "take_orders":
+        return can_take_orders(user, center_code)
+    if rule == "dispatch":
+        return can_dispatch(user, center_code)
+    if rule == "handle_delivery":
+        return can_handle_delivery(user, center_code=center_code, rider_id=rider_id)
+    return rider_id is not None and can_set_duty(user, center_code=center_code, rider_id=rider_id)
+
+
+def authorize(actor, command: str, *, center_code: str | None = None, rider_id: int | None = None) -> None:
+    """Refuse (PermissionDenied) the command on the center unless the actor may run it.
+
+    `actor` is a user, a `TokenActor` (its commands and its "namespace:center" stream scopes), or
+    None for the system itself (simulator, tasks), which may do anything. `rider_id` is the
+    delivery's rider (pick up, deliver) or the rider whose shift changes. HQ-only commands
+    (shops, centers) need no center and are never run by tokens.
+    """
+    namespace, rule, refusal = _COMMANDS[command]
+    if actor is None:
+        return
+    if isinstance(actor, TokenActor):
+        if (
+            namespace is None
+            or center_code is None
+            or command not in actor.commands
+            or not token_allows(actor.streams, f"{namespace}:{center_code}")
+        ):
+            raise PermissionDenied("This token is not allowed to do that.")
+        return
+    if not _user_may(actor, rule, center_code=center_code, rider_id=rider_id):
+        raise PermissionDenied(refusal)

@@ -20,6 +20,7 @@ from ninja import Status
 from ninja.security import HttpBearer, SessionAuth
 
 from core.access import token_allows
+from core.actors import TokenActor
 from core.models import ApiToken, IdempotencyRecord, hash_token
 
 LAST_USED_GRANULARITY = timedelta(minutes=1)
@@ -71,11 +72,19 @@ class Caller:
         return f"token:{self.token.pk}" if self.token else f"user:{self.user.pk}"
 
     @property
+    def actor(self):
+        """Who the services see acting: the user, or the token as a `TokenActor` (never None)."""
+        return TokenActor.of(self.token) if self.token else self.user
+
+    @property
     def via(self) -> str:
         return f"API token {self.token.name}" if self.token else ""
 
     def require_token_scope(self, command: str, stream: str) -> None:
-        """Refuse a token call outside the token's commands or streams (user calls pass)."""
+        """Refuse a token call outside the token's commands or streams (user calls pass).
+
+        Only for what no service authorizes (publishing); commands are authorized by the services.
+        """
         if self.token is None:
             return
         if command not in self.token.commands or not token_allows(self.token.streams, stream):

@@ -9,7 +9,6 @@ and the Center admin can stay in core.
 
 from __future__ import annotations
 
-from django.core.exceptions import PermissionDenied
 from django.db import transaction
 
 from core import access
@@ -29,8 +28,7 @@ def save_center(
     expected_version: int | None = None,
 ) -> Center:
     """Add a center (`center_id` None) or change its name or map centre. Locks the center."""
-    if actor is not None and access.access_for(actor).role != access.Role.HQ:
-        raise PermissionDenied("Only HQ manages centers.")
+    access.authorize(actor, "centers.manage")
     if center_id is None:
         center = Center(code=code, name=name, lat=lat, lng=lng)
         center.full_clean(exclude=["version"])

@@ -1,9 +1,9 @@
 """Commands on orders and deliveries: each one transaction that also writes its timeline and events.
 
 Lock order, everywhere: order → delivery → riders (by id) → stream counters (by name, in `emit`).
-Every command takes the acting user (None for the system: simulator, tasks, already-authorized
-integrations), checks that user's right on the center, refuses illegal transitions and stale
-versions with `CommandRefused`, bumps `version` and emits its events in the same transaction.
+Every command takes the actor (a user, an API token's `TokenActor`, or None for the system:
+simulator, tasks), checks its right on the center with `access.authorize`, refuses illegal
+transitions and stale versions with `CommandRefused`, bumps `version` and emits its events in the same transaction.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from core import access
-from core.actors import actor_label
+from core.actors import TokenActor, actor_label, user_of
 from core.exceptions import InvalidTransition, StaleVersion
 from deliveries.models import Delivery, Order, Shop, Source, TimelineEntry
 from deliveries.schemas import OrderInput
@@ -46,13 +46,15 @@ def source_for(actor) -> str:
     """The timeline source implied by who acts (the system when nobody does)."""
     if actor is None:
         return Source.SYSTEM
+    if isinstance(actor, TokenActor):
+        return Source.API
     return _SOURCE_BY_ROLE.get(access.access_for(actor).role, Source.ADMIN)
 
 
 def _record(delivery, *, actor, via, source, action, from_status="", to_status="", detail=None) -> None:
     TimelineEntry.objects.create(
         delivery=delivery,
-        actor=actor,
+        actor=user_of(actor),
         actor_label=actor_label(actor, via),
         source=source or source_for(actor),
         action=action,
@@ -180,15 +182,14 @@ def create_order(
     shop = Shop.objects.select_related("center").filter(pk=shop_id, is_active=True).first()
     if shop is None:
         raise ValidationError({"shop": "No such shop."})
-    if actor is not None and not access.can_take_orders(actor, shop.center.code):
-        raise PermissionDenied("You do not take orders for this center.")
+    access.authorize(actor, "orders.create", center_code=shop.center.code)
     fields = order_input.model_dump(mode="json", exclude={"promised_at"})
     promised_at = order_input.promised_at or timezone.now() + timedelta(minutes=settings.SLA_DEFAULT_PROMISE_MINUTES)
     order = Order.objects.create(
         center=shop.center,
         shop=shop,
         promised_at=promised_at,
-        created_by=actor,
+        created_by=user_of(actor),
         **fields,
     )
     delivery = Delivery.objects.create(order=order, center=shop.center, shop=shop)
@@ -232,8 +233,7 @@ def cancel_order(
     _lock_order(order_id=order_id)
     delivery = _lock_delivery(order_id=order_id)
     order = delivery.order
-    if actor is not None and not access.can_take_orders(actor, order.center.code):
-        raise PermissionDenied("You do not handle orders of this center.")
+    access.authorize(actor, "orders.cancel", center_code=order.center.code)
     _require_transition("cancel", delivery, expected_version=expected_version, entity=order)
     previous_status, previous_rider = delivery.status, delivery.rider
     events = []
@@ -297,8 +297,7 @@ def assign_delivery(
     Locks the delivery, then the previous and the new rider in id order.
     """
     delivery = _lock_delivery(delivery_id)
-    if actor is not None and not access.can_dispatch(actor, delivery.center.code):
-        raise PermissionDenied("You do not dispatch this center.")
+    access.authorize(actor, "deliveries.assign", center_code=delivery.center.code)
     _require_transition("assign", delivery, expected_version=expected_version)
     if delivery.rider_id == rider_id:
         raise InvalidTransition(f"It is already assigned to {delivery.rider.name}.", entity=delivery)
@@ -355,8 +354,7 @@ def unassign_delivery(
 ) -> Delivery:
     """Take an assigned (not yet picked-up) delivery back to waiting. Locks the delivery and rider."""
     delivery = _lock_delivery(delivery_id)
-    if actor is not None and not access.can_dispatch(actor, delivery.center.code):
-        raise PermissionDenied("You do not dispatch this center.")
+    access.authorize(actor, "deliveries.unassign", center_code=delivery.center.code)
     _require_transition("unassign", delivery, expected_version=expected_version)
     rider = _lock_riders(delivery.rider_id, center=delivery.center)[delivery.rider_id]
     _change_load(rider, -1, actor=actor, via=via)
@@ -394,10 +392,7 @@ def pick_up_delivery(
 ) -> Delivery:
     """Mark an assigned delivery picked up (its rider, or a dispatcher). Locks the delivery."""
     delivery = _lock_delivery(delivery_id)
-    if actor is not None and not access.can_handle_delivery(
-        actor, center_code=delivery.center.code, rider_id=delivery.rider_id
-    ):
-        raise PermissionDenied("This delivery is not yours.")
+    access.authorize(actor, "deliveries.pickup", center_code=delivery.center.code, rider_id=delivery.rider_id)
     _require_transition("pick_up", delivery, expected_version=expected_version)
     delivery.status, delivery.picked_up_at = Status.PICKED_UP, timezone.now()
     delivery.version += 1
@@ -428,10 +423,7 @@ def deliver_delivery(
     _lock_order(delivery_id=delivery_id)
     delivery = _lock_delivery(delivery_id)
     order = delivery.order
-    if actor is not None and not access.can_handle_delivery(
-        actor, center_code=delivery.center.code, rider_id=delivery.rider_id
-    ):
-        raise PermissionDenied("This delivery is not yours.")
+    access.authorize(actor, "deliveries.deliver", center_code=delivery.center.code, rider_id=delivery.rider_id)
     _require_transition("deliver", delivery, expected_version=expected_version)
     rider = _lock_riders(delivery.rider_id, center=delivery.center)[delivery.rider_id]
     _change_load(rider, -1, actor=actor, via=via)
@@ -471,8 +463,7 @@ SHOP_FIELDS_SHOWN_WITH_DELIVERIES = ("name", "address", "lat", "lng")
 
 
 def _check_may_manage_shops(actor) -> None:
-    if actor is not None and access.access_for(actor).role != access.Role.HQ:
-        raise PermissionDenied("Only HQ manages shops.")
+    access.authorize(actor, "shops.manage")
 
 
 def _refresh_shop_deliveries(shop: Shop, *, renamed: bool) -> list:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -25,8 +25,7 @@ def set_rider_duty(*, actor, rider_id: int, on_duty: bool, expected_version: int
     # Lock without a join, then read the center: a row joined by the locking query may predate
     # the wait for the lock (see deliveries.services._lock_delivery).
     rider = Rider.objects.select_for_update(no_key=True).get(pk=rider_id)
-    if actor is not None and not access.can_set_duty(actor, center_code=rider.center.code, rider_id=rider.pk):
-        raise PermissionDenied("You cannot change this rider's shift.")
+    access.authorize(actor, "riders.duty", center_code=rider.center.code, rider_id=rider.pk)
     if expected_version is not None and expected_version != rider.version:
         changed_by = {"by": rider.changed_by, "at": rider.changed_at.isoformat()} if rider.changed_at else None
         raise StaleVersion(
@@ -53,8 +52,7 @@ PROFILE_FIELDS = ("name", "phone", "vehicle")
 
 
 def _check_may_manage(actor, center_code: str) -> None:
-    if actor is not None and not access.can_dispatch(actor, center_code):
-        raise PermissionDenied("You do not manage the riders of this center.")
+    access.authorize(actor, "riders.manage", center_code=center_code)
 
 
 def _clean_profile(rider: Rider) -> None:
