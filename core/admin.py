@@ -16,6 +16,7 @@ from django.contrib.auth.admin import UserAdmin
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
 
 from core import services
+from core.access_versions import access_changed
 from core.exceptions import CommandRefused
 from core.models import Center, StaffProfile
 
@@ -171,6 +172,21 @@ class StaffProfileAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("centers")
 
+    # Open sockets re-check their streams at the next heartbeat (core.access_versions). After the
+    # related save: the centers are saved with the form's many-to-many data.
+    def save_related(self, request, form, formsets, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        access_changed(form.instance.user_id)
+
+    def delete_model(self, request, obj: StaffProfile) -> None:
+        super().delete_model(request, obj)
+        access_changed(obj.user_id)
+
+    def delete_queryset(self, request, queryset) -> None:
+        user_ids = list(queryset.values_list("user_id", flat=True))
+        super().delete_queryset(request, queryset)
+        access_changed(*user_ids)
+
     @admin.display(description="Name", ordering="user__first_name")
     def full_name(self, profile: StaffProfile) -> str:
         return profile.user.get_full_name()
@@ -205,6 +221,22 @@ class BrosUserAdmin(UserAdmin):
     list_display = [*UserAdmin.list_display, "role"]
     list_filter = [*UserAdmin.list_filter, "staff__role"]
     list_select_related = ["staff"]
+
+    # A user's activity, role and centers (the inline) change here: open sockets re-check at the
+    # next heartbeat (core.access_versions), and a deactivated or deleted user's sockets close.
+    def save_related(self, request, form, formsets, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        access_changed(form.instance.pk)
+
+    def delete_model(self, request, obj) -> None:
+        user_id = obj.pk
+        super().delete_model(request, obj)
+        access_changed(user_id)
+
+    def delete_queryset(self, request, queryset) -> None:
+        user_ids = list(queryset.values_list("pk", flat=True))
+        super().delete_queryset(request, queryset)
+        access_changed(*user_ids)
 
     def get_inline_instances(self, request, obj=None):
         # Django's two-step user creation: the role is set on the change page that follows.

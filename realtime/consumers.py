@@ -23,9 +23,11 @@ from collections import deque
 from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from redis.exceptions import RedisError
 
 from core.access import access_for
+from core.access_versions import parse_version, versions_key
 from realtime import frames, registry, services
 from realtime.hub import Hub, get_hub, on_hub_start
 from realtime.presence import Presence
@@ -35,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 CLOSE_TOO_SLOW = 4001
 CLOSE_IDLE = 4002
+CLOSE_ACCESS_REVOKED = 4003
 CLOSE_TOO_LARGE = 1009
 CLOSE_TIMEOUT = 2.0
 MAX_ID_LENGTH = 100
@@ -156,6 +159,7 @@ class ProtocolConsumer(AsyncConsumer):
         self.base_send = send
         self.conn_id = f"{PROCESS_ID}-{next(_conn_ids)}"
         self.user = scope.get("user")
+        self.access_version = 0
         self.streams: set[str] = set()
         self.hub: Hub | None = None
         self.sender: FrameSender | None = None
@@ -199,9 +203,11 @@ class ProtocolConsumer(AsyncConsumer):
         if user is None or not user.is_authenticated or not user.is_active:
             await self.base_send({"type": "websocket.close"})
             return False
+        self.hub = get_hub()
+        # The version is read before the access, so a change in between is caught by the next check.
+        self.access_version = await self._read_access_version()
         self.access = await database_sync_to_async(access_for)(user)
         await self.base_send({"type": "websocket.accept"})
-        self.hub = get_hub()
         # Frames go straight to the server's send (bros.asgi.with_server_send); accept and close
         # keep going through the middleware stack.
         frame_send = self.scope.get("server_send", self.base_send)
@@ -211,6 +217,13 @@ class ProtocolConsumer(AsyncConsumer):
             "connect", self.conn_id, user_id=user.pk, username=user.get_username(), role=self.access.role
         )
         return True
+
+    async def _read_access_version(self) -> int:
+        try:
+            return parse_version(await self.hub.redis.hget(versions_key(), str(self.user.pk)))
+        except RedisError:
+            logger.warning("access version unreadable for %s", self.conn_id, exc_info=True)
+            return 0
 
     async def _presence(self, method: str, *args, **kwargs) -> None:
         """Report to presence; a failed write is repaired by the process's next heartbeat."""
@@ -289,6 +302,24 @@ class ProtocolConsumer(AsyncConsumer):
             self.deliver(frames.dumps({"type": "ping", "heads": mine}))
             if self.unanswered_ping_since is None:
                 self.unanswered_ping_since, self.unread_after_ping = now, 0
+
+    async def reauthorize(self, user, lost: list[str], version: int) -> None:
+        """Adopt the user's new access: leave each stream in `lost` with an `unsubscribed` frame.
+
+        `user` is freshly read (None if it was deleted or deactivated: the socket closes with 4003).
+        """
+        self.access_version = version
+        if user is None:
+            self.close_soon(CLOSE_ACCESS_REVOKED)
+            return
+        self.user, self.access = user, access_for(user)
+        for name in lost:
+            if name in self.streams:
+                self.streams.discard(name)
+                await self.hub.leave(self, name)
+                self.deliver(frames.dumps({"type": "unsubscribed", "id": None, "stream": name, "reason": "forbidden"}))
+        if lost:
+            await self._presence("set_streams", self.conn_id, sorted(self.streams))
 
     # -- client frames -------------------------------------------------------------------------
 
@@ -415,9 +446,47 @@ class ProtocolConsumer(AsyncConsumer):
     }
 
 
+def _reread_access(user_id: int, connections: list[ProtocolConsumer]) -> tuple[object | None, list[list[str]]]:
+    """The user afresh (None if deleted or inactive) and, per connection, the streams it may no longer read."""
+    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
+    if user is None:
+        return None, [[] for _ in connections]
+    access_for(user)  # read here, in a thread, and cached on the user for `reauthorize`
+    return user, [
+        [name for name in sorted(c.streams) if not can_subscribe(user, parse_stream(name))] for c in connections
+    ]
+
+
+async def recheck_access(hub: Hub) -> None:
+    """Re-authorize the sockets of users whose access version moved; one Redis round trip for all.
+
+    Only users whose version changed are read from the database, so a quiet tick costs one HMGET.
+    """
+    by_user: dict[int, list[ProtocolConsumer]] = {}
+    for connection in hub.connections:
+        if connection.user is not None and connection._close_code is None:
+            by_user.setdefault(connection.user.pk, []).append(connection)
+    if not by_user:
+        return
+    user_ids = list(by_user)
+    try:
+        versions = await hub.redis.hmget(versions_key(), [str(pk) for pk in user_ids])
+    except RedisError:
+        logger.warning("access versions unreadable; re-checking at the next tick", exc_info=True)
+        return
+    for user_id, raw in zip(user_ids, versions, strict=True):
+        version = parse_version(raw)
+        changed = [c for c in by_user[user_id] if c.access_version != version]
+        if not changed:
+            continue
+        user, lost = await database_sync_to_async(_reread_access)(user_id, changed)
+        for connection, streams in zip(changed, lost, strict=True):
+            await connection.reauthorize(user, streams, version)
+
+
 @on_hub_start
 def _start_heartbeat(hub: Hub) -> None:
-    """Every few seconds drop idle clients; every ping interval send each one `ping` with its heads."""
+    """Every few seconds drop idle clients; every ping interval re-check changed access and send `ping`s."""
     state = {"last_ping": time.monotonic()}
     check_every = min(5.0, settings.REALTIME_PING_INTERVAL)
 
@@ -426,6 +495,12 @@ def _start_heartbeat(hub: Hub) -> None:
         heads, logged = None, frozenset()
         if now - state["last_ping"] >= settings.REALTIME_PING_INTERVAL:
             state["last_ping"] = now
+            # Before the pings, so that they no longer carry heads of streams just lost. A failure
+            # must not stop the pings (clients answering only pings would then look idle).
+            try:
+                await recheck_access(hub)
+            except Exception:
+                logger.exception("access re-check failed; retried at the next ping")
             # Once per tick, not per connection: which streams are logged, and their heads.
             logged = frozenset(name for name, feed in hub.feeds.items() if feed.logged)
             heads = await hub.heads_of(list(logged)) if logged else {}

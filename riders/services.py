@@ -7,6 +7,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from core import access
+from core.access_versions import access_changed
 from core.actors import actor_label
 from core.exceptions import InvalidTransition, StaleVersion
 from core.models import Center
@@ -72,6 +73,7 @@ def create_rider(*, actor, user_id: int, center_id: int, name: str, phone: str =
     rider.changed_by, rider.changed_at = actor_label(actor), timezone.now()
     rider.save()
     emit([rider_status_event(rider)])
+    access_changed(rider.user_id)  # the user now reads the center's rider streams
     return rider
 
 
@@ -122,5 +124,6 @@ def update_rider_profile(
     events = [rider_status_event(rider)]
     if new_center != old_center:
         events.append(rider_moved_event(rider, from_center_code=old_center.code))
+        access_changed(rider.user_id)  # their open sockets leave the old center's streams
     emit(events)
     return rider

@@ -1,0 +1,52 @@
+"""A per-user access version in Redis, bumped whenever a user's role, centers or activity change.
+
+Open sockets remember the version they authorized with. Once per heartbeat each server process
+reads the versions of all its connected users in one round trip (`HMGET`) and re-checks the
+subscriptions of only those whose version moved (realtime.consumers), so nobody keeps reading a
+stream they lost until they happen to reconnect. Whatever changes access calls `access_changed`:
+the admin's save paths for users, staff profiles and riders.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+from django.conf import settings
+from django.db import transaction
+
+_lock = threading.Lock()
+_client: redis.Redis | None = None
+
+
+def versions_key() -> str:
+    """The Redis hash of user id → access version (a missing user is version 0)."""
+    return f"{settings.REDIS_PREFIX}:access-versions"
+
+
+def _redis() -> redis.Redis:
+    global _client
+    if _client is None:
+        with _lock:
+            if _client is None:
+                _client = redis.Redis.from_url(settings.REDIS_URL, health_check_interval=30)
+    return _client
+
+
+def parse_version(raw: bytes | str | None) -> int:
+    return int(raw) if raw else 0
+
+
+def access_changed(*user_ids: int | None) -> None:
+    """Bump the users' access versions once the current transaction commits (sockets re-read then)."""
+    ids = sorted({pk for pk in user_ids if pk is not None})
+    if not ids:
+        return
+
+    def bump() -> None:
+        pipe = _redis().pipeline(transaction=False)
+        for pk in ids:
+            pipe.hincrby(versions_key(), str(pk), 1)
+        pipe.execute()
+
+    transaction.on_commit(bump)
