@@ -446,15 +446,13 @@ class ProtocolConsumer(AsyncConsumer):
     }
 
 
-def _reread_access(user_id: int, connections: list[ProtocolConsumer]) -> tuple[object | None, list[list[str]]]:
-    """The user afresh (None if deleted or inactive) and, per connection, the streams it may no longer read."""
+def _reread_access(user_id: int, subscriptions: list[list[str]]) -> tuple[object | None, list[list[str]]]:
+    """The user afresh (None if deleted or inactive) and, per socket's streams, those no longer readable."""
     user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
     if user is None:
-        return None, [[] for _ in connections]
+        return None, [[] for _ in subscriptions]
     access_for(user)  # read here, in a thread, and cached on the user for `reauthorize`
-    return user, [
-        [name for name in sorted(c.streams) if not can_subscribe(user, parse_stream(name))] for c in connections
-    ]
+    return user, [[name for name in names if not can_subscribe(user, parse_stream(name))] for names in subscriptions]
 
 
 async def recheck_access(hub: Hub) -> None:
@@ -479,7 +477,8 @@ async def recheck_access(hub: Hub) -> None:
         changed = [c for c in by_user[user_id] if c.access_version != version]
         if not changed:
             continue
-        user, lost = await database_sync_to_async(_reread_access)(user_id, changed)
+        # The stream sets are copied here: the event loop may change them while the thread reads.
+        user, lost = await database_sync_to_async(_reread_access)(user_id, [sorted(c.streams) for c in changed])
         for connection, streams in zip(changed, lost, strict=True):
             await connection.reauthorize(user, streams, version)
 
