@@ -110,6 +110,18 @@ class IdempotencyKeyError(Exception):
     """The Idempotency-Key header is malformed or reused for a different request."""
 
 
+def request_fingerprint(request: HttpRequest) -> str:
+    """A hash of the method, path and body; a JSON body by its parsed value, so whitespace and key
+    order do not make a retry look like a different request."""
+    text = request.body.decode(errors="replace")
+    try:
+        body = ["json", json.loads(text)]
+    except ValueError:
+        body = ["text", text]
+    canonical = json.dumps([request.method, request.path, body], sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def idempotent(endpoint):
     """Run a command endpoint at most once per `Idempotency-Key`; a retry gets the first result.
 
@@ -127,9 +139,7 @@ def idempotent(endpoint):
         if not key or len(key) > MAX_KEY_LENGTH:
             raise IdempotencyKeyError(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.")
         owner = caller_of(request).owner
-        fingerprint = hashlib.sha256(
-            json.dumps([request.method, request.path, request.body.decode(errors="replace")]).encode()
-        ).hexdigest()
+        fingerprint = request_fingerprint(request)
         with transaction.atomic():
             with connection.cursor() as cursor:
                 cursor.execute(_CLAIM_KEY, [owner, key, fingerprint])

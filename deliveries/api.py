@@ -4,10 +4,12 @@ Each endpoint authorizes, calls one selector or service, and returns the same en
 the events carry. An entity the caller may not see answers 404, as if it did not exist.
 """
 
+import json
 from datetime import datetime
 
 from django.http import Http404
 from ninja import Field, Query, Router, Schema
+from ninja.errors import ValidationError
 
 from core import access
 from core.access import token_allows
@@ -72,18 +74,36 @@ class OrderIn(OrderInput):
     shop: int = Field(strict=True)
 
 
+# Strict: `true` is no rider id and "3" no version (bool and text were coerced to int).
 class CancelIn(Schema):
     reason: str = Field(max_length=200)
-    version: int | None = None
+    version: int | None = Field(None, strict=True)
 
 
 class AssignIn(Schema):
-    rider: int
-    version: int | None = None
+    rider: int = Field(strict=True)
+    version: int | None = Field(None, strict=True)
 
 
 class VersionIn(Schema):
-    version: int | None = None
+    version: int | None = Field(None, strict=True)
+
+
+def _optional_version(request, payload: VersionIn | None) -> int | None:
+    """The version of a command whose body is optional: empty, `null` or `{"version": n}`.
+
+    ninja reads any other JSON (`123`, `[]`) as "no body"; refuse it like any other bad body.
+    """
+    if request.body.strip():
+        try:
+            body = json.loads(request.body)
+        except ValueError:
+            body = None  # ninja has refused malformed JSON before this runs
+        if body is not None and not isinstance(body, dict):
+            raise ValidationError(
+                [{"loc": ["body"], "msg": "The body must be a JSON object, or empty.", "type": "dict_type"}]
+            )
+    return payload.version if payload else None
 
 
 class DeliveryFilter(Schema):
@@ -115,15 +135,23 @@ def _require_center_view(request, center_code: str, *, stream_namespace: str) ->
         raise Http404("No such center.")
 
 
-def _visible_delivery_center(request, delivery: Delivery | None, *, stream_namespace="deliveries") -> Delivery:
-    """Return the delivery if the caller may see it (its rider may too), else 404."""
+def _visible_delivery_center(
+    request, delivery: Delivery | None, *, stream_namespace="deliveries", missing="No such delivery."
+) -> Delivery:
+    """Return the delivery if the caller may see it (its rider may too), else 404 with `missing`.
+
+    A foreign delivery and a missing one get the same answer, so ids cannot be probed.
+    """
     if delivery is None:
-        raise Http404("No such delivery.")
+        raise Http404(missing)
     caller = caller_of(request)
     is_its_rider = caller.user is not None and access.access_for(caller.user).rider_id == delivery.rider_id
     if delivery.rider_id is not None and is_its_rider:
         return delivery
-    _require_center_view(request, delivery.center.code, stream_namespace=stream_namespace)
+    try:
+        _require_center_view(request, delivery.center.code, stream_namespace=stream_namespace)
+    except Http404:
+        raise Http404(missing) from None
     return delivery
 
 
@@ -190,9 +218,9 @@ def order_out(order) -> dict:
 @router.get("/orders/{int:order_id}", response=OrderOut)
 def order_detail(request, order_id: int):
     order = selectors.order_with_delivery(order_id)
-    if order is None:
-        raise Http404("No such order.")
-    _visible_delivery_center(request, order.delivery, stream_namespace="orders")
+    _visible_delivery_center(
+        request, order.delivery if order else None, stream_namespace="orders", missing="No such order."
+    )
     return order_out(order)
 
 
@@ -215,10 +243,10 @@ def create_order(request, payload: OrderIn):
 def cancel_order(request, order_id: int, payload: CancelIn):
     caller = caller_of(request)
     order = selectors.order_with_delivery(order_id)
-    if order is None:
-        raise Http404("No such order.")
-    if caller.token is None:
-        _visible_delivery_center(request, order.delivery)
+    # Tokens too: one outside its centers is told "No such order.", not that the order exists.
+    _visible_delivery_center(
+        request, order.delivery if order else None, stream_namespace="orders", missing="No such order."
+    )
     order = services.cancel_order(
         actor=caller.actor,
         order_id=order_id,
@@ -233,14 +261,11 @@ def cancel_order(request, order_id: int, payload: CancelIn):
 def _delivery_command(request, delivery_id: int, run) -> tuple[int, dict]:
     """Run a delivery command for the caller (the service authorizes it) and return the delivery.
 
-    A user who may not see the delivery is answered 404, as if it did not exist.
+    A caller who may not see the delivery is answered 404, as if it did not exist.
     """
     caller = caller_of(request)
-    delivery = selectors.deliveries_with_related().filter(pk=delivery_id).first()
-    if delivery is None:
-        raise Http404("No such delivery.")
-    if caller.token is None:
-        _visible_delivery_center(request, delivery)
+    # Tokens too: one outside its centers is told "No such delivery.", not that it exists.
+    _visible_delivery_center(request, selectors.deliveries_with_related().filter(pk=delivery_id).first())
     updated = run(actor=caller.actor, source="api" if caller.token else None, via=caller.via)
     return 200, delivery_data(updated).model_dump(mode="json")
 
@@ -260,7 +285,7 @@ def assign_delivery(request, delivery_id: int, payload: AssignIn):
 @router.post("/deliveries/{int:delivery_id}/unassign", response=DeliveryData)
 @idempotent
 def unassign_delivery(request, delivery_id: int, payload: VersionIn | None = None):
-    version = payload.version if payload else None
+    version = _optional_version(request, payload)
     return _delivery_command(
         request,
         delivery_id,
@@ -271,7 +296,7 @@ def unassign_delivery(request, delivery_id: int, payload: VersionIn | None = Non
 @router.post("/deliveries/{int:delivery_id}/pickup", response=DeliveryData)
 @idempotent
 def pick_up_delivery(request, delivery_id: int, payload: VersionIn | None = None):
-    version = payload.version if payload else None
+    version = _optional_version(request, payload)
     return _delivery_command(
         request,
         delivery_id,
@@ -282,7 +307,7 @@ def pick_up_delivery(request, delivery_id: int, payload: VersionIn | None = None
 @router.post("/deliveries/{int:delivery_id}/deliver", response=DeliveryData)
 @idempotent
 def deliver_delivery(request, delivery_id: int, payload: VersionIn | None = None):
-    version = payload.version if payload else None
+    version = _optional_version(request, payload)
     return _delivery_command(
         request,
         delivery_id,

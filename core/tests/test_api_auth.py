@@ -110,14 +110,14 @@ def test_token_wrong_namespace_is_403(demo, client):
     assert counts() == before
 
 
-def test_token_delivery_command_outside_its_commands_is_403(demo, client):
-    """An order-taking token cannot assign deliveries: 403, nothing changes."""
+def test_token_delivery_command_outside_its_streams_is_404(demo, client):
+    """An order-taking token cannot see deliveries, so assigning one is 404 (as if missing); nothing changes."""
     _, raw = make_token(**ORDER_TAKER)
     order = take_order(demo)
     rider = set_rider_duty(actor=None, rider_id=demo.rider("gangnam", 1).pk, on_duty=True)
     before = delivery_state(order.delivery.pk)
     response = post_json(client, f"{API}/deliveries/{order.delivery.pk}/assign", {"rider": rider.pk}, **bearer(raw))
-    assert response.status_code == 403
+    assert response.status_code == 404
     assert delivery_state(order.delivery.pk) == before
 
 
