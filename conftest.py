@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 
 import pytest
@@ -98,3 +99,39 @@ def no_live_positions():
     clean()
     yield
     clean()
+
+
+class RedisOutage:
+    """Redis made unreachable for this process's code by pointing the bus at a closed port.
+
+    The machine's shared Redis keeps running (other test runs use it). `end()` brings the real
+    client back, as when Redis returns.
+    """
+
+    def __init__(self, settings):
+        from realtime import bus
+
+        self._bus, self._settings = bus, settings
+        self._client, self._url = bus._client, settings.REDIS_URL
+
+    def start(self) -> None:
+        with socket.socket() as probe:  # a port nothing listens on: connecting is refused
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self._settings.REDIS_URL = f"redis://127.0.0.1:{port}/0"
+        self._bus._client = None  # get_redis() builds its client from the closed URL
+
+    def end(self) -> None:
+        self._bus._client, self._settings.REDIS_URL = self._client, self._url
+
+
+@pytest.fixture
+def redis_outage(settings):
+    """Redis is down for the test's own code (the bus connects to a closed port) until `end()`."""
+    from realtime.bus import redis_health
+
+    outage = RedisOutage(settings)
+    outage.start()
+    yield outage
+    outage.end()
+    redis_health.up()  # this process's next Redis call would find it back anyway

@@ -18,6 +18,7 @@ from deliveries.api import router as deliveries_router
 from deliveries.models import Delivery, Order
 from realtime.api import router as streams_router
 from realtime.api_presence import router as presence_router
+from realtime.bus import RedisUnavailable
 from realtime.events import delivery_data, rider_data
 from realtime.services import NotPublishable
 from riders.api import router as riders_router
@@ -68,6 +69,14 @@ def invalid_input(request, exc: ValidationError):
     else:
         errors = [{"loc": ["body"], "msg": " ".join(exc.messages), "type": "value_error"}]
     return api.create_response(request, {"detail": errors}, status=422)
+
+
+@api.exception_handler(RedisUnavailable)
+def redis_unavailable(request, exc: RedisUnavailable):
+    """Redis is down and this request needs it (position writes, presence): come back later."""
+    response = api.create_response(request, {"detail": exc.message}, status=503)
+    response["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 @api.exception_handler(RequestDataTooBig)

@@ -7,13 +7,29 @@ process"). A message is `<seq>\n<frame>` so a hub can check ordering without dec
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import redis
 from django.conf import settings
 
+logger = logging.getLogger(__name__)
+
 _lock = threading.Lock()
 _client: redis.Redis | None = None
+
+# What an unreachable Redis raises (refused, reset, timed out): an outage, not a bug.
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
+
+class RedisUnavailable(Exception):
+    """A request that cannot be served without Redis: the HTTP API answers 503 with Retry-After."""
+
+    retry_after = 10  # seconds; long enough not to hammer a restarting Redis
+
+    def __init__(self, message: str = "This is unavailable for a moment; try again shortly."):
+        super().__init__(message)
+        self.message = message
 
 
 def get_redis() -> redis.Redis:
@@ -32,3 +48,42 @@ def channel_for(stream: str) -> str:
 
 def message_for(seq: int | None, frame: str) -> bytes:
     return f"{seq or 0}\n{frame}".encode()
+
+
+class RedisHealth:
+    """Whether this process last found Redis reachable, so an outage is logged once, not per call.
+
+    Callers that catch `REDIS_DOWN` report it with `down(error)`; a call that then succeeds reports
+    `up()`. The first report of each kind in a row logs one line; the others are silent.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._down = False
+
+    @property
+    def is_down(self) -> bool:
+        return self._down
+
+    def down(self, error: BaseException) -> None:
+        with self._lock:
+            if self._down:
+                return
+            self._down = True
+        logger.error(
+            "Redis is down (%s: %s); events wait in the outbox, positions come from PostgreSQL.",
+            type(error).__name__,
+            error,
+        )
+
+    def up(self) -> None:
+        if not self._down:  # the common case: no lock taken
+            return
+        with self._lock:
+            if not self._down:
+                return
+            self._down = False
+        logger.info("Redis is back.")
+
+
+redis_health = RedisHealth()

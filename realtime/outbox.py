@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from django.db import connection, transaction
 from django.utils import timezone
 
-from realtime.bus import channel_for, get_redis, message_for
+from realtime.bus import REDIS_DOWN, channel_for, get_redis, message_for, redis_health
 from realtime.events import PendingEvent
 from realtime.models import Event, Stream, new_epoch
 
@@ -80,6 +80,7 @@ def publish(events: Sequence[Event]) -> bool:
     """Publish committed events to the bus and mark them published. Never raises.
 
     A failure leaves the events unpublished for the sweep; subscribers fill gaps from history.
+    An unreachable Redis is logged once per outage (`redis_health`), not once per publish.
     """
     if not events:
         return True
@@ -88,7 +89,11 @@ def publish(events: Sequence[Event]) -> bool:
         for event in events:
             pipe.publish(channel_for(event.stream), message_for(event.seq, encode_frame(event)))
         pipe.execute()
+        redis_health.up()
         Event.objects.filter(pk__in=[e.pk for e in events]).update(published_at=timezone.now())
+    except REDIS_DOWN as exc:
+        redis_health.down(exc)
+        return False
     except Exception:
         logger.exception("publishing %d event(s) failed; the outbox sweep will retry", len(events))
         return False

@@ -28,7 +28,7 @@ from collections import Counter
 import redis.asyncio
 from django.conf import settings
 
-from realtime.bus import get_redis
+from realtime.bus import REDIS_DOWN, RedisUnavailable, get_redis, redis_health
 from realtime.streams import UnknownStream, parse_stream
 
 try:
@@ -225,13 +225,20 @@ def presence_snapshot() -> dict:
 
     `by_stream` counts connections subscribed to each stream, `by_center` connections subscribed
     to at least one stream of the center, `by_user` connections per user id, `by_role` per role.
+    Presence lives in Redis only: while it is unreachable, raise `RedisUnavailable`.
     """
+    try:
+        live = _live_processes()
+    except REDIS_DOWN as exc:
+        redis_health.down(exc)
+        raise RedisUnavailable("Presence is unavailable while Redis is unreachable; try again shortly.") from exc
+    redis_health.up()
     processes = []
     by_stream: Counter[str] = Counter()
     by_user: Counter[int] = Counter()
     by_role: Counter[str] = Counter()
     by_center: Counter[str] = Counter()
-    for process_id, record, conns in _live_processes():
+    for process_id, record, conns in live:
         processes.append(
             {
                 "id": process_id,
