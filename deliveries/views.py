@@ -14,6 +14,7 @@ from deliveries import selectors
 from deliveries.board import ROW_HEIGHT, read_board_window
 from deliveries.models import Delivery
 from deliveries.selectors import BoardFilter
+from realtime.bus import redis_health
 from riders import suggestions
 
 FIRST_WINDOW = 60  # rows rendered around the viewport: a screenful plus overscan
@@ -82,10 +83,14 @@ def _board_center(request, center: str) -> Center:
 
 @login_required
 def dispatch_board(request, center: str):
-    """The live board: the first row window, counts, riders and map, all rendered on the server."""
+    """The live board: the first row window, counts, riders and map, all rendered on the server.
+
+    While Redis is down the riders come from PostgreSQL alone, all stale, and the page says so.
+    """
     center_obj = _board_center(request, center)
     board = BoardFilter.from_query(request.GET)
     window = read_board_window(center_code=center, board=board, offset=0, limit=FIRST_WINDOW)
+    riders = suggestions.rider_board_rows(center_code=center)
     context = {
         "center": center_obj,
         "board": board,
@@ -94,7 +99,8 @@ def dispatch_board(request, center: str):
             {"value": value, "label": label, "count": window.counts[value], "checked": value in board.statuses}
             for value, label in Delivery.Status.choices
         ],
-        "riders": suggestions.rider_board_rows(center_code=center),
+        "riders": riders,
+        "positions_live": not redis_health.is_down,
         "centers": selectors.centers_by_code(access.access_for(request.user).center_codes()),
         "config": board_config(center_obj, window),
     }

@@ -20,6 +20,10 @@ Redis keys (`P` is `settings.REDIS_PREFIX`, read at call time):
     P:pos:centers           set    centers with a non-empty dirty set
     P:pos:rider:<rider>     hash   kept / sampled: µs timestamps of the last kept and sampled fix
     P:pos:tick:<center>:<s> string the claim of unix second s's batch of the center (NX, 1.5 s)
+
+PostgreSQL stays the source of truth when Redis is unreachable: `current_positions` falls back to
+the riders' stored `last_*` columns, and fixes are refused with `PositionsUnavailable` (the rider
+app keeps them and posts them again). The outage is logged once (`realtime.bus.redis_health`).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from core.access import Access, Role
-from realtime.bus import channel_for, get_redis, message_for
+from realtime.bus import REDIS_DOWN, RedisUnavailable, channel_for, get_redis, message_for, redis_health
 from realtime.outbox import format_ts
 from riders.models import PositionSample, Rider
 
@@ -195,7 +199,10 @@ def _key(*parts: object) -> str:
 
 
 def _script(name: str, source: str):
-    """Return the registered Lua script (one per process; redis-py reloads it after a flush)."""
+    """Return the registered Lua script (one per process; redis-py reloads it after a flush).
+
+    Callers pass `client=` when running it, so it always runs on the bus's current client.
+    """
     script = _scripts.get(name)
     if script is None:
         script = _scripts[name] = get_redis().register_script(source)
@@ -206,15 +213,33 @@ def _micros(ts: datetime) -> int:
     return (ts - EPOCH) // timedelta(microseconds=1)
 
 
+class PositionsUnavailable(RedisUnavailable):
+    """Redis, which takes the live fixes, is unreachable: the fixes were not kept; send them later."""
+
+    def __init__(self):
+        super().__init__("Live positions are unavailable for a moment; send these fixes again later.")
+
+
 def accept_fixes(*, rider_id: int, center_code: str, fixes: list[Fix]) -> int:
     """Keep at most one fix per rider per second and mark the rider for its center's next batch.
 
     A fix is kept only if it is at least 1 s after the rider's last kept fix (so older and
     duplicate fixes are dropped); the fixes of one call are taken in time order. Each fix is one
     atomic script call, all of them sent in one round trip. Return how many fixes were kept.
+    Raise `PositionsUnavailable` (keeping none) when Redis is unreachable.
     """
     if not fixes:
         return 0
+    try:
+        kept = _accept_fixes(rider_id, center_code, fixes)
+    except REDIS_DOWN as exc:
+        redis_health.down(exc)
+        raise PositionsUnavailable from exc
+    redis_health.up()
+    return kept
+
+
+def _accept_fixes(rider_id: int, center_code: str, fixes: list[Fix]) -> int:
     accept = _script("accept", _ACCEPT_FIX)
     keys = [
         _key("rider", rider_id),
@@ -237,10 +262,11 @@ def accept_fixes(*, rider_id: int, center_code: str, fixes: list[Fix]) -> int:
             LATEST_TTL_MS,
         ]
         calls.append(args)
+    redis = get_redis()
     if len(calls) == 1:
         # The WebSocket case: one EVALSHA, without the pipeline's script-existence check.
-        return int(accept(keys=keys, args=calls[0]))
-    pipe = get_redis().pipeline(transaction=False)
+        return int(accept(keys=keys, args=calls[0], client=redis))
+    pipe = redis.pipeline(transaction=False)
     for args in calls:
         accept(keys=keys, args=args, client=pipe)
     return sum(int(kept) for kept in pipe.execute())
@@ -331,8 +357,45 @@ def _decode(raw: list[bytes]) -> list[dict]:
 
 
 def current_positions(center_code: str) -> list[dict]:
-    """Return the latest position of every rider of the center known to Redis, by rider id."""
-    return _decode(get_redis().hvals(_key("latest", center_code)))
+    """Return the latest position of every rider of the center, by rider id.
+
+    Live from Redis; while Redis is unreachable, the positions last stored in PostgreSQL.
+    """
+    live = live_positions(center_code)
+    return stored_positions(center_code) if live is None else live
+
+
+def live_positions(center_code: str) -> list[dict] | None:
+    """The latest position of every rider of the center known to Redis, by rider id; None if Redis is down."""
+    try:
+        raw = get_redis().hvals(_key("latest", center_code))
+    except REDIS_DOWN as exc:
+        redis_health.down(exc)
+        return None
+    redis_health.up()
+    return _decode(raw)
+
+
+def stored_positions(center_code: str) -> list[dict]:
+    """The positions of the center's on-duty riders as last stored in PostgreSQL (the once-a-second batch).
+
+    The protocol shape, by rider id; heading and speed are not stored, so they are null.
+    """
+    rows = (
+        Rider.objects.filter(
+            center__code=center_code,
+            on_duty=True,
+            last_lat__isnull=False,
+            last_lng__isnull=False,
+            last_position_at__isnull=False,
+        )
+        .order_by("pk")
+        .values_list("pk", "last_lat", "last_lng", "last_accuracy", "last_position_at")
+    )
+    return [
+        {"rider": pk, "lat": lat, "lng": lng, "accuracy": accuracy, "heading": None, "speed": None, "ts": format_ts(at)}
+        for pk, lat, lng, accuracy, at in rows
+    ]
 
 
 def positions_snapshot_frame(center_code: str, *, now: datetime | None = None) -> str:
@@ -345,10 +408,19 @@ def publish_position_batches(*, now: datetime | None = None) -> int:
 
     Every server process calls this once a second; per center and unix second only one of them
     wins and publishes. The winner then stores the riders' latest positions and due history
-    samples. Redis errors propagate (the caller's loop logs them and carries on); database errors
+    samples. An unreachable Redis publishes nothing and is logged once per outage; database errors
     are logged and never raised, since the live batch has already gone out.
     """
-    now = now or timezone.now()
+    try:
+        published = _publish_position_batches(now or timezone.now())
+    except REDIS_DOWN as exc:
+        redis_health.down(exc)  # once per outage, not a traceback a second in every process
+        return 0
+    redis_health.up()
+    return published
+
+
+def _publish_position_batches(now: datetime) -> int:
     second = int(now.timestamp())
     redis = get_redis()
     take = _script("take", _TAKE_BATCH)
@@ -362,7 +434,7 @@ def publish_position_batches(*, now: datetime | None = None) -> int:
             _key("sample", center_code),
             _key("centers"),
         ]
-        batch = take(keys=keys, args=[center_code, TICK_TTL_MS])
+        batch = take(keys=keys, args=[center_code, TICK_TTL_MS], client=redis)
         if batch is None:
             continue
         latest, samples = _decode(batch[0]), _decode(batch[1])

@@ -36,6 +36,8 @@ def accept_position_frame(access: Access, fields: dict) -> None:
         taken = positions.take_rider_fixes(access, [fields])
     except positions.NotARider as exc:
         raise registry.FrameRefused("forbidden", exc.message) from None
+    except positions.PositionsUnavailable as exc:
+        raise registry.FrameRefused("internal", exc.message) from None
     if taken.errors:
         raise registry.FrameRefused("bad_request", taken.errors[0][1])
 

@@ -11,7 +11,8 @@ riders/tests/vectors/ranking.json (docs/shared-rules.md).
 A rider's position is the newer of the live fix in Redis (`current_positions`, always up to date)
 and the `last_*` columns (written by the once-a-second batch, so they may lag; they are all that is
 left once the live hash has expired). Both functions cost one query and one Redis read, whatever
-the number of riders.
+the number of riders. While Redis is unreachable only the columns are left, and every position
+counts as stale: nobody can tell where the riders are now.
 
 Ranking: every rider gets a score in km-equivalents; lower is better.
 
@@ -35,7 +36,7 @@ from django.utils import timezone
 
 from realtime.outbox import format_ts
 from riders.models import Rider
-from riders.positions import current_positions
+from riders.positions import live_positions
 
 EARTH_RADIUS_KM = 6371.0088  # mean Earth radius (IUGG); haversine error at city scale is far below GPS noise
 # An active delivery is ≈ 5 minutes of riding the rider must finish first (about 1.5 km in city traffic).
@@ -154,8 +155,10 @@ class _Position:
     at: datetime | None
 
 
-def _live_positions(center_code: str) -> dict[int, dict]:
-    return {int(p["rider"]): p for p in current_positions(center_code)}
+def _live_positions(center_code: str) -> dict[int, dict] | None:
+    """Live positions by rider id, or None while Redis is unreachable."""
+    live = live_positions(center_code)
+    return None if live is None else {int(p["rider"]): p for p in live}
 
 
 def _parse_ts(value) -> datetime | None:
@@ -208,12 +211,14 @@ def suggest_riders(
     now = now or timezone.now()
     threshold = gps_stale_seconds()
     live = _live_positions(center_code) if positions is None else positions
+    all_stale = live is None
+    live = live or {}
     rows = Rider.objects.filter(center__code=center_code, on_duty=True).order_by().values(*_FIELDS)
     suggestions = []
     for row in rows:
         position = _position(row, live.get(row["id"]))
         age = _age_s(position, now)
-        stale = age is None or age > threshold
+        stale = all_stale or age is None or age > threshold
         distance = None if position.lat is None else haversine_km(position.lat, position.lng, lat, lng)
         load = row["load"]
         suggestions.append(
@@ -244,6 +249,8 @@ def rider_board_rows(*, center_code: str, now: datetime | None = None) -> list[d
     now = now or timezone.now()
     threshold = gps_stale_seconds()
     live = _live_positions(center_code)
+    all_stale = live is None
+    live = live or {}
     rows = Rider.objects.filter(center__code=center_code).order_by("name", "id").values(*_FIELDS, "vehicle", "version")
     board = []
     for row in rows:
@@ -259,7 +266,7 @@ def rider_board_rows(*, center_code: str, now: datetime | None = None) -> list[d
                 "lat": position.lat,
                 "lng": position.lng,
                 "gps_age_s": None if age is None else round(age, 1),
-                "stale": age is None or age > threshold,
+                "stale": all_stale or age is None or age > threshold,
                 "last_seen": None if position.at is None else format_ts(position.at),
                 "version": row["version"],
             }
