@@ -2,7 +2,8 @@
 
 Errors are JSON `{"detail": …}`: 401 unauthenticated, 403 not allowed, 404 unknown (or not
 visible to the caller), 409 refused by the entity's state (with the current entity and who
-changed it), 422 invalid input (a list of `{"loc", "msg", "type"}` like request validation).
+changed it), 422 invalid input (a list of `{"loc", "msg", "type"}` like request validation),
+503 with Retry-After when Redis is down and the request needs it.
 """
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, ValidationError
