@@ -12,6 +12,7 @@ import time
 from contextlib import contextmanager
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.test import override_settings
 
 from deliveries.services import create_order
@@ -34,8 +35,12 @@ SLOW = 20_000  # ms: waits that include a reconnect back-off
 
 
 def a_private_stream() -> str:
-    """A stream no other test has written to (HQ may follow any user's stream)."""
-    return f"user:{secrets.randbelow(10**9) + 10**9}"
+    """The stream of a new user, which no other test has written to (HQ may follow any user's stream).
+
+    The user must exist: streams of unknown users are refused.
+    """
+    user = get_user_model().objects.create_user(f"private-{secrets.token_hex(6)}")
+    return f"user:{user.pk}"
 
 
 def notice(stream: str, text: str = "Rain on Teheran-ro") -> int:
