@@ -277,6 +277,14 @@ def prepare(args) -> None:
             conn.execute("create database bros_bench")
     run_checked([PYTHON, "manage.py", "migrate", "--noinput"])
     run_checked([PYTHON, "manage.py", "seed_demo", "--force"])
+    # The rooms scenario's streams are deliveries:room-NNN: streams of unknown centers are refused.
+    rooms = [name.partition(":")[2] for name in room_names("bros", max(args.rooms, 2))]
+    make_rooms = (
+        "from core.models import Center\n"
+        f"for code in {rooms!r}:\n"
+        "    Center.objects.get_or_create(code=code, defaults={'name': code, 'lat': 37.5, 'lng': 127.0})\n"
+    )
+    run_checked([PYTHON, "manage.py", "shell", "-c", make_rooms])
     # DEBUG=0 serves pages through the static manifest: the login page needs it.
     run_checked([PYTHON, "manage.py", "collectstatic", "--noinput"])
     if "socketio" in args.variants and not (BENCH / "socketio" / "node_modules").exists():
