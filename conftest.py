@@ -23,6 +23,21 @@ def _isolated_redis_prefix():
     django_settings.REDIS_PREFIX = f"bros-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_publish_rate_limits():
+    """Each test starts with full publish allowances: the buckets are per user, across tests."""
+    yield
+    from realtime.bus import REDIS_DOWN, get_redis
+
+    try:
+        client = get_redis()
+        keys = list(client.scan_iter(f"{django_settings.REDIS_PREFIX}:rate:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    except REDIS_DOWN:  # a test that simulated an outage left nothing to clear
+        pass
+
+
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
     """Give each test process its own test database, so concurrent runs on one server don't collide."""

@@ -21,6 +21,7 @@ from realtime.api import router as streams_router
 from realtime.api_presence import router as presence_router
 from realtime.bus import RedisUnavailable
 from realtime.events import delivery_data, rider_data
+from realtime.ratelimit import RateLimited
 from realtime.services import NotPublishable
 from riders.api import router as riders_router
 from riders.api_positions import router as positions_router
@@ -76,6 +77,13 @@ def invalid_input(request, exc: ValidationError):
 def redis_unavailable(request, exc: RedisUnavailable):
     """Redis is down and this request needs it (position writes, presence): come back later."""
     response = api.create_response(request, {"detail": exc.message}, status=503)
+    response["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+@api.exception_handler(RateLimited)
+def rate_limited(request, exc: RateLimited):
+    response = api.create_response(request, {"detail": str(exc), "code": "rate_limited"}, status=429)
     response["Retry-After"] = str(exc.retry_after)
     return response
 

@@ -199,7 +199,7 @@ REALTIME_PRESENCE_HEARTBEAT = env.float("REALTIME_PRESENCE_HEARTBEAT", default=1
 REALTIME_QUEUE_LIMIT = env.int("REALTIME_QUEUE_LIMIT", default=2000)  # frames queued per socket before 4001
 REALTIME_MAX_FRAME = 64 * 1024
 REALTIME_TEST_PAGE = env.bool("REALTIME_TEST_PAGE", default=False)  # /dev/realtime-test/ outside DEBUG
-REALTIME_PUBLISH_RATE = env.float("REALTIME_PUBLISH_RATE", default=5.0)  # publishes per second per socket
+REALTIME_PUBLISH_RATE = env.float("REALTIME_PUBLISH_RATE", default=5.0)  # publishes per second per user or token
 REALTIME_PUBLISH_BURST = env.int("REALTIME_PUBLISH_BURST", default=20)
 
 # Dispatcher map: a tile URL template (e.g. an OpenStreetMap tile server you may use); empty shows

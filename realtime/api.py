@@ -12,7 +12,7 @@ from ninja import Field, Query, Router, Schema
 
 from core.access import token_allows
 from core.api_auth import caller_of, idempotent
-from realtime import outbox, services
+from realtime import outbox, ratelimit, services
 from realtime.snapshots import read_snapshot
 from realtime.streams import StreamName, UnknownStream, can_publish, can_subscribe, parse_stream
 
@@ -100,6 +100,7 @@ def publish(request, payload: PublishIn):
         caller.require_token_scope("publish", str(stream))
     elif not can_publish(caller.user, stream):
         raise PermissionDenied("not allowed")
+    ratelimit.take_publish(caller.owner)
     row = services.publish_event(
         actor=caller.user, stream=stream, event=payload.event, data=payload.data, via=caller.via
     )

@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from core.access import access_for
 from core.access_versions import parse_version, versions_key
-from realtime import frames, registry, services
+from realtime import frames, ratelimit, registry, services
 from realtime.hub import Hub, get_hub, on_hub_start
 from realtime.presence import Presence
 from realtime.streams import UnknownStream, can_publish, can_subscribe, parse_stream
@@ -166,8 +166,6 @@ class ProtocolConsumer(AsyncConsumer):
         self.last_seen = time.monotonic()
         self.unanswered_ping_since: float | None = None
         self.unread_after_ping = 0
-        self._publish_allowance = float(settings.REALTIME_PUBLISH_BURST)
-        self._publish_checked = time.monotonic()
         self._stop = asyncio.Event()
         self._close_code: int | None = None
         receiving = asyncio.ensure_future(self._receive_loop(receive))
@@ -400,8 +398,10 @@ class ProtocolConsumer(AsyncConsumer):
         event, data = frame.get("event"), frame.get("data")
         if not isinstance(event, str) or not isinstance(data, dict):
             raise BadFrame("bad_request", 'A publish needs "event" (string) and "data" (object).')
-        if not self._take_publish_token():
-            raise BadFrame("rate_limited", "Too many publishes; slow down.")
+        try:
+            await asyncio.to_thread(ratelimit.take_publish, f"user:{self.user.pk}")
+        except ratelimit.RateLimited as exc:
+            raise BadFrame("rate_limited", str(exc)) from None
         if not await database_sync_to_async(can_publish)(self.user, stream):
             raise BadFrame("forbidden", "not allowed")
         try:
@@ -411,16 +411,6 @@ class ProtocolConsumer(AsyncConsumer):
         except services.NotPublishable as exc:
             raise BadFrame("bad_request", str(exc)) from None
         self.deliver(frames.dumps({"type": "ack", "id": frame_id, "stream": str(stream), "seq": row.seq}))
-
-    def _take_publish_token(self) -> bool:
-        now = time.monotonic()
-        rate, burst = settings.REALTIME_PUBLISH_RATE, settings.REALTIME_PUBLISH_BURST
-        self._publish_allowance = min(burst, self._publish_allowance + (now - self._publish_checked) * rate)
-        self._publish_checked = now
-        if self._publish_allowance < 1:
-            return False
-        self._publish_allowance -= 1
-        return True
 
     async def _app_frame(self, frame: dict, frame_id) -> None:
         """A frame type an app registered (riders' `position`): its handler runs in a worker thread."""
