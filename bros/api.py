@@ -11,7 +11,9 @@ from django.http import Http404
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError
 from ninja.errors import ValidationError as NinjaValidationError
+from ninja.parser import Parser
 
+from core import strict_input
 from core.api_auth import API_AUTH, IdempotencyKeyError
 from core.exceptions import CommandRefused
 from deliveries.api import order_out
@@ -27,6 +29,14 @@ from riders.api import router as riders_router
 from riders.api_positions import router as positions_router
 from riders.models import Rider
 
+
+class StrictJSONParser(Parser):
+    """Request bodies as strict JSON (`core.strict_input`): what would fail later is a 400 now."""
+
+    def parse_body(self, request):
+        return strict_input.loads(request.body)
+
+
 api = NinjaAPI(
     title="BROS API",
     version="1",
@@ -35,6 +45,7 @@ api = NinjaAPI(
     urls_namespace="api",
     openapi_url="/openapi.json",
     docs_url="/docs",
+    parser=StrictJSONParser(),
 )
 api.add_router("", deliveries_router)
 api.add_router("", riders_router)

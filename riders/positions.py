@@ -132,7 +132,10 @@ def _number(data: dict, name: str, *, low: float | None = None, high: float | No
     # bool is an int to Python, never a coordinate to us.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidFix(f"{name} must be a number")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond any double (strict JSON already refuses those)
+        raise InvalidFix(f"{name} must be a finite number") from None
     if not math.isfinite(value):
         raise InvalidFix(f"{name} must be a finite number")
     if (low is not None and value < low) or (high is not None and value > high):
