@@ -24,6 +24,7 @@ from django.db.models import (
 from django.db.models.lookups import Contains
 from django.utils import timezone
 
+from core import strict_input
 from core.models import Center
 from deliveries.models import Delivery, Order, Shop
 from riders.suggestions import Suggestion, suggest_riders
@@ -103,6 +104,7 @@ def shop_by_id(shop_id: int) -> Shop | None:
 
 # -- the dispatcher board ------------------------------------------------------------------------
 
+MAX_ID = 2**63 - 1  # PostgreSQL's bigint: no id is larger
 URGENCY_LATE = 3  # past the promised time and not delivered
 URGENCY_NOT_PICKED_UP = 2  # the shop's ready time passed and nobody picked it up
 URGENCY_UNASSIGNED = 1  # waiting for a rider longer than settings.SLA_UNASSIGNED_MINUTES
@@ -130,7 +132,7 @@ class BoardFilter:
         rider_text = query.get("rider", "")
         return cls(
             statuses=statuses,
-            rider=int(rider_text) if rider_text.isdigit() else None,
+            rider=_id_in(rider_text),
             unassigned=rider_text == "none",
             search=query.get("q", "").replace("\x00", "").strip()[:100],
             range=query.get("range") if query.get("range") in BOARD_RANGES else "4h",
@@ -146,6 +148,17 @@ class BoardFilter:
         if self.late_only:
             condition &= Q(urgency=URGENCY_LATE)
         return condition
+
+
+def _id_in(text: str) -> int | None:
+    """The id typed in the URL or the search ("42"), or None for anything else ("none", "²", "x").
+
+    A number beyond any id is taken as MAX_ID, which matches nothing, instead of overflowing a query.
+    """
+    try:
+        return strict_input.whole_number(text, maximum=MAX_ID)
+    except strict_input.StrictInputError:
+        return None
 
 
 def _with_urgency(deliveries: QuerySet[Delivery], now: datetime) -> QuerySet[Delivery]:
@@ -201,11 +214,12 @@ def _search(deliveries: QuerySet[Delivery], text: str) -> QuerySet[Delivery]:
     if not text:
         return deliveries
     number = text.lstrip("#").strip()
+    order_number = _id_in(number)
     if text.startswith("#"):  # "#1234" is an order number and nothing else
-        return deliveries.filter(order_id=int(number)) if number.isdigit() else deliveries.none()
+        return deliveries.filter(order_id=order_number) if order_number is not None else deliveries.none()
     condition = Q(order__address__icontains=text) | Q(order__customer_name__icontains=text)
-    if number.isdigit() and len(number) < 19:
-        condition |= Q(order_id=int(number))
+    if order_number is not None:
+        condition |= Q(order_id=order_number)
     phone = phone_digits_match("order__customer_phone", text)
     if phone is not None:
         condition |= phone

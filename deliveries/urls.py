@@ -6,7 +6,7 @@ urlpatterns = [
     path("orders/", views.orders_page, name="orders"),
     path("dispatch/", views.dispatch_overview, name="dispatch-overview"),
     path("dispatch/overview/cards/", views.overview_cards, name="overview-cards"),
-    path("dispatch/<str:center>/", views.dispatch_board, name="dispatch-board"),
-    path("dispatch/<str:center>/rows/", views.board_rows, name="board-rows"),
-    path("dispatch/<str:center>/deliveries/<int:delivery_id>/", views.delivery_drawer, name="delivery-drawer"),
+    path("dispatch/<slug:center>/", views.dispatch_board, name="dispatch-board"),
+    path("dispatch/<slug:center>/rows/", views.board_rows, name="board-rows"),
+    path("dispatch/<slug:center>/deliveries/<int:delivery_id>/", views.delivery_drawer, name="delivery-drawer"),
 ]

@@ -8,7 +8,7 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 
-from core import access
+from core import access, strict_input
 from core.models import Center
 from deliveries import selectors
 from deliveries.board import ROW_HEIGHT, read_board_window
@@ -146,7 +146,11 @@ MAX_OFFSET = 1_000_000  # far beyond any day's deliveries; keeps the value insid
 
 
 def _int(text, default: int) -> int:
-    return min(int(text), MAX_OFFSET) if text and text.isdigit() else default
+    """A window bound from the query, capped at MAX_OFFSET; anything but digits means the default."""
+    try:
+        return strict_input.whole_number(text, maximum=MAX_OFFSET) if text else default
+    except strict_input.StrictInputError:
+        return default
 
 
 def board_config(center: Center, window) -> dict:
