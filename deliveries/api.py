@@ -106,11 +106,14 @@ def _optional_version(request, payload: VersionIn | None) -> int | None:
     return payload.version if payload else None
 
 
+MAX_OFFSET = 1_000_000  # far beyond a day's deliveries; keeps the slice inside PostgreSQL's bigint
+
+
 class DeliveryFilter(Schema):
     center: str
     status: Delivery.Status | None = None
     limit: int = Field(200, ge=1, le=2000)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
 
 
 def _user_or_404(request):

@@ -7,6 +7,7 @@ from ninja import Router
 
 from core import access
 from core.api_auth import caller_of
+from core.models import ROOM_CODE_VALIDATOR
 from realtime.events import RiderData, rider_data
 from riders import selectors
 
@@ -24,7 +25,12 @@ class RiderOut(RiderData):
 def riders(request, center: str):
     """Riders of a center: for its dispatchers and HQ."""
     caller = caller_of(request)
-    if caller.user is None or not access.can_dispatch(caller.user, center):
+    # A malformed code (a NUL byte would reach PostgreSQL) is refused like a missing center.
+    if (
+        caller.user is None
+        or not ROOM_CODE_VALIDATOR.regex.fullmatch(center)
+        or not access.can_dispatch(caller.user, center)
+    ):
         raise Http404("No such center.")
     return [
         RiderOut(

@@ -93,3 +93,20 @@ def test_whole_number_accepts_ascii_digits_only_and_caps():
     for text in ("²", "٣", "-1", "", " 1", "1.0"):
         with pytest.raises(strict_input.StrictInputError):
             strict_input.whole_number(text, maximum=100)
+
+
+@pytest.mark.parametrize(
+    ("url", "status"),
+    [
+        (f"{API}/shops?center=gang%00nam", 404),
+        (f"{API}/riders?center=gang%00nam", 404),
+        (f"{API}/deliveries?center=gang%00nam", 404),
+        (f"{API}/streams/chat:gang%00nam/snapshot", 404),
+        (f"{API}/deliveries?center=gangnam&offset={'9' * 30}", 422),
+        (f"{API}/streams/chat:gangnam/events?since=²", 422),
+    ],
+)
+def test_api_query_with_nul_or_odd_numbers_is_4xx(demo, url, status):
+    """A NUL in a center code is 404 like any unknown center; an offset beyond a bigint or "²" is 422."""
+    response = logged_in(demo, "hq").get(url)
+    assert response.status_code == status, (url, response.status_code, response.content[:200])
