@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import functools
 import itertools
-import json
 import logging
 import os
 import secrets
@@ -26,6 +25,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from redis.exceptions import RedisError
 
+from core import strict_input
 from core.access import access_for
 from core.access_versions import parse_version, versions_key
 from realtime import frames, ratelimit, registry, services
@@ -52,6 +52,23 @@ class BadFrame(ValueError):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code, self.message = code, message
+
+
+def _parse_frame(text: str) -> dict:
+    """The frame's JSON object, or BadFrame; its values are checked once its `id` is known."""
+    try:
+        frame = strict_input.parse_json(text)
+    except strict_input.StrictInputError as exc:
+        raise BadFrame("bad_request", str(exc)) from None
+    except ValueError:
+        raise BadFrame("bad_request", "Not JSON.") from None
+    if not isinstance(frame, dict):
+        raise BadFrame("bad_request", "A frame is a JSON object.")
+    return frame
+
+
+def _valid_id(frame_id: object) -> bool:
+    return isinstance(frame_id, str) and len(frame_id) <= MAX_ID_LENGTH and strict_input.is_valid_text(frame_id)
 
 
 class _Resume:
@@ -331,16 +348,17 @@ class ProtocolConsumer(AsyncConsumer):
             # The limit is in bytes; only a frame of over a quarter of it in characters can exceed it.
             if len(text) > settings.REALTIME_MAX_FRAME // 4 and len(text.encode()) > settings.REALTIME_MAX_FRAME:
                 raise BadFrame("too_large", "Frames are limited to 64 KiB.")
-            try:
-                frame = json.loads(text)
-            except ValueError:
-                raise BadFrame("bad_request", "Not JSON.") from None
-            if not isinstance(frame, dict):
-                raise BadFrame("bad_request", "A frame is a JSON object.")
+            frame = _parse_frame(text)
             frame_id = frame.get("id")
-            if frame_id is not None and (not isinstance(frame_id, str) or len(frame_id) > MAX_ID_LENGTH):
-                frame_id = None
-                raise BadFrame("bad_request", f'"id" must be a string of at most {MAX_ID_LENGTH} characters.')
+            if frame_id is not None and not _valid_id(frame_id):
+                frame_id = None  # an id we cannot echo (a lone surrogate would make the reply unsendable)
+                raise BadFrame(
+                    "bad_request", f'"id" must be a string of valid Unicode of at most {MAX_ID_LENGTH} characters.'
+                )
+            try:
+                strict_input.check_json(frame)
+            except strict_input.StrictInputError as exc:
+                raise BadFrame("bad_request", str(exc)) from None
             kind = frame.get("type")
             handler = self._handlers.get(kind) if isinstance(kind, str) else None
             if handler is None and isinstance(kind, str) and registry.frame_handler(kind) is not None:

@@ -2,9 +2,20 @@
 
 import json
 
+from core import strict_input
+
 
 def dumps(frame: dict) -> str:
-    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+    """Encode a frame as JSON text the server can always send as UTF-8.
+
+    A lone surrogate (in text taken from a client) cannot be encoded: sending it would fail inside
+    the server's `send` and silently stop the socket's outgoing side. Such a frame is written with
+    `\\uXXXX` escapes instead, which every JSON parser reads back as the same string.
+    """
+    text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+    if not strict_input.is_valid_text(text):
+        text = json.dumps(frame, separators=(",", ":"))
+    return text
 
 
 def subscribed(*, id, stream: str, epoch: str | None, head: int | None, recovered: bool) -> str:
