@@ -6,8 +6,12 @@ Each body is sent as raw text, because the values are ones Python's json module 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.test import Client
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from core import strict_input
 from realtime.models import Event
@@ -110,3 +114,103 @@ def test_api_query_with_nul_or_odd_numbers_is_4xx(demo, url, status):
     """A NUL in a center code is 404 like any unknown center; an offset beyond a bigint or "²" is 422."""
     response = logged_in(demo, "hq").get(url)
     assert response.status_code == status, (url, response.status_code, response.content[:200])
+
+
+# -- fuzzing the API's JSON bodies -----------------------------------------------------------------
+
+BODY_FIELDS = [
+    "positions",
+    "lat",
+    "lng",
+    "ts",
+    "namespace",
+    "room",
+    "event",
+    "data",
+    "text",
+    "client_msg_id",
+    "shop",
+    "customer_name",
+    "customer_phone",
+    "address",
+    "items",
+    "promised_at",
+    "rider",
+    "version",
+    "reason",
+]
+lone_surrogates = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+texts = st.one_of(
+    st.text(max_size=12),
+    st.text(alphabet=lone_surrogates, min_size=1, max_size=2),
+    st.sampled_from(["chat", "gangnam", "chat.message", "notice", "2026-12-03T10:00:00Z", "9999-12-31T23:59:59Z"]),
+)
+numbers = st.one_of(
+    st.integers(min_value=-(10**420), max_value=10**420),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-1, max_value=100),
+)
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), numbers, texts),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.one_of(st.sampled_from(BODY_FIELDS), texts), inner, max_size=5)
+    ),
+    max_leaves=12,
+)
+
+
+def command_bodies(**plausible) -> st.SearchStrategy[str]:
+    """A command's body: its fields, each either a plausible value or any JSON-ish one, as JSON text."""
+    fields = {name: st.one_of(st.just(value), json_values) for name, value in plausible.items()}
+    return st.fixed_dictionaries({}, optional=fields).map(json.dumps)
+
+
+fix = st.fixed_dictionaries(
+    {},
+    optional={name: st.one_of(numbers, json_values) for name in ("lat", "lng", "accuracy", "heading", "speed", "ts")},
+)
+COMMAND_BODIES = {
+    "/positions": st.one_of(st.lists(fix, max_size=3).map(lambda fixes: json.dumps({"positions": fixes}))),
+    "/publish": command_bodies(
+        namespace="chat", room="gangnam", event="chat.message", data={"text": "hi", "client_msg_id": "m1"}
+    )
+    | st.fixed_dictionaries(
+        {"namespace": st.just("chat"), "room": st.just("gangnam"), "event": st.just("chat.message")},
+        optional={"data": st.fixed_dictionaries({}, optional={"text": texts, "client_msg_id": texts})},
+    ).map(json.dumps),
+    "/orders": command_bodies(
+        shop=1,
+        customer_name="Kim",
+        customer_phone="010-1234-5678",
+        address="Teheran-ro 1",
+        items=[{"name": "Tteokbokki", "qty": 1}],
+        promised_at="2026-12-03T12:00:00Z",
+    ),
+    "/deliveries/1/assign": command_bodies(rider=1, version=1),
+    "/orders/1/cancel": command_bodies(reason="customer", version=1),
+    "/deliveries/1/pickup": command_bodies(version=1),
+}
+generic_bodies = st.one_of(
+    json_values.map(json.dumps),
+    st.integers(min_value=1, max_value=3000).map(lambda depth: "[" * depth + "]" * depth),
+    st.text(max_size=30),
+)
+calls = st.sampled_from(sorted(COMMAND_BODIES)).flatmap(
+    lambda command: st.tuples(st.just(command), st.one_of(COMMAND_BODIES[command], generic_bodies))
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(call=calls)
+def test_fuzzed_api_bodies_never_answer_500(demo, no_live_positions, call):
+    """Arbitrary JSON-ish bodies to the API's commands, as a rider and as HQ: always a 2xx or 4xx, never a 500."""
+    command, body = call
+    for username in ("rider-gangnam-01", "hq"):
+        response = post_text(logged_in(demo, username), f"{API}{command}", body)
+        assert response.status_code < 500, (username, command, body[:200], response.content[:300])
