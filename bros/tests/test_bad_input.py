@@ -170,7 +170,7 @@ fix = st.fixed_dictionaries(
     optional={name: st.one_of(numbers, json_values) for name in ("lat", "lng", "accuracy", "heading", "speed", "ts")},
 )
 COMMAND_BODIES = {
-    "/positions": st.one_of(st.lists(fix, max_size=3).map(lambda fixes: json.dumps({"positions": fixes}))),
+    "/positions": st.lists(fix, max_size=3).map(lambda fixes: json.dumps({"positions": fixes})),
     "/publish": command_bodies(
         namespace="chat", room="gangnam", event="chat.message", data={"text": "hi", "client_msg_id": "m1"}
     )
