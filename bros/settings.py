@@ -88,12 +88,8 @@ if not REDIS_URL:
 # Prefix of every Redis key and pub/sub channel of this deployment (tests use their own).
 REDIS_PREFIX = env("REDIS_PREFIX", default="bros")
 
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{REDIS_PREFIX}:layer"},
-    }
-}
+# No CHANNEL_LAYERS: events reach each process over its own Redis pub/sub subscription per stream
+# (realtime/hub.py); the channel layer was measured against it and left out (docs/realtime.md §8).
 
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_TASK_ACKS_LATE = True

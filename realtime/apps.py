@@ -6,7 +6,6 @@ class RealtimeConfig(AppConfig):
     verbose_name = "Real-time"
 
     def ready(self) -> None:
-        from realtime import checks  # noqa: F401  (registers the system checks)
         from realtime.streams import register_protocol_streams
 
         register_protocol_streams()
