@@ -117,14 +117,14 @@ def no_live_positions():
 
 
 class RedisOutage:
-    """Redis made unreachable for this process's code by pointing the bus at a closed port.
+    """Redis made unreachable for this process's code by pointing its client at a closed port.
 
     The machine's shared Redis keeps running (other test runs use it). `end()` brings the real
     client back, as when Redis returns.
     """
 
     def __init__(self, settings):
-        from realtime import bus
+        from core import redis_connection as bus
 
         self._bus, self._settings = bus, settings
         self._client, self._url = bus._client, settings.REDIS_URL

@@ -9,28 +9,15 @@ the admin's save paths for users, staff profiles and riders.
 
 from __future__ import annotations
 
-import threading
-
-import redis
 from django.conf import settings
 from django.db import transaction
 
-_lock = threading.Lock()
-_client: redis.Redis | None = None
+from core.redis_connection import get_redis
 
 
 def versions_key() -> str:
     """The Redis hash of user id → access version (a missing user is version 0)."""
     return f"{settings.REDIS_PREFIX}:access-versions"
-
-
-def _redis() -> redis.Redis:
-    global _client
-    if _client is None:
-        with _lock:
-            if _client is None:
-                _client = redis.Redis.from_url(settings.REDIS_URL, health_check_interval=30)
-    return _client
 
 
 def parse_version(raw: bytes | str | None) -> int:
@@ -44,7 +31,7 @@ def access_changed(*user_ids: int | None) -> None:
         return
 
     def bump() -> None:
-        pipe = _redis().pipeline(transaction=False)
+        pipe = get_redis().pipeline(transaction=False)
         for pk in ids:
             pipe.hincrby(versions_key(), str(pk), 1)
         pipe.execute()

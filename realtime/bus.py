@@ -13,10 +13,10 @@ import threading
 import redis
 from django.conf import settings
 
+from core.redis_connection import get_redis  # noqa: F401  (the bus's client; callers import it from here)
+
 logger = logging.getLogger(__name__)
 
-_lock = threading.Lock()
-_client: redis.Redis | None = None
 
 # What an unreachable Redis raises (refused, reset, timed out): an outage, not a bug.
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
@@ -30,16 +30,6 @@ class RedisUnavailable(Exception):
     def __init__(self, message: str = "This is unavailable for a moment; try again shortly."):
         super().__init__(message)
         self.message = message
-
-
-def get_redis() -> redis.Redis:
-    """Return this process's Redis client (thread-safe; it pools its connections)."""
-    global _client
-    if _client is None:
-        with _lock:
-            if _client is None:
-                _client = redis.Redis.from_url(settings.REDIS_URL, health_check_interval=30)
-    return _client
 
 
 def channel_for(stream: str) -> str:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from core.access_versions import _redis, parse_version, versions_key
+from core.access_versions import parse_version, versions_key
 from core.models import Center, StaffProfile
+from core.redis_connection import get_redis
 from riders.models import Rider
 
 
 def version(user) -> int:
-    return parse_version(_redis().hget(versions_key(), str(user.pk)))
+    return parse_version(get_redis().hget(versions_key(), str(user.pk)))
 
 
 @pytest.fixture
