@@ -408,6 +408,8 @@ def test_board_drawer_and_its_live_refresh_are_loaded_by_htmx(browse, demo_tx):
 
     assert len(requests) >= 2
     assert all(r.headers.get("hx-request") == "true" and r.headers.get("hx-target") == "drawer" for r in requests)
+    # htmx settles just after the swap the expect above saw: wait for its event, then check it.
+    page.wait_for_function("() => window.__htmx.settled.filter((id) => id === 'drawer').length >= 2")
     assert htmx_log(page)["settled"].count("drawer") >= 2
 
 
