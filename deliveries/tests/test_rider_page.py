@@ -87,7 +87,8 @@ def test_rider_today_api_matches_page_and_needs_few_queries(demo, client, django
     assert len(body["active"]) == 3
     page = page_today(client.get("/rider/"))
     assert [a["delivery"]["id"] for a in body["active"]] == [a["delivery"]["id"] for a in page["active"]]
-    assert (body["stream"], body["counts"], body["shops"].keys()) == (page["stream"], page["counts"], page["shops"].keys())
+    assert (body["stream"], body["counts"]) == (page["stream"], page["counts"])
+    assert body["shops"].keys() == page["shops"].keys()
 
 
 @pytest.mark.parametrize("username", ["dispatch-gangnam", "hq", "callcenter"])
