@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q
@@ -113,7 +114,10 @@ def service_worker(request):
     response = render(
         request,
         "deliveries/rider_sw.js",
-        {"shell": json.dumps([reverse("rider"), *(static(path) for path in SHELL_STATIC)])},
+        {
+            "shell": json.dumps([reverse("rider"), *(static(path) for path in SHELL_STATIC)]),
+            "static_prefix": settings.STATIC_URL if settings.STATIC_URL.startswith("/") else f"/{settings.STATIC_URL}",
+        },
         content_type="text/javascript",
     )
     response["Cache-Control"] = "no-cache"

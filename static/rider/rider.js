@@ -112,7 +112,12 @@ function card({ delivery, order }) {
       order.note ? el("dt", {}, "Note") : null,
       order.note ? el("dd", {}, order.note) : null,
       el("dt", {}, "Promised"),
-      el("dd", {}, `${at(delivery.promised_at)} · `, el("span", { class: left.late ? "late" : "left" }, left.text)),
+      el(
+        "dd",
+        {},
+        `${at(delivery.promised_at)} · `,
+        el("span", { class: left.late ? "late" : "left", "data-promised": delivery.promised_at }, left.text),
+      ),
     ),
   );
   const waiting = queued.filter((a) => a.sendAfter > Date.now());
@@ -142,17 +147,15 @@ function card({ delivery, order }) {
 
 function render() {
   const focused = document.activeElement;
-  const focusKey = focused?.closest?.(".assignment") && [focused.closest(".assignment").id, focused.dataset.command ? "command" : "undo"];
+  const focusedCard = focused?.closest?.(".assignment")?.id;
   const list = [...assignments.values()]
     .filter(({ delivery }) => !["delivered", "cancelled"].includes(shownStatus(delivery)))
     .sort((a, b) => Date.parse(a.delivery.promised_at) - Date.parse(b.delivery.promised_at));
   $("assignments").replaceChildren(...list.map(card));
   $("active-count").textContent = list.length ? `(${list.length})` : "";
   $("no-active").hidden = list.length > 0;
-  if (focusKey) {
-    const again = document.querySelector(`#${focusKey[0]} [data-${focusKey[1]}]`);
-    (again || $("active-h")).focus?.();
-  }
+  // Keep the keyboard where it was: on the same card's button (Undo, or the next step).
+  if (focusedCard) document.querySelector(`#${focusedCard} button`)?.focus();
   renderHistory();
   renderConnection();
 }
@@ -288,11 +291,12 @@ async function tap(deliveryId, command) {
   actions.push(action);
   render();
   scheduleSend(config.undo_ms);
+  setTimeout(render, config.undo_ms + 50); // the undo window closes even if the action cannot be sent yet
 }
 
 async function undo(seq) {
   const action = actions.find((a) => a.seq === seq);
-  if (!action || sending === action) return; // already on its way
+  if (!action || sending === action || action.sendAfter <= Date.now()) return; // too late: on its way
   await store.delete("actions", seq);
   actions = actions.filter((a) => a.seq !== seq);
   render();
@@ -300,6 +304,7 @@ async function undo(seq) {
 
 let sending = null;
 let retryDelay = 1000;
+let needsLogin = false; // the session ended: the queue waits for a new login
 
 function scheduleSend(delay = 0) {
   clearTimeout(undoTimer);
@@ -343,6 +348,7 @@ async function sendQueued() {
       response = null; // offline or the answer was lost: the same key makes the retry safe
     }
     sending = null;
+    needsLogin = response?.status === 401;
     if (!response || response.status >= 500 || response.status === 429 || response.status === 401) {
       renderConnection();
       retryDelay = Math.min(30000, retryDelay * 2);
@@ -391,6 +397,7 @@ function renderConnection() {
   const line = $("queue-state");
   line.hidden = queued === 0;
   line.textContent = `${queued} action${queued === 1 ? "" : "s"} waiting to send`;
+  if (needsLogin) line.textContent += ": log in again to send them";
   const stale = !fresh || isOffline();
   $("stale-note").hidden = !stale;
   for (const item of document.querySelectorAll(".assignment")) item.dataset.stale = String(stale);
@@ -560,7 +567,14 @@ document.addEventListener("click", (event) => {
   else if (target.dataset.dismiss != null) target.parentElement.remove();
 });
 
-setInterval(render, 30000); // time left
+// Time left ticks on its own: re-rendering the cards under a finger could swallow a tap.
+setInterval(() => {
+  for (const span of document.querySelectorAll("[data-promised]")) {
+    const left = timeLeft(span.dataset.promised);
+    span.textContent = left.text;
+    span.className = left.late ? "late" : "left";
+  }
+}, 30000);
 renderDuty();
 render();
 if (actions.length) scheduleSend();

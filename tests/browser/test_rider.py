@@ -101,7 +101,7 @@ def board_position(board, rider: Rider):
 
 
 def test_rider_goes_on_duty_gets_an_assignment_and_its_taps_reach_the_board(phone, demo_tx):
-    """Start shift → the board's riders panel and map show the rider; an assignment appears; both taps reach the board."""
+    """On duty, the board's riders panel and map show the rider; an assignment appears; both taps reach the board."""
     rider = demo_tx.rider("gangnam", 1)
     board = phone.desk("dispatch-gangnam", "/dispatch/gangnam/")
     live(board)
@@ -143,8 +143,9 @@ def test_rider_goes_on_duty_gets_an_assignment_and_its_taps_reach_the_board(phon
 
 
 def test_rider_offline_queue_survives_reload_and_is_applied_once_in_order(phone, demo_tx):
-    """Offline: taps queue and fixes buffer, the page reloads from the service worker; back online every
-    action is applied once and in order, a tap on a delivery cancelled meanwhile is explained, the fixes reach the map."""
+    """Offline, taps queue and fixes buffer, and the page reloads from the service worker; back online, every
+    action is applied once and in order, a tap on an order cancelled meanwhile is explained, the fixes reach the map.
+    """
     rider = on_duty(demo_tx)
     first, second, doomed = (assigned(demo_tx, rider) for _ in range(3))
     board = phone.desk("dispatch-gangnam", "/dispatch/gangnam/")
@@ -204,7 +205,7 @@ def test_rider_offline_queue_survives_reload_and_is_applied_once_in_order(phone,
 
 
 def test_rider_undo_stops_a_tap_and_rider_sees_only_own_pages(phone, demo_tx):
-    """Undo keeps a tap from being sent (a later tap is the barrier); another rider's delivery and staff pages are closed."""
+    """Undo keeps a tap from being sent (a later tap is the barrier); others' deliveries and staff pages stay shut."""
     rider, other = on_duty(demo_tx, 1), on_duty(demo_tx, 2)
     undone, sent = assigned(demo_tx, rider), assigned(demo_tx, rider)
     foreign = assigned(demo_tx, other)

@@ -5,6 +5,7 @@
 const CACHE = "bros-rider-v1";
 const SHELL = {{ shell|safe }};
 const PAGE = SHELL[0];
+const STATIC = "{{ static_prefix }}"; // modules import each other by their plain names: keep whatever the page loads
 
 self.addEventListener("install", (event) => {
   event.waitUntil(caches.open(CACHE).then((cache) => cache.addAll(SHELL)).then(() => self.skipWaiting()));
@@ -47,5 +48,5 @@ self.addEventListener("fetch", (event) => {
   const url = new URL(request.url);
   if (request.method !== "GET" || url.origin !== location.origin) return;
   const isPage = request.mode === "navigate" && url.pathname === PAGE;
-  if (isPage || SHELL.includes(url.pathname)) event.respondWith(networkFirst(request, isPage));
+  if (isPage || url.pathname.startsWith(STATIC)) event.respondWith(networkFirst(request, isPage));
 });
