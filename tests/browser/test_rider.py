@@ -205,7 +205,8 @@ def test_rider_offline_queue_survives_reload_and_is_applied_once_in_order(phone,
 
 
 def test_rider_undo_stops_a_tap_and_rider_sees_only_own_pages(phone, demo_tx):
-    """Undo keeps a tap from being sent (a later tap is the barrier); others' deliveries and staff pages stay shut."""
+    """Undo keeps a tap from being sent (a later tap is the barrier); a reassignment is announced and leaves the
+    list; other riders' deliveries and staff pages stay shut."""
     rider, other = on_duty(demo_tx, 1), on_duty(demo_tx, 2)
     undone, sent = assigned(demo_tx, rider), assigned(demo_tx, rider)
     foreign = assigned(demo_tx, other)
@@ -222,6 +223,10 @@ def test_rider_undo_stops_a_tap_and_rider_sees_only_own_pages(phone, demo_tx):
     # Sent in order: had the undone tap been sent, it would have gone first.
     assert Delivery.objects.get(pk=sent.pk).status == "picked_up"
     assert Delivery.objects.get(pk=undone.pk).status == "assigned"
+
+    services.assign_delivery(actor=demo_tx.user("dispatch-gangnam"), delivery_id=undone.pk, rider_id=other.pk)
+    expect(card(page, undone)).to_have_count(0)
+    expect(page.locator("#alerts")).to_contain_text(f"Order #{undone.order_id} was given to another rider")
 
     api = page.context.request
     assert api.get(f"/api/v1/deliveries/{foreign.pk}").status == 404
