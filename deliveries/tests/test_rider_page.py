@@ -134,3 +134,21 @@ def test_rider_service_worker_and_manifest_are_served_for_the_rider_scope(demo, 
     assert '"/rider/"' in sw.content.decode() and "rider/rider.js" in sw.content.decode()
     manifest = json.loads(client.get("/rider/manifest.webmanifest").content)
     assert (manifest["start_url"], manifest["scope"], manifest["display"]) == ("/rider/", "/rider/", "standalone")
+
+
+def test_rider_login_lands_on_the_rider_page(demo, client):
+    """A rider logging in lands on /rider/, which opens."""
+    response = client.post("/accounts/login/", {"username": "rider-gangnam-01", "password": "demo"}, follow=True)
+    assert response.redirect_chain[-1][0] == "/rider/"
+    assert response.status_code == 200
+
+
+def test_rider_page_of_a_rider_user_without_a_rider_is_403(demo, client, django_user_model):
+    """A user with the rider role but no rider record is refused, not a 500."""
+    from core.models import StaffProfile
+
+    user = django_user_model.objects.create_user("rider-to-be", password="x")
+    StaffProfile.objects.create(user=user, role=StaffProfile.Role.RIDER)
+    client.force_login(user)
+    assert client.get("/rider/").status_code == 403
+    assert client.get(f"{API}/rider/today").status_code == 404
