@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from core.models import StaffProfile
 from deliveries import services
 from riders.models import PositionSample
 from riders.services import set_rider_duty
@@ -145,8 +146,6 @@ def test_rider_login_lands_on_the_rider_page(demo, client):
 
 def test_rider_page_of_a_rider_user_without_a_rider_is_403(demo, client, django_user_model):
     """A user with the rider role but no rider record is refused, not a 500."""
-    from core.models import StaffProfile
-
     user = django_user_model.objects.create_user("rider-to-be", password="x")
     StaffProfile.objects.create(user=user, role=StaffProfile.Role.RIDER)
     client.force_login(user)

@@ -48,7 +48,7 @@ def phone(browser, live_server_url, demo_tx):
         page.response = page.goto(path)
         return page
 
-    def phone_(username: str, path: str = "/rider/", *, proxy: SocketProxy | None = None):
+    def phone_(username: str, path: str = "/rider/", *, proxy: SocketProxy | None = None, located: bool = True):
         return open_(
             username,
             path,
@@ -57,7 +57,7 @@ def phone(browser, live_server_url, demo_tx):
             is_mobile=True,
             has_touch=True,
             geolocation=SEOUL,
-            permissions=["geolocation"],
+            permissions=["geolocation"] if located else [],
             service_workers="allow",
         )
 
@@ -232,3 +232,11 @@ def test_rider_undo_stops_a_tap_and_rider_sees_only_own_pages(phone, demo_tx):
     assert api.get(f"/api/v1/deliveries/{foreign.pk}").status == 404
     for path in ("/dispatch/gangnam/", "/dispatch/", "/orders/"):
         assert page.goto(path).status == 403
+
+
+def test_rider_without_location_permission_sees_tracking_paused(phone, demo_tx):
+    """On duty with location denied, the page says tracking is paused and why, instead of pretending."""
+    rider = on_duty(demo_tx)
+    page = phone(rider.user.username, located=False)
+    expect(page.locator("#tracking")).to_have_attribute("data-state", "denied")
+    expect(page.locator("#tracking")).to_contain_text("Tracking paused: location permission is denied")
