@@ -14,8 +14,19 @@ function promised(request) {
 }
 
 export class RiderStore {
-  /** Open (and create) the database of one user: two riders on one phone never see each other's queue. */
+  /**
+   * Open (and create) the database of one user: two riders on one phone never see each other's queue.
+   * Where IndexedDB is unavailable (some private modes) the store lives in memory; `persistent` says which.
+   */
   static async open(userId) {
+    try {
+      return new RiderStore(await RiderStore._openDatabase(userId));
+    } catch {
+      return new MemoryStore();
+    }
+  }
+
+  static async _openDatabase(userId) {
     const request = indexedDB.open(`${DB_NAME}-${userId}`, 1);
     request.onupgradeneeded = () => {
       const db = request.result;
@@ -23,11 +34,12 @@ export class RiderStore {
       db.createObjectStore("fixes", { keyPath: "seq", autoIncrement: true });
       db.createObjectStore("state");
     };
-    return new RiderStore(await promised(request));
+    return promised(request);
   }
 
   constructor(db) {
     this.db = db;
+    this.persistent = true;
   }
 
   _store(name, mode = "readonly") {
@@ -65,5 +77,45 @@ export class RiderStore {
 
   set(key, value) {
     return promised(this._store("state", "readwrite").put(value, key));
+  }
+}
+
+/** The same interface in memory: the page still works, but a reload forgets what was queued. */
+class MemoryStore {
+  constructor() {
+    this.persistent = false;
+    this.stores = { actions: new Map(), fixes: new Map() };
+    this.state = new Map();
+    this.next = 1;
+  }
+
+  async all(name, limit = Infinity) {
+    return [...this.stores[name].values()].slice(0, limit);
+  }
+
+  async count(name) {
+    return this.stores[name].size;
+  }
+
+  async add(name, value) {
+    const stored = { ...value, seq: this.next++ };
+    this.stores[name].set(stored.seq, stored);
+    return stored;
+  }
+
+  async put(name, value) {
+    this.stores[name].set(value.seq, value);
+  }
+
+  async delete(name, seqs) {
+    for (const seq of [].concat(seqs)) this.stores[name].delete(seq);
+  }
+
+  async get(key) {
+    return this.state.get(key);
+  }
+
+  async set(key, value) {
+    this.state.set(key, structuredClone(value));
   }
 }

@@ -137,7 +137,11 @@ function card({ delivery, order }) {
         el(
           "div",
           { class: "actions" },
-          el("button", { type: "button", class: "primary big", "data-command": command, "data-delivery": delivery.id }, COMMAND_LABEL[command]),
+          el(
+            "button",
+            { type: "button", class: "primary big", "data-command": command, "data-delivery": delivery.id },
+            COMMAND_LABEL[command],
+          ),
         ),
       );
     }
@@ -171,14 +175,19 @@ function renderHistory() {
         "li",
         { id: `history-${d.id}`, "data-status": d.status },
         el("span", {}, `#${d.order} · ${d.shop_name}`),
-        el("span", { class: d.status }, d.status === "delivered" ? `Delivered ${at(d.delivered_at)}` : `Cancelled ${at(d.cancelled_at)}`),
+        el(
+          "span",
+          { class: d.status },
+          d.status === "delivered" ? `Delivered ${at(d.delivered_at)}` : `Cancelled ${at(d.cancelled_at)}`,
+        ),
       ),
     ),
   );
 }
 
 function alertRider(text, kind = "revoked") {
-  const note = el("div", { class: `alert ${kind}` }, el("span", {}, text), el("button", { type: "button", "data-dismiss": "" }, "OK"));
+  const dismiss = el("button", { type: "button", "data-dismiss": "" }, "OK");
+  const note = el("div", { class: `alert ${kind}` }, el("span", {}, text), dismiss);
   $("alerts").prepend(note);
   if (kind !== "info") navigator.vibrate?.(kind === "new" ? [200, 100, 200] : [400, 150, 400, 150, 400]);
   if (kind !== "info") beep(kind === "new" ? 880 : 440);
@@ -239,7 +248,8 @@ function onUserEvent(frame) {
     assignments.delete(data.delivery.id);
     if (data.reason === "cancelled") toHistory(data.delivery);
     if (known || data.reason === "cancelled") {
-      alertRider(`Order #${data.delivery.order} ${REVOKED[data.reason] ?? "was taken off your list"}. Do not ${data.was_picked_up ? "deliver" : "pick"} it${data.was_picked_up ? "" : " up"}.`);
+      const what = REVOKED[data.reason] ?? "was taken off your list";
+      alertRider(`Order #${data.delivery.order} ${what}. Do not ${data.was_picked_up ? "deliver it" : "pick it up"}.`);
     }
   } else if (frame.event === "notice" || frame.event === "chat.message") {
     if (frame.event === "notice") alertRider(data.text, "info");
@@ -250,13 +260,15 @@ function onUserEvent(frame) {
 }
 
 async function refreshToday() {
+  // Only what was shown before asking may be dropped: an assignment that arrived meanwhile is newer than the answer.
+  const before = new Map([...assignments].map(([id, shown]) => [id, shown.delivery.version]));
   try {
     const response = await fetch(`${API}/rider/today`, { credentials: "same-origin", headers: { Accept: "application/json" } });
     if (!response.ok) return;
     const next = await response.json();
     const current = new Set(next.active.map((a) => a.delivery.id));
-    for (const [id, shown] of [...assignments]) {
-      if (!current.has(id) && shown.delivery.version <= (next.history.find((d) => d.id === id)?.version ?? Infinity)) assignments.delete(id);
+    for (const [id, version] of before) {
+      if (!current.has(id) && assignments.get(id)?.delivery.version === version) assignments.delete(id);
     }
     for (const { delivery, order } of next.active) applyDelivery(delivery, order);
     Object.assign(today, { rider: next.rider, shops: next.shops, history: next.history, counts: next.counts });
@@ -290,7 +302,7 @@ async function tap(deliveryId, command) {
   });
   actions.push(action);
   render();
-  scheduleSend(config.undo_ms);
+  if (!sending) scheduleSend(Math.max(0, actions[0].sendAfter - Date.now()));
   setTimeout(render, config.undo_ms + 50); // the undo window closes even if the action cannot be sent yet
 }
 
@@ -365,7 +377,9 @@ async function sendQueued() {
       if (body?.current?.id === action.delivery) applyDelivery(body.current);
       else if (response.status === 404) assignments.delete(action.delivery);
       const dependent = actions.filter((a) => a.delivery === action.delivery);
-      for (const next of dependent) refuse(next, `${COMMAND_LABEL[next.command]} for order #${next.order} was not sent: the step before it was refused.`);
+      for (const next of dependent) {
+        refuse(next, `${COMMAND_LABEL[next.command]} for order #${next.order} was not sent: the step before it was refused.`);
+      }
       await store.delete("actions", dependent.map((a) => a.seq));
       actions = actions.filter((a) => a.delivery !== action.delivery);
     }
@@ -454,7 +468,8 @@ const TRACKING_TEXT = {
 tracker.addEventListener("state", ({ detail }) => {
   const line = $("tracking");
   line.dataset.state = detail.state;
-  line.textContent = TRACKING_TEXT[detail.state] + (detail.state === "on" && detail.accuracy ? ` (±${Math.round(detail.accuracy)} m)` : "");
+  const accuracy = detail.state === "on" && detail.accuracy ? ` (±${Math.round(detail.accuracy)} m)` : "";
+  line.textContent = TRACKING_TEXT[detail.state] + accuracy;
 });
 
 let bufferedFixes = await store.count("fixes");
@@ -575,6 +590,9 @@ setInterval(() => {
     span.className = left.late ? "late" : "left";
   }
 }, 30000);
+if (!store.persistent) {
+  alertRider("This browser keeps no offline queue here (private mode?): taps not yet sent are lost if the page closes.", "info");
+}
 renderDuty();
 render();
 if (actions.length) scheduleSend();
