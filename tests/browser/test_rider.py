@@ -17,7 +17,7 @@ from riders.models import Rider
 from riders.services import set_rider_duty
 
 from .conftest import WAIT, SocketProxy
-from .test_board import OFFSITE, live, log_in, row, take_order, wait_until_disconnected
+from .test_board import OFFSITE, live, log_in, row, shot, take_order, wait_until_disconnected
 
 pytestmark = pytest.mark.browser
 
@@ -129,6 +129,8 @@ def test_rider_goes_on_duty_gets_an_assignment_and_its_taps_reach_the_board(phon
         "href", "geo:0,0?q=Nonhyeon-ro%205%2C%20Seoul"
     )
     expect(row(board, delivery)).to_have_attribute("data-status", "assigned")
+    shot(page, "rider-assignment")
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]  # no sideways scrolling
 
     tap(page, delivery, "Picked up")
     expect(card(page, delivery)).to_contain_text("sending in a few seconds")
@@ -139,7 +141,6 @@ def test_rider_goes_on_duty_gets_an_assignment_and_its_taps_reach_the_board(phon
     expect(page.locator(f"#history-{delivery.pk}")).to_contain_text("Delivered")
     expect(page.locator("#count-delivered")).to_have_text("1")
     assert actions_of(delivery)[-2:] == ["picked_up", "delivered"]
-    page.screenshot(path="/tmp/rider-phone.png", full_page=True)
 
 
 def test_rider_offline_queue_survives_reload_and_is_applied_once_in_order(phone, demo_tx):
