@@ -356,8 +356,7 @@ class RiderTodayOut(Schema):
 @router.get("/rider/today", response=RiderTodayOut)
 def rider_today(request):
     """The calling rider's day, as the rider page shows it; the page reloads it after a reset."""
-    caller = caller_of(request)
-    rider_id = access.access_for(caller.user).rider_id if caller.user is not None else None
-    if access.access_for(caller.user).role != access.Role.RIDER or rider_id is None:
+    caller_access = access.access_for(caller_of(request).user)  # a token has no user: NO_ACCESS
+    if caller_access.role != access.Role.RIDER or caller_access.rider_id is None:
         raise Http404("This endpoint is for riders.")
-    return rider_page.rider_today(selectors.rider_with_center(rider_id))
+    return rider_page.rider_today(selectors.rider_with_center(caller_access.rider_id))

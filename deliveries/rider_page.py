@@ -27,6 +27,7 @@ from realtime.streams import stream_for_user
 from riders.models import Rider
 from riders.selectors import distance_travelled
 
+RIDER_CACHE = "bros-rider-v1"  # the service worker's cache; the page empties it when the rider logs out
 UNDO_MS = 5000  # a status tap waits this long for "Undo" before it is sent
 
 # What the page and its service worker need offline; the service worker caches exactly these.
@@ -105,6 +106,7 @@ def rider_page(request):
         "undo_ms": UNDO_MS,
         "service_worker": reverse("rider-sw"),
         "scope": reverse("rider"),
+        "cache": RIDER_CACHE,
     }
     return render(request, "deliveries/rider.html", {"rider": rider, "today": rider_today(rider), "config": config})
 
@@ -115,6 +117,7 @@ def service_worker(request):
         request,
         "deliveries/rider_sw.js",
         {
+            "cache_name": RIDER_CACHE,
             "shell": json.dumps([reverse("rider"), *(static(path) for path in SHELL_STATIC)]),
             "static_prefix": settings.STATIC_URL if settings.STATIC_URL.startswith("/") else f"/{settings.STATIC_URL}",
         },

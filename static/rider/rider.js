@@ -27,7 +27,7 @@ let today = JSON.parse($("rider-today").textContent);
 const store = await RiderStore.open(config.user_id);
 // A copy kept after a later event than the page's (e.g. the page came from the service worker) wins.
 const saved = await store.get("today");
-if (saved && saved.stream.epoch === today.stream.epoch && saved.stream.head > today.stream.head) today = saved;
+if (saved?.stream.epoch === today.stream.epoch && saved.stream.head > today.stream.head) today = saved;
 let fresh = served !== "cache";
 let actions = await store.all("actions");
 let undoTimer = null;
@@ -574,6 +574,15 @@ async function toggleDuty() {
 // ------------------------------------------------------------------ wiring
 
 $("duty-toggle").addEventListener("click", toggleDuty);
+// Logging out on a shared phone: the next person must not open this rider's page from the cache.
+document.querySelector("form.logout")?.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = event.target;
+  const unsent = actions.length;
+  if (unsent && !confirm(`${unsent} action${unsent === 1 ? " has" : "s have"} not been sent yet. Log out anyway?`)) return;
+  await Promise.all([globalThis.caches?.delete(config.cache), store.set("today", null)].map((p) => p?.catch?.(() => {})));
+  form.submit();
+});
 document.addEventListener("click", (event) => {
   const target = event.target.closest("button");
   if (!target) return;

@@ -229,6 +229,12 @@ def test_rider_undo_stops_a_tap_and_rider_sees_only_own_pages(phone, demo_tx):
     expect(card(page, undone)).to_have_count(0)
     expect(page.locator("#alerts")).to_contain_text(f"Order #{undone.order_id} was given to another rider")
 
+    page.wait_for_function("() => navigator.serviceWorker.controller !== null")
+    page.get_by_role("button", name="Log out").click()  # a shared phone: the next user gets no cached rider page
+    page.wait_for_url("**/accounts/login/**")
+    assert page.evaluate("() => caches.has('bros-rider-v1')") is False
+
+    log_in(page.context, rider.user.username)
     api = page.context.request
     assert api.get(f"/api/v1/deliveries/{foreign.pk}").status == 404
     for path in ("/dispatch/gangnam/", "/dispatch/", "/orders/"):

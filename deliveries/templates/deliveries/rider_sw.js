@@ -2,7 +2,7 @@
 // Network first (a fresh page and fresh scripts whenever there is a network), the cache only when the network fails.
 // The API and the socket are never cached: the page keeps its own state and queue in IndexedDB.
 
-const CACHE = "bros-rider-v1";
+const CACHE = "{{ cache_name }}";
 const SHELL = {{ shell|safe }};
 const PAGE = SHELL[0];
 const STATIC = "{{ static_prefix }}"; // modules import each other by their plain names: keep whatever the page loads
