@@ -30,7 +30,7 @@ from riders.selectors import distance_travelled
 RIDER_CACHE = "bros-rider-v1"  # the service worker's cache; the page empties it when the rider logs out
 UNDO_MS = 5000  # a status tap waits this long for "Undo" before it is sent
 
-# What the page and its service worker need offline; the service worker caches exactly these.
+# What the page needs offline: its service worker stores these at install (and any static file the page loads).
 SHELL_STATIC = (
     "css/bros.css",
     "css/rider.css",
