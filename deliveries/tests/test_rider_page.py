@@ -92,6 +92,16 @@ def test_rider_today_api_matches_page_and_needs_few_queries(demo, client, django
     assert body["shops"].keys() == page["shops"].keys()
 
 
+def test_rider_page_needs_a_bounded_number_of_queries(demo, client, django_assert_max_num_queries):
+    """The page's queries do not grow with the rider's deliveries."""
+    rider = set_rider_duty(actor=None, rider_id=demo.rider("gangnam", 1).pk, on_duty=True)
+    for _ in range(5):
+        assign_new(demo, rider)
+    client.force_login(rider.user)
+    with django_assert_max_num_queries(12):
+        assert client.get("/rider/").status_code == 200
+
+
 @pytest.mark.parametrize("username", ["dispatch-gangnam", "hq", "callcenter"])
 def test_rider_page_and_today_refuse_staff(demo, client, username):
     """Staff get 403 on the rider page and 404 on the rider's state."""

@@ -186,7 +186,7 @@ function renderHistory() {
 }
 
 function alertRider(text, kind = "revoked") {
-  const dismiss = el("button", { type: "button", "data-dismiss": "" }, "OK");
+  const dismiss = el("button", { type: "button", "data-dismiss": "", "aria-label": "OK, dismiss this message" }, "OK");
   const note = el("div", { class: `alert ${kind}` }, el("span", {}, text), dismiss);
   $("alerts").prepend(note);
   if (kind !== "info") navigator.vibrate?.(kind === "new" ? [200, 100, 200] : [400, 150, 400, 150, 400]);
@@ -333,7 +333,12 @@ function explain(action, status, body) {
 
 function refuse(action, message) {
   $("refusals").append(
-    el("li", { "data-order": action.order }, el("span", {}, message), el("button", { type: "button", "data-dismiss": "" }, "OK")),
+    el(
+      "li",
+      { "data-order": action.order },
+      el("span", {}, message),
+      el("button", { type: "button", "data-dismiss": "", "aria-label": "OK, dismiss this message" }, "OK"),
+    ),
   );
 }
 

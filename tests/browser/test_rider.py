@@ -70,6 +70,17 @@ def phone(browser, live_server_url, demo_tx):
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 
+# Headless pages are always visible: emulate the page going to the background and back.
+HIDE = """() => {
+  Object.defineProperty(document, "hidden", { value: true, configurable: true });
+  document.dispatchEvent(new Event("visibilitychange"));
+}"""
+SHOW = """() => {
+  Object.defineProperty(document, "hidden", { value: false, configurable: true });
+  document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
 def rider_live(page) -> None:
     expect(page.locator("#conn-state")).to_have_attribute("data-state", "live")
 
@@ -116,6 +127,12 @@ def test_rider_goes_on_duty_gets_an_assignment_and_its_taps_reach_the_board(phon
     expect(page.locator("#tracking")).to_have_attribute("data-state", "on")
     expect(board.locator(f"#riders li[data-rider='{rider.pk}']")).to_have_class(re.compile(r"\bavailable\b"))
     board.wait_for_function(f"() => __board.riders.get({rider.pk})?.lat === {SEOUL['latitude']}")
+    page.evaluate(HIDE)  # the phone's screen goes to another app: no pretending to track
+    expect(page.locator("#tracking")).to_have_attribute("data-state", "paused")
+    expect(page.locator("#tracking")).to_contain_text("Tracking paused")
+    page.evaluate(SHOW)
+    page.context.set_geolocation({"latitude": 37.4990, "longitude": 127.0280, "accuracy": 6})
+    expect(page.locator("#tracking")).to_have_attribute("data-state", "on")
 
     delivery = assigned(demo_tx, rider, address="Nonhyeon-ro 5, Seoul", note="Leave at the door")
     expect(card(page, delivery)).to_be_visible()
