@@ -20,5 +20,4 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("dev/realtime-test/", realtime_testpage.view, name="realtime-test-page"),
     path("", include("deliveries.urls")),
-    path("", include("riders.urls")),
 ]

@@ -15,10 +15,10 @@ from core import access
 from core.access import token_allows
 from core.api_auth import caller_of, idempotent
 from core.models import Center
-from deliveries import selectors, services
+from deliveries import rider_page, selectors, services
 from deliveries.models import Delivery
 from deliveries.schemas import OrderInput
-from realtime.events import DeliveryData, OrderData, delivery_data, order_data
+from realtime.events import DeliveryData, OrderData, RiderData, delivery_data, order_data
 from realtime.streams import UnknownStream, parse_stream
 
 router = Router(tags=["deliveries"])
@@ -316,3 +316,47 @@ def deliver_delivery(request, delivery_id: int, payload: VersionIn | None = None
         delivery_id,
         lambda **caller: services.deliver_delivery(delivery_id=delivery_id, expected_version=version, **caller),
     )
+
+
+class RiderStreamOut(Schema):
+    name: str
+    epoch: str
+    head: int
+
+
+class AssignmentOut(Schema):
+    delivery: DeliveryData
+    order: OrderData
+
+
+class RiderCountsOut(Schema):
+    delivered: int
+    cancelled: int
+    distance_m: int
+
+
+class RiderShopOut(Schema):
+    id: int
+    name: str
+    address: str
+    phone: str
+    lat: float
+    lng: float
+
+
+class RiderTodayOut(Schema):
+    rider: RiderData
+    shops: dict[str, RiderShopOut]
+    stream: RiderStreamOut
+    active: list[AssignmentOut]
+    history: list[DeliveryData]
+    counts: RiderCountsOut
+
+
+@router.get("/rider/today", response=RiderTodayOut)
+def rider_today(request):
+    """The calling rider's day, as the rider page shows it; the page reloads it after a reset."""
+    caller_access = access.access_for(caller_of(request).user)  # a token has no user: NO_ACCESS
+    if caller_access.role != access.Role.RIDER or caller_access.rider_id is None:
+        raise Http404("This endpoint is for riders.")
+    return rider_page.rider_today(selectors.rider_with_center(caller_access.rider_id))

@@ -27,6 +27,7 @@ from django.utils import timezone
 from core import strict_input
 from core.models import Center
 from deliveries.models import Delivery, Order, Shop
+from riders.models import Rider
 from riders.suggestions import Suggestion, suggest_riders
 
 
@@ -88,6 +89,10 @@ def suggested_riders(*, delivery: Delivery, limit: int, now: datetime | None = N
         center_code=delivery.center.code, lat=delivery.shop.lat, lng=delivery.shop.lng, now=now, limit=limit + 1
     )
     return [s for s in ranked if s.rider_id != delivery.rider_id][:limit]
+
+
+def rider_with_center(rider_id: int) -> Rider:
+    return Rider.objects.select_related("center").get(pk=rider_id)
 
 
 def centers_by_code(codes: list[str]) -> QuerySet[Center]:

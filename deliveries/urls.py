@@ -1,9 +1,12 @@
 from django.urls import path
 
-from deliveries import views
+from deliveries import rider_page, views
 
 urlpatterns = [
     path("orders/", views.orders_page, name="orders"),
+    path("rider/", rider_page.rider_page, name="rider"),
+    path("rider/sw.js", rider_page.service_worker, name="rider-sw"),
+    path("rider/manifest.webmanifest", rider_page.manifest, name="rider-manifest"),
     path("dispatch/", views.dispatch_overview, name="dispatch-overview"),
     path("dispatch/overview/cards/", views.overview_cards, name="overview-cards"),
     path("dispatch/<slug:center>/", views.dispatch_board, name="dispatch-board"),

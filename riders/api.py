@@ -1,15 +1,15 @@
-"""HTTP API for riders: the center's riders with status, load and last position."""
+"""HTTP API for riders: the center's riders with status, load and last position; shifts."""
 
 from datetime import datetime
 
 from django.http import Http404
-from ninja import Router
+from ninja import Field, Router, Schema
 
 from core import access
-from core.api_auth import caller_of
+from core.api_auth import caller_of, idempotent
 from core.models import ROOM_CODE_VALIDATOR
 from realtime.events import RiderData, rider_data
-from riders import selectors
+from riders import selectors, services
 
 router = Router(tags=["riders"])
 
@@ -42,3 +42,39 @@ def riders(request, center: str):
         )
         for rider in selectors.center_riders(center)
     ]
+
+
+# Strict: `1` is no duty and "3" no version (pydantic would coerce both).
+class DutyIn(Schema):
+    on_duty: bool = Field(strict=True)
+    version: int | None = Field(None, strict=True)
+
+
+def _visible_rider(request, rider_id: int):
+    """Return the rider if the caller may change their shift, else 404 as if it did not exist.
+
+    The rider themself, the center's dispatchers and HQ; a token whose streams cover the center's
+    `riders` stream (the service then checks its commands). Everyone else is told "No such rider.".
+    """
+    caller = caller_of(request)
+    rider = selectors.rider_by_id(rider_id)
+    if rider is not None:
+        code = rider.center.code
+        if caller.token is not None:
+            if access.token_allows(caller.token.streams, f"riders:{code}"):
+                return rider
+        elif access.can_set_duty(caller.user, center_code=code, rider_id=rider.pk):
+            return rider
+    raise Http404("No such rider.")
+
+
+@router.post("/riders/{int:rider_id}/duty", response=RiderData)
+@idempotent
+def set_duty(request, rider_id: int, payload: DutyIn):
+    """Start (`on_duty: true`) or end a rider's shift: the rider themself, the center's dispatchers, HQ."""
+    caller = caller_of(request)
+    _visible_rider(request, rider_id)
+    rider = services.set_rider_duty(
+        actor=caller.actor, rider_id=rider_id, on_duty=payload.on_duty, expected_version=payload.version
+    )
+    return 200, rider_data(rider).model_dump(mode="json")

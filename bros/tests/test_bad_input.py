@@ -136,6 +136,7 @@ BODY_FIELDS = [
     "items",
     "promised_at",
     "rider",
+    "on_duty",
     "version",
     "reason",
 ]
@@ -189,6 +190,7 @@ COMMAND_BODIES = {
     "/deliveries/1/assign": command_bodies(rider=1, version=1),
     "/orders/1/cancel": command_bodies(reason="customer", version=1),
     "/deliveries/1/pickup": command_bodies(version=1),
+    "/riders/1/duty": command_bodies(on_duty=True, version=1),
 }
 generic_bodies = st.one_of(
     json_values.map(json.dumps),

@@ -1,5 +1,0 @@
-from django.urls import path
-
-from riders import views
-
-urlpatterns = [path("rider/", views.rider_page, name="rider")]
