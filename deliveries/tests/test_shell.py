@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import runpy
 
 import pytest
 from django.core.exceptions import PermissionDenied
@@ -10,6 +12,7 @@ from django.core.handlers.exception import response_for_exception
 from django.test import RequestFactory
 from django.views import defaults
 
+import bros.settings
 from core.models import Center, StaffProfile
 
 NAV = re.compile(r'<nav class="site-nav".*?</nav>', re.S)
@@ -185,3 +188,48 @@ def test_permission_denied_anywhere_renders_the_styled_page(demo, rf):
     response = response_for_exception(request, PermissionDenied("Not for you."))
     assert response.status_code == 403
     assert "Not for you." in response.content.decode()
+
+
+# -- map tiles -----------------------------------------------------------------------------------------------
+
+
+def settings_with_env(monkeypatch, **environ) -> dict:
+    """bros/settings.py evaluated afresh with these environment variables (None: unset)."""
+    for name, value in environ.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    return runpy.run_path(bros.settings.__file__)
+
+
+def test_map_tiles_default_to_openstreetmap_with_its_attribution(monkeypatch):
+    """With MAP_TILE_URL unset, maps use OpenStreetMap's standard tiles and credit them."""
+    values = settings_with_env(monkeypatch, MAP_TILE_URL=None, MAP_TILE_ATTRIBUTION=None)
+    assert values["MAP_TILE_URL"] == "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+    assert "OpenStreetMap</a> contributors" in values["MAP_TILE_ATTRIBUTION"]
+
+
+def test_map_tiles_follow_a_set_url_and_an_empty_one_means_none(monkeypatch):
+    """Any tile URL is used as given (no OSM credit unless set); an empty value means no tiles."""
+    url = "https://tiles.example.com/{z}/{x}/{y}.png"
+    own = settings_with_env(monkeypatch, MAP_TILE_URL=url, MAP_TILE_ATTRIBUTION=None)
+    assert (own["MAP_TILE_URL"], own["MAP_TILE_ATTRIBUTION"]) == (url, "")
+    none = settings_with_env(monkeypatch, MAP_TILE_URL="", MAP_TILE_ATTRIBUTION=None)
+    assert (none["MAP_TILE_URL"], none["MAP_TILE_ATTRIBUTION"]) == ("", "")
+
+
+def board_map_config(client) -> dict:
+    content = client.get("/dispatch/gangnam/").content.decode()
+    found = re.search(r'<script id="board-config" type="application/json">(.*?)</script>', content, re.S)
+    return json.loads(found.group(1))["map"]
+
+
+def test_board_page_config_carries_the_tiles_and_their_attribution(client, demo, settings):
+    """The board's map gets the configured tile URL and attribution; with none configured, no tiles."""
+    client.force_login(demo.user("dispatch-gangnam"))
+    assert (board_map_config(client)["tiles"], board_map_config(client)["attribution"]) == ("", "")  # the tests' own
+    settings.MAP_TILE_URL, settings.MAP_TILE_ATTRIBUTION = settings.OSM_TILE_URL, settings.OSM_ATTRIBUTION
+    config = board_map_config(client)
+    assert config["tiles"] == "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+    assert config["attribution"] == settings.OSM_ATTRIBUTION
