@@ -233,3 +233,21 @@ def test_board_page_config_carries_the_tiles_and_their_attribution(client, demo,
     config = board_map_config(client)
     assert config["tiles"] == "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
     assert config["attribution"] == settings.OSM_ATTRIBUTION
+
+
+def test_every_page_links_the_favicon_which_is_served(client, demo):
+    """The shell links an SVG favicon, and the static files have it."""
+    from django.contrib.staticfiles import finders
+
+    content = client.get("/accounts/login/").content.decode()
+    assert '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">' in content
+    assert finders.find("favicon.svg")
+
+
+def test_expired_form_is_the_styled_csrf_page(demo):
+    """A form sent without its CSRF token gets the shell's "form expired" page, not Django's."""
+    from django.test import Client
+
+    response = Client(enforce_csrf_checks=True).post("/accounts/login/", {"username": "hq", "password": "demo"})
+    assert response.status_code == 403
+    assert "This form has expired" in response.content.decode()
