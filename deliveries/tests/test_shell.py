@@ -251,3 +251,11 @@ def test_expired_form_is_the_styled_csrf_page(demo):
     response = Client(enforce_csrf_checks=True).post("/accounts/login/", {"username": "hq", "password": "demo"})
     assert response.status_code == 403
     assert "This form has expired" in response.content.decode()
+
+
+def test_admin_view_site_link_leads_a_superuser_to_the_dashboard(client, demo):
+    """A superuser lands on the admin; its "View site" opens the overview instead of looping back."""
+    client.force_login(demo.user("admin"))
+    content = client.get("/admin/").content.decode()
+    assert '<a href="/dispatch/">View site</a>' in content
+    assert client.get("/dispatch/").status_code == 200
