@@ -47,6 +47,13 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _no_map_tiles():
+    """No map tiles in tests (as `MAP_TILE_URL=` configures it): pages never point at a tile server."""
+    django_settings.MAP_TILE_URL = ""
+    django_settings.MAP_TILE_ATTRIBUTION = ""
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _plain_static_storage():
     """Tests render pages without `collectstatic`: serve static files unhashed."""
     django_settings.STORAGES = {

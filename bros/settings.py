@@ -66,6 +66,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "core.context_processors.navigation",
             ],
         },
     },
@@ -198,8 +199,12 @@ REALTIME_TEST_PAGE = env.bool("REALTIME_TEST_PAGE", default=False)  # /dev/realt
 REALTIME_PUBLISH_RATE = env.float("REALTIME_PUBLISH_RATE", default=5.0)  # publishes per second per user or token
 REALTIME_PUBLISH_BURST = env.int("REALTIME_PUBLISH_BURST", default=20)
 
-# Dispatcher map: a tile URL template (e.g. an OpenStreetMap tile server you may use); empty shows
-# markers on a blank map, which works with no network at all.
-MAP_TILE_URL = env("MAP_TILE_URL", default="")
-MAP_TILE_ATTRIBUTION = env("MAP_TILE_ATTRIBUTION", default="")
+# Map tiles of every map. Unset: OpenStreetMap's standard tile layer with its attribution (fine for
+# a small deployment; a busy one needs its own tile provider, as the OSM tile usage policy asks).
+# Any tile URL template when set; set but empty: no tiles, markers on a blank map, which works with
+# no network at all (the tests run so). HTML is allowed in the attribution (links to the sources).
+OSM_TILE_URL = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+OSM_ATTRIBUTION = '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors'
+MAP_TILE_URL = env("MAP_TILE_URL", default=OSM_TILE_URL)
+MAP_TILE_ATTRIBUTION = env("MAP_TILE_ATTRIBUTION", default=OSM_ATTRIBUTION if MAP_TILE_URL == OSM_TILE_URL else "")
 RIDER_GPS_STALE_SECONDS = env.float("RIDER_GPS_STALE_SECONDS", default=45.0)  # greyed "last seen" after this

@@ -8,6 +8,9 @@ from bros.api import api
 from deliveries import views as delivery_views
 from realtime import testpage as realtime_testpage
 
+# The admin's "View site": the dashboard, not "/", which sends superusers straight back to the admin.
+admin.site.site_url = "/dispatch/"
+
 urlpatterns = [
     path("", delivery_views.home, name="home"),
     path(

@@ -69,6 +69,53 @@ def access_for(user) -> Access:
     return access
 
 
+@dataclass(frozen=True)
+class Page:
+    """A page of the site in the navigation: its URL name, its label (a board's: its center's name), its center."""
+
+    url_name: str
+    label: str
+    center: str | None = None
+
+    @property
+    def url_kwargs(self) -> dict[str, str]:
+        return {"center": self.center} if self.center else {}
+
+
+def pages_for(user) -> list[Page]:
+    """The pages the user may open, in navigation order; the first is where they land after login.
+
+    Superusers land on the admin; other staff find it last. The views keep their own checks, and
+    the tests hold this list to them. One query at most (the boards' center names), cached on the
+    user object like `access_for`: the navigation and a board's center switch share it.
+    """
+    cached = getattr(user, "_bros_pages", None)
+    if cached is not None:
+        return cached
+    access = access_for(user)
+    pages = []
+    if access.role == Role.HQ:
+        pages.append(Page("dispatch-overview", "All centers"))
+    if access.role in (Role.HQ, Role.DISPATCHER):
+        centers = Center.objects.order_by("code")
+        if access.centers is not None:
+            centers = centers.filter(code__in=access.centers)
+        pages += [Page("dispatch-board", name, center=code) for code, name in centers.values_list("code", "name")]
+    if access.role in (Role.HQ, Role.CALLCENTER):
+        pages.append(Page("orders", "Orders"))
+    if access.role == Role.RIDER:
+        pages.append(Page("rider", "My deliveries"))
+    if access is not NO_ACCESS and user.is_staff:
+        admin = Page("admin:index", "Admin")
+        if user.is_superuser:
+            pages.insert(0, admin)
+        else:
+            pages.append(admin)
+    if access is not NO_ACCESS:
+        user._bros_pages = pages
+    return pages
+
+
 def center_of_rider_user(user_id: int) -> str | None:
     """The code of the center whose rider is the user `user_id`, or None if they are no rider."""
     return Center.objects.filter(riders__user_id=user_id).values_list("code", flat=True).first()

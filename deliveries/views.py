@@ -20,26 +20,15 @@ from riders import suggestions
 FIRST_WINDOW = 60  # rows rendered around the viewport: a screenful plus overscan
 DRAWER_SUGGESTIONS = 3  # the best riders at a glance; the assign dialog lists them all
 
-LANDING_BY_ROLE = {
-    access.Role.HQ: "dispatch-overview",
-    access.Role.CALLCENTER: "orders",
-    access.Role.RIDER: "rider",
-}
-
 
 @login_required
 def home(request):
-    """Send each role to its page; a dispatcher to the board of their (first) center."""
-    user_access = access.access_for(request.user)
-    if user_access.role == access.Role.DISPATCHER:
-        codes = user_access.center_codes()
-        if not codes:
-            raise PermissionDenied("You are not assigned to a center yet.")
-        return redirect("dispatch-board", center=codes[0])
-    if user_access.role in LANDING_BY_ROLE:
-        return redirect(LANDING_BY_ROLE[user_access.role])
-    if request.user.is_staff:
-        return redirect("admin:index")
+    """Send each user to the first page they may open (core.access.pages_for), the admin for superusers."""
+    pages = access.pages_for(request.user)
+    if pages:
+        return redirect(pages[0].url_name, **pages[0].url_kwargs)
+    if access.access_for(request.user).role == access.Role.DISPATCHER:
+        raise PermissionDenied("You are not assigned to a center yet.")
     raise PermissionDenied("Your account has no role yet. Ask an admin.")
 
 
@@ -101,7 +90,7 @@ def dispatch_board(request, center: str):
         ],
         "riders": riders,
         "positions_live": not redis_health.is_down,
-        "centers": selectors.centers_by_code(access.access_for(request.user).center_codes()),
+        "centers": [page for page in access.pages_for(request.user) if page.center],  # the navigation's boards
         "config": board_config(center_obj, window),
     }
     return render(request, "deliveries/board.html", context)

@@ -8,8 +8,10 @@ from django.urls import reverse
     ("username", "landing"),
     [
         ("hq", "/dispatch/"),
-        ("admin", "/dispatch/"),
+        ("admin", "/admin/"),
+        ("callcenter", "/orders/"),
         ("dispatch-mapo", "/dispatch/mapo/"),
+        ("rider-gangnam-01", "/rider/"),
     ],
 )
 def test_login_lands_each_role_on_its_page(client, demo, username, landing):

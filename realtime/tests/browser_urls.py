@@ -9,3 +9,11 @@ urlpatterns = [
     path("dev/realtime-test/", testpage.view, name="realtime-test-page"),
     *project_urlpatterns,
 ]
+
+
+def server_error(request):
+    """Fail on purpose: the browser tests check the 500 page the server renders."""
+    raise RuntimeError("A failure on purpose, for the 500 page's browser test.")
+
+
+urlpatterns.insert(0, path("dev/server-error/", server_error))

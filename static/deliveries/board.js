@@ -161,6 +161,15 @@ filters.addEventListener("input", (event) => {
     applyFilters();
   }
 });
+// A chip is a toggle button (aria-pressed); the hidden input inside it is sent only while it is pressed.
+filters.addEventListener("click", (event) => {
+  const chip = event.target.closest(".chip[aria-pressed]");
+  if (!chip) return;
+  const pressed = chip.getAttribute("aria-pressed") !== "true";
+  chip.setAttribute("aria-pressed", String(pressed));
+  chip.querySelector("input").disabled = !pressed;
+  applyFilters();
+});
 filters.addEventListener("submit", (event) => {
   event.preventDefault();
   applyFilters();
@@ -325,10 +334,13 @@ setInterval(() => {
 let map = null;
 const markers = new Map();
 let selectionLayer = null;
+const mapEl = document.getElementById("map");
+const MAP_LABEL = mapEl.getAttribute("aria-label");
+const CENTER_ZOOM = 13;
 
 function initMap() {
   if (!window.L) return;
-  map = L.map("map", { preferCanvas: true, zoomControl: true }).setView([config.map.lat, config.map.lng], 13);
+  map = L.map("map", { preferCanvas: true, zoomControl: true }).setView([config.map.lat, config.map.lng], CENTER_ZOOM);
   if (config.map.tiles) L.tileLayer(config.map.tiles, { attribution: config.map.attribution, maxZoom: 19 }).addTo(map);
   drawRiders();
 }
@@ -371,7 +383,23 @@ function showSelection(row) {
   }
   selectionLayer = L.layerGroup(layers).addTo(map);
   map.fitBounds(points, { maxZoom: 15, padding: [30, 30], animate: false });
+  mapEl.setAttribute("aria-label", `${MAP_LABEL}, showing the shop and drop-off of order ${row.querySelector(".c-no").textContent}`);
 }
+
+// Back to the whole center once neither the drawer nor the dialog shows a delivery any more.
+function showWholeCenter() {
+  if (!map || !drawer.hidden || dialog.open) return;
+  selectionLayer?.remove();
+  selectionLayer = null;
+  map.setView([config.map.lat, config.map.lng], CENTER_ZOOM, { animate: false });
+  mapEl.setAttribute("aria-label", MAP_LABEL);
+}
+
+function closeDrawer() {
+  drawer.hidden = true;
+  showWholeCenter();
+}
+dialog.addEventListener("close", showWholeCenter);
 
 (window.requestIdleCallback || setTimeout)(initMap); // the map never delays the list or the dialog
 
@@ -529,7 +557,7 @@ drawer.addEventListener("click", async (event) => {
   if (!action || !body) return;
   const row = document.getElementById(`delivery-${body.dataset.id}`);
   if (action === "close-drawer") {
-    drawer.hidden = true;
+    closeDrawer();
   } else if (action === "assign" && row) {
     openAssign(row);
   } else if (action === "unassign") {
@@ -546,7 +574,7 @@ drawer.addEventListener("click", async (event) => {
 });
 
 document.addEventListener("keydown", (event) => {
-  if (event.key === "Escape" && !drawer.hidden && !dialog.open) drawer.hidden = true;
+  if (event.key === "Escape" && !drawer.hidden && !dialog.open) closeDrawer();
 });
 
 // ---------------------------------------------------------------- row actions and keyboard

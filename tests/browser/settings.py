@@ -8,6 +8,8 @@ from bros.settings import *  # noqa: F403
 
 ROOT_URLCONF = "realtime.tests.browser_urls"
 REALTIME_TEST_PAGE = True
+MAP_TILE_URL = ""  # no tiles: the tests never reach the internet
+MAP_TILE_ATTRIBUTION = ""
 
 STORAGES = {
     **STORAGES,  # noqa: F405

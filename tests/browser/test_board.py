@@ -429,7 +429,9 @@ def test_board_status_filter_and_search_live_in_url_and_survive_reload(browse, d
     rows = page.locator("#rows .row[data-id]")
     expect(rows).to_have_count(3)
 
-    page.check("input[name=status][value=assigned]")
+    assigned_chip = page.get_by_role("button", name=re.compile(r"^Assigned \d+$"))
+    expect(assigned_chip).to_have_attribute("aria-pressed", "false")
+    assigned_chip.click()
 
     expect(page).to_have_url(re.compile(r"\?status=assigned(&|$)"))
     expect(rows).to_have_count(1)
@@ -438,10 +440,11 @@ def test_board_status_filter_and_search_live_in_url_and_survive_reload(browse, d
     expect(page.locator("#total")).to_have_text("1 delivery")
     page.reload()
     live(page)
-    expect(page.locator("input[name=status][value=assigned]")).to_be_checked()
+    expect(assigned_chip).to_have_attribute("aria-pressed", "true")
     expect(rows).to_have_count(1)
 
-    page.uncheck("input[name=status][value=assigned]")
+    assigned_chip.click()
+    expect(assigned_chip).to_have_attribute("aria-pressed", "false")
     expect(rows).to_have_count(3)
     page.fill("input[name=q]", f"#{wanted.order_id}")
 
@@ -454,6 +457,29 @@ def test_board_status_filter_and_search_live_in_url_and_survive_reload(browse, d
     expect(page.locator("input[name=q]")).to_have_value(f"#{wanted.order_id}")
     expect(rows).to_have_count(1)
     expect(row(page, wanted)).to_be_visible()
+
+
+def test_board_map_returns_to_the_whole_center_after_drawer_and_dialog_close(browse, demo_tx):
+    """The map shows a delivery while its drawer or assign dialog is open, and the whole center after."""
+    delivery = take_order(demo_tx)
+    rider_on_duty(demo_tx, 1, km_from_shop=1.0)
+    page = browse("dispatch-gangnam")
+    live(page)
+    the_map = page.locator("#map.leaflet-container")
+    expect(the_map).to_have_attribute("aria-label", "Map of riders")
+    showing_delivery = re.compile(rf"order #{delivery.order_id}$")
+
+    row(page, delivery).locator("[data-action=detail]").click()
+    expect(the_map).to_have_attribute("aria-label", showing_delivery)
+    page.keyboard.press("Escape")
+    expect(page.locator("#drawer")).to_be_hidden()
+    expect(the_map).to_have_attribute("aria-label", "Map of riders")
+
+    dialog = open_assign_dialog(page, delivery)
+    expect(the_map).to_have_attribute("aria-label", showing_delivery)
+    page.keyboard.press("Escape")
+    expect(dialog).not_to_have_attribute("open", "")
+    expect(the_map).to_have_attribute("aria-label", "Map of riders")
 
 
 # -- late deliveries -----------------------------------------------------------------------------------------

@@ -1,0 +1,98 @@
+"""axe-core over every page of every role: no serious or critical violation.
+
+axe-core comes bundled with axe-playwright-python (no download at run time). To check a new page,
+add it to PAGES; a page that needs a state (an open drawer, a dialog) gets its own test below.
+"""
+
+from __future__ import annotations
+
+import pytest
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import expect
+
+from deliveries import services
+
+from . import test_board as board
+from .conftest import WAIT
+from .test_board import live, row, take_order
+
+browse = board.browse  # the board tests' fixture: a logged-in page on the live server
+
+pytestmark = pytest.mark.browser
+
+BLOCKING = {"serious", "critical"}
+
+# (user, path, status): every page of every role. None logs nobody in. The lead adds the pages of
+# the call-center, rider and chat work here (/orders/<id>/, chat) as they land.
+PAGES = [
+    (None, "/accounts/login/", 200),
+    ("dispatch-gangnam", "/dispatch/gangnam/", 200),
+    ("hq", "/dispatch/", 200),
+    ("hq", "/dispatch/mapo/", 200),
+    ("callcenter", "/orders/", 200),
+    ("rider-gangnam-01", "/rider/", 200),
+    ("dispatch-gangnam", "/dispatch/mapo/", 403),
+    ("dispatch-gangnam", "/no-such-page/", 404),
+    ("hq", "/dev/server-error/", 500),
+]
+
+_axe = Axe()
+
+
+def deliveries_of_every_status(demo) -> None:
+    """Rows in each status (their colours differ), in gangnam and mapo, and a rider on duty."""
+    rider = board.rider_on_duty(demo, 1, km_from_shop=1.0)
+    take_order(demo), take_order(demo, center="mapo")
+    assigned, picked_up, delivered, cancelled = (take_order(demo) for _ in range(4))
+    for delivery in (assigned, picked_up, delivered):
+        services.assign_delivery(actor=None, delivery_id=delivery.pk, rider_id=rider.pk)
+    for delivery in (picked_up, delivered):
+        services.pick_up_delivery(actor=None, delivery_id=delivery.pk)
+    services.deliver_delivery(actor=None, delivery_id=delivered.pk)
+    services.cancel_order(actor=None, order_id=cancelled.order_id, reason="Customer changed their mind")
+
+
+def blocking_violations(page) -> str:
+    """axe-core's serious and critical violations on the page as it is now, as a readable report ('' if none)."""
+    results = _axe.run(page)
+    blocking = [v for v in results.response["violations"] if v["impact"] in BLOCKING]
+    return "\n".join(
+        f"{v['id']} ({v['impact']}): {v['help']}\n    " + "\n    ".join(n["html"][:200] for n in v["nodes"][:5])
+        for v in blocking
+    )
+
+
+def open_as(browser, browse, live_server_url, user, path):
+    if user is not None:
+        return browse(user, path)
+    context = browser.new_context(base_url=live_server_url)
+    context.set_default_timeout(WAIT)
+    page = context.new_page()
+    page.response = page.goto(path)
+    return page
+
+
+@pytest.mark.parametrize(("user", "path", "status"), PAGES, ids=[f"{u}:{p}" for u, p, _ in PAGES])
+def test_page_has_no_serious_accessibility_violation(browser, browse, live_server_url, demo_tx, user, path, status):
+    """axe-core finds no serious or critical violation on the page, which has exactly one <h1>."""
+    deliveries_of_every_status(demo_tx)  # pages with rows, not only empty states
+    page = open_as(browser, browse, live_server_url, user, path)
+    assert page.response.status == status
+    expect(page.locator("h1")).to_have_count(1)
+    page.wait_for_load_state("load")
+    assert blocking_violations(page) == ""
+
+
+def test_board_with_drawer_and_assign_dialog_open_has_no_serious_violation(browse, demo_tx):
+    """The board's drawer and assign dialog, open, pass axe-core too."""
+    delivery = take_order(demo_tx)
+    board.rider_on_duty(demo_tx, 1, km_from_shop=1.0)
+    page = browse("dispatch-gangnam")
+    live(page)
+    expect(page.locator("#map.leaflet-container")).to_have_count(1)
+    row(page, delivery).locator("[data-action=detail]").click()
+    expect(page.locator("#drawer .drawer-body")).to_be_visible()
+    assert blocking_violations(page) == ""
+    page.locator("#drawer [data-action=assign]").click()
+    expect(page.locator("#assign-dialog [role=option]")).to_have_count(1)
+    assert blocking_violations(page) == ""
