@@ -120,7 +120,7 @@ def test_duplicate_within_ten_minutes_warns_and_can_be_confirmed(browse, demo_tx
 
 
 def test_validation_errors_keep_what_was_typed(browse, demo_tx):
-    """A wrong phone and an item without a name: messages beside those fields, focus on the first, every other value kept."""
+    """A wrong phone and an item without a name: messages beside them, focus on the first, all else kept."""
     page = browse("callcenter", ORDERS)
     live(page)
     type_order_with_keyboard(page, demo_tx, phone="12-ab")
