@@ -7,11 +7,13 @@ import re
 import urllib.request
 
 import pytest
+from django.utils import timezone
 from playwright.sync_api import expect
 
 from core.models import ApiToken
 from deliveries import services
 from deliveries.models import Order
+from riders import positions
 
 from . import test_board as board
 from .test_board import live, row, take_order
@@ -225,3 +227,50 @@ def test_another_centers_staff_and_riders_cannot_read_the_order(browse, demo_tx)
         page = browse(username, f"/orders/{delivery.order_id}/")
         assert page.response.status == 404
         assert "Kim Minjun" not in page.content() and delivery.order.customer_phone not in page.content()
+
+
+def test_todays_orders_update_live_and_search_narrows_them(browse, demo_tx):
+    """An order taken elsewhere and its assignment reach the open list without reload; search finds by phone."""
+    page = browse("callcenter", ORDERS)
+    live(page)
+    delivery = take_order(demo_tx, phone="010-9090-1212", name="Lim Eunwoo")
+    listed = page.locator(f"#order-{delivery.order_id}")
+    expect(listed).to_contain_text("Waiting")
+
+    rider = board.rider_on_duty(demo_tx, 2)
+    services.assign_delivery(actor=None, delivery_id=delivery.pk, rider_id=rider.pk)
+    expect(listed).to_contain_text("Assigned")
+    expect(listed).to_contain_text(rider.name)
+
+    other = take_order(demo_tx, phone="010-3434-5656", name="Kang Jimin")
+    expect(page.locator(f"#order-{other.order_id}")).to_be_visible()
+    page.locator("h2#list-title").click()  # focus out of every field: "/" is then the search shortcut
+    page.keyboard.press("/")
+    expect(page.locator("#order-search")).to_be_focused()
+    page.keyboard.type("01090901212")
+    expect(page.locator(f"#order-{other.order_id}")).to_have_count(0)
+    expect(listed).to_be_visible()
+
+
+def test_order_page_follows_the_order_to_pick_up_and_shows_the_rider_and_eta(browse, demo_tx):
+    """Assigned then picked up while the page is open: status and rider change live, then the map shows
+    the rider and the page gives the straight-line ETA."""
+    center = demo_tx.center("gangnam")
+    delivery = take_order(demo_tx, lat=center.lat, lng=center.lng)
+    page = browse("callcenter", f"/orders/{delivery.order_id}/")
+    live(page)
+    expect(page.locator("#order-rider")).to_have_text("Not assigned yet")
+
+    rider = board.rider_on_duty(demo_tx, 3)
+    services.assign_delivery(actor=None, delivery_id=delivery.pk, rider_id=rider.pk)
+    expect(page.locator("#order-status")).to_have_text("Assigned")
+    expect(page.locator("#order-rider")).to_contain_text(rider.name)
+    positions.record_fix(
+        rider_id=rider.pk, center_code="gangnam", lat=center.lat + 2 / 111.195, lng=center.lng, ts=timezone.now()
+    )
+    services.pick_up_delivery(actor=None, delivery_id=delivery.pk)
+
+    expect(page.locator("#order-status")).to_have_text("Picked up")
+    expect(page.locator("#eta")).to_contain_text(f"{rider.name} is 2.0 km away in a straight line: about 6 min.")
+    expect(page.locator("#order-map .leaflet-interactive")).to_have_count(2)  # the rider and the drop-off
+    expect(page.locator("#timeline li")).to_have_count(3)
