@@ -98,6 +98,15 @@ def active_shops(*, center_code: str) -> QuerySet[Shop]:
     return Shop.objects.filter(center__code=center_code, is_active=True).order_by("name")
 
 
+def active_shops_of(center_codes: list[str]) -> QuerySet[Shop]:
+    """The active shops of several centers with their center, by center then name (one query)."""
+    return (
+        Shop.objects.filter(center__code__in=center_codes, is_active=True)
+        .select_related("center")
+        .order_by("center__code", "name")
+    )
+
+
 def shop_by_id(shop_id: int) -> Shop | None:
     return Shop.objects.select_related("center").filter(pk=shop_id).first()
 

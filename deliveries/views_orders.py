@@ -46,11 +46,10 @@ def _new_key() -> str:
 
 def _page_context(request, centers: list[str], form: IntakeForm, taken: Order | None = None) -> dict:
     centers_shown = list(selectors.centers_by_code(centers))
-    shops = [shop for code in centers for shop in selectors.active_shops(center_code=code).select_related("center")]
     return {
         "form": form,
         "taken": taken,
-        "shops": shops,
+        "shops": list(selectors.active_shops_of(centers)),
         "centers": centers_shown,
         "orders": selectors.call_center_orders(center_codes=centers),
         "search": "",
@@ -97,8 +96,7 @@ def orders_page(request):
 
 
 def _form_context(centers: list[str]) -> dict:
-    shops = [shop for code in centers for shop in selectors.active_shops(center_code=code).select_related("center")]
-    return {"shops": shops}
+    return {"shops": list(selectors.active_shops_of(centers))}
 
 
 def _form_fingerprint(request) -> str:

@@ -401,3 +401,16 @@ def test_order_page_offers_no_cancel_to_a_dispatcher_of_a_delivered_order(client
     services.deliver_delivery(actor=None, delivery_id=delivery.pk)
     assert Delivery.objects.get(pk=delivery.pk).status == "delivered"
     assert 'id="open-cancel"' not in agent(client, demo).get(f"/orders/{delivery.order_id}/").content.decode()
+
+
+def test_orders_page_query_count_does_not_grow_with_centers_shops_or_orders(client, demo, django_assert_num_queries):
+    """The intake page reads shops of all centers in one query, and today's orders in one."""
+    take(demo)
+    agent(client, demo).get(ORDERS)
+    # session, user, profile, its centers, centers, shops, orders
+    with django_assert_num_queries(7):
+        client.get(ORDERS)
+    for center in ("mapo", "songpa", "gangnam"):
+        take(demo, center=center)
+    with django_assert_num_queries(7):
+        client.get(ORDERS)

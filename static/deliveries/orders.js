@@ -143,11 +143,11 @@ document.addEventListener("keydown", (event) => {
 
 let timer = null;
 function refreshSoon() {
-  if (timer) return; // one refresh per burst, at most every 300 ms
+  if (timer) return; // one refresh per burst, at most every 500 ms: a busy center sends many events
   timer = setTimeout(() => {
     timer = null;
     htmx.trigger("#order-list", "orders-refresh");
-  }, 300);
+  }, 500);
 }
 
 const rt = new RealtimeClient({ url: "/ws/v1/", apiBase: "/api/v1" });
