@@ -114,6 +114,12 @@ class IntakeForm:
         """Errors of the form as a whole (templates cannot read the `__all__` key)."""
         return self.errors.get("__all__", [])
 
+    def refine(self, errors: dict[str, list[str]]) -> dict[str, list[str]]:
+        """The service's errors, with a plain message for a promised time that is no date at all."""
+        if "promised_at" in errors and isinstance(_promised_at(self.promised_at), str):
+            errors = {**errors, "promised_at": ["Enter a date and time, e.g. 2026-12-03T19:30."]}
+        return errors
+
     def shop_id(self) -> int | None:
         try:
             return strict_input.whole_number(self.shop, maximum=2**63 - 1)

@@ -241,19 +241,21 @@ def take_phone_order(
     if shop is None or not shop.is_active or not access.can_take_orders(actor, shop.center.code):
         errors["shop"] = ["Choose the shop the customer orders from."]
         shop = None
-    if order_input is not None and order_input.lat is None and "lat" not in errors:
+    # The place and the phone are checked even when other fields are refused: every message at once.
+    lat, lng = (None, None) if "lat" in errors or "lng" in errors else (fields.get("lat"), fields.get("lng"))
+    if lat is None and "lat" not in errors:
         errors["lat"] = ["Put the address on the map: click it, drag the pin, or type lat and lng."]
-    elif order_input is not None and shop is not None and not confirm_outside_area:
-        distance = haversine_km(order_input.lat, order_input.lng, shop.center.lat, shop.center.lng)
+    elif lat is not None and shop is not None and not confirm_outside_area:
+        distance = haversine_km(lat, lng, shop.center.lat, shop.center.lng)
         if distance > settings.CENTER_SERVICE_RADIUS_KM:
             errors["area"] = [
                 f"This point is {distance:.1f} km from the centre of {shop.center.name}, outside its "
                 f"{settings.CENTER_SERVICE_RADIUS_KM:g} km service area. Check it, or confirm delivery outside "
                 "the area."
             ]
-    if order_input is not None and shop is not None and not confirm_duplicate:
+    if "customer_phone" not in errors and shop is not None and not confirm_duplicate:
         since = timezone.now() - timedelta(minutes=settings.ORDER_DUPLICATE_MINUTES)
-        earlier = selectors.recent_orders_of(phone=order_input.customer_phone, shop_id=shop.pk, since=since)
+        earlier = selectors.recent_orders_of(phone=fields["customer_phone"], shop_id=shop.pk, since=since)
         if earlier:
             listed = ", ".join(
                 f"#{o.pk} at {timezone.localtime(o.created_at):%H:%M} ({o.customer_name})" for o in earlier[:3]

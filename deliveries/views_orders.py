@@ -125,7 +125,7 @@ def _take(request, form: IntakeForm) -> tuple[Order | None, int]:
             owner=f"user:{request.user.pk}", key=form.key, fingerprint=_form_fingerprint(request), run=run
         )
     except ValidationError as exc:
-        form.errors = exc.message_dict
+        form.errors = form.refine(exc.message_dict)
         return None, 422
     except IdempotencyKeyError:
         form.errors = {

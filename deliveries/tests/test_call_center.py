@@ -157,6 +157,13 @@ def test_intake_refuses_a_form_without_a_point_on_the_map(client, demo):
     assert not Order.objects.exists()
 
 
+def test_intake_refuses_a_promised_time_that_is_no_date_in_plain_words(client, demo):
+    """A promised time that is no date gets a plain message, and stays as typed."""
+    html = agent(client, demo).post(ORDERS, intake(demo, promised_at="tomorrow"), **HTMX).content.decode()
+    assert 'id="err-promised">Enter a date and time' in html
+    assert 'value="tomorrow"' in html
+
+
 def test_intake_refuses_typed_coordinates_that_are_no_numbers(client, demo):
     """Lat "north" is refused as no number, and kept in the field."""
     html = agent(client, demo).post(ORDERS, intake(demo, lat="north"), **HTMX).content.decode()
@@ -414,3 +421,22 @@ def test_orders_page_query_count_does_not_grow_with_centers_shops_or_orders(clie
         take(demo, center=center)
     with django_assert_num_queries(7):
         client.get(ORDERS)
+
+
+def test_intake_reports_the_area_and_a_duplicate_beside_other_refusals(client, demo):
+    """A far point and a recent order from the phone are reported together with a missing address."""
+    take(demo)
+    center = demo.center("gangnam")
+    data = intake(demo, address="", lat=f"{center.lat + 0.2:.6f}")
+    html = agent(client, demo).post(ORDERS, data, **HTMX).content.decode()
+    assert 'id="err-address">Enter the delivery address.' in html
+    assert 'id="err-area">This point is' in html
+    assert 'id="err-duplicate">This phone ordered from' in html
+
+
+def test_age_filter_is_short():
+    """Ages in the list read "now", "4 min", "2 h 05"."""
+    from deliveries.templatetags.clock import age
+
+    now = timezone.now()
+    assert [age(now - timedelta(minutes=m), now) for m in (0, 4, 125)] == ["now", "4 min", "2 h 05"]
