@@ -8,11 +8,12 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from core.models import StaffProfile
+from core.models import ApiToken, StaffProfile
 from deliveries import services
 from deliveries.forms import local_input
 from deliveries.models import Delivery, Order
 from deliveries.tests.test_services import assigned_delivery, picked_up_delivery
+from realtime.models import Event
 from riders import positions
 
 ORDERS = "/orders/"
@@ -440,3 +441,23 @@ def test_age_filter_is_short():
 
     now = timezone.now()
     assert [age(now - timedelta(minutes=m), now) for m in (0, 4, 125)] == ["now", "4 min", "2 h 05"]
+
+
+def test_cancel_through_a_cancel_scoped_token_tells_the_assigned_rider_with_the_reason(client, demo):
+    """The customer app's cancel (token scoped to orders.cancel) sends the rider assignment.revoked with the reason."""
+    delivery = picked_up_delivery(demo)
+    raw, digest = ApiToken.generate()
+    ApiToken.objects.create(
+        name="Customer app", digest=digest, hint=raw[:12], commands=["orders.cancel"], streams=["orders:gangnam"]
+    )
+    response = client.post(
+        f"/api/v1/orders/{delivery.order_id}/cancel",
+        {"reason": "Ordered by mistake"},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {raw}",
+    )
+    assert response.status_code == 200
+    revoked = Event.objects.get(stream=f"user:{delivery.rider.user_id}", name="assignment.revoked")
+    assert revoked.data["reason"] == "cancelled"
+    assert revoked.data["cancel_reason"] == "Ordered by mistake"
+    assert revoked.data["was_picked_up"] is True
