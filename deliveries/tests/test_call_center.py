@@ -15,6 +15,7 @@ from deliveries.models import Delivery, Order
 from deliveries.tests.test_services import assigned_delivery, picked_up_delivery
 from realtime.models import Event
 from riders import positions
+from riders.models import Rider
 
 ORDERS = "/orders/"
 HTMX = {"HTTP_HX_REQUEST": "true"}
@@ -461,3 +462,15 @@ def test_cancel_through_a_cancel_scoped_token_tells_the_assigned_rider_with_the_
     assert revoked.data["reason"] == "cancelled"
     assert revoked.data["cancel_reason"] == "Ordered by mistake"
     assert revoked.data["was_picked_up"] is True
+
+
+def test_order_rider_falls_back_to_the_stored_position_while_redis_is_down(client, demo, redis_outage):
+    """Without Redis the ETA uses the rider's last position stored in PostgreSQL."""
+    delivery = picked_up_delivery(demo)
+    Order.objects.filter(pk=delivery.order_id).update(lat=37.50, lng=127.03)
+    Rider.objects.filter(pk=delivery.rider_id).update(
+        last_lat=37.50 + 1 / 111.195, last_lng=127.03, last_position_at=timezone.now()
+    )
+    body = agent(client, demo).get(f"/orders/{delivery.order_id}/rider/").json()
+    assert body["position"]["lat"] == pytest.approx(37.50 + 1 / 111.195)
+    assert body["eta"]["km"] == pytest.approx(1.0, abs=0.01)
