@@ -44,7 +44,7 @@ def _new_key() -> str:
     return uuid.uuid4().hex
 
 
-def _page_context(request, centers: list[str], form: IntakeForm, taken: Order | None = None) -> dict:
+def _page_context(centers: list[str], form: IntakeForm, taken: Order | None = None) -> dict:
     centers_shown = list(selectors.centers_by_code(centers))
     return {
         "form": form,
@@ -78,9 +78,7 @@ def orders_page(request):
     """The intake form beside today's orders. A POST takes the order (htmx swaps only the form)."""
     centers = _intake_centers(request)
     if request.method == "GET":
-        return render(
-            request, "deliveries/orders.html", _page_context(request, centers, IntakeForm.blank(key=_new_key()))
-        )
+        return render(request, "deliveries/orders.html", _page_context(centers, IntakeForm.blank(key=_new_key())))
     form = IntakeForm.from_post(request.POST)
     taken, status = _take(request, form)
     if taken is not None:
@@ -92,7 +90,7 @@ def orders_page(request):
         if taken is not None:
             response["HX-Trigger"] = "order-taken"
         return response
-    return render(request, "deliveries/orders.html", _page_context(request, centers, form, taken), status=status)
+    return render(request, "deliveries/orders.html", _page_context(centers, form, taken), status=status)
 
 
 def _form_context(centers: list[str]) -> dict:
