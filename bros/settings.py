@@ -183,6 +183,13 @@ SLA_UNASSIGNED_MINUTES = env.int("SLA_UNASSIGNED_MINUTES", default=5)
 SLA_DEFAULT_PROMISE_MINUTES = env.int("SLA_DEFAULT_PROMISE_MINUTES", default=50)
 # How far ahead an order may be promised (pre-orders); later times are refused as typos.
 ORDER_PROMISE_MAX_DAYS = env.int("ORDER_PROMISE_MAX_DAYS", default=7)
+# Call center (docs/call-center.md): a center serves addresses within this distance of its map
+# centre (farther needs the agent's explicit confirmation); the same phone ordering from the same
+# shop within this many minutes is flagged as a possible duplicate; the order page's ETA is the
+# straight-line distance at this speed.
+CENTER_SERVICE_RADIUS_KM = env.float("CENTER_SERVICE_RADIUS_KM", default=8.0)
+ORDER_DUPLICATE_MINUTES = env.int("ORDER_DUPLICATE_MINUTES", default=10)
+RIDER_TYPICAL_SPEED_KMH = env.float("RIDER_TYPICAL_SPEED_KMH", default=20.0)
 
 # Real-time protocol (protocol.md §3).
 REALTIME_HEADS_INTERVAL = env.float("REALTIME_HEADS_INTERVAL", default=5.0)  # hub self-check vs database heads

@@ -122,13 +122,37 @@ def request_fingerprint(request: HttpRequest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def idempotent(endpoint):
-    """Run a command endpoint at most once per `Idempotency-Key`; a retry gets the first result.
+def run_once(*, owner: str, key: str, fingerprint: str, run) -> tuple[int, object]:
+    """Run `run()` (returning `(status_code, json-able body)`) at most once per `(owner, key)`.
 
     The key is claimed inside the command's transaction: a concurrent retry blocks on the
     unique key until the first attempt commits, then returns its stored result. A refused
-    command rolls back with its claim, so nothing is recorded and a retry runs afresh.
-    The endpoint must return `(status_code, json-able body)`.
+    command (an exception) rolls back with its claim, so nothing is recorded and a retry runs
+    afresh. The same key for another request (`fingerprint`) raises `IdempotencyKeyError`.
+    Used by the API's `idempotent` and by the call-center intake form.
+    """
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise IdempotencyKeyError(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.")
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(_CLAIM_KEY, [owner, key, fingerprint])
+            claimed = cursor.fetchone() is not None
+        if not claimed:
+            record = IdempotencyRecord.objects.get(owner=owner, key=key)
+            if record.fingerprint != fingerprint:
+                raise IdempotencyKeyError("This Idempotency-Key was used for a different request.")
+            return record.status_code, record.body
+        status_code, body = run()
+        IdempotencyRecord.objects.filter(owner=owner, key=key).update(
+            fingerprint=fingerprint, status_code=status_code, body=body
+        )
+    return status_code, body
+
+
+def idempotent(endpoint):
+    """Run a command endpoint at most once per `Idempotency-Key`; a retry gets the first result.
+
+    See `run_once`. The endpoint must return `(status_code, json-able body)`.
     """
 
     @wraps(endpoint)
@@ -136,23 +160,12 @@ def idempotent(endpoint):
         key = request.headers.get("Idempotency-Key")
         if key is None:
             return Status(*endpoint(request, *args, **kwargs))
-        if not key or len(key) > MAX_KEY_LENGTH:
-            raise IdempotencyKeyError(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.")
-        owner = caller_of(request).owner
-        fingerprint = request_fingerprint(request)
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute(_CLAIM_KEY, [owner, key, fingerprint])
-                claimed = cursor.fetchone() is not None
-            if not claimed:
-                record = IdempotencyRecord.objects.get(owner=owner, key=key)
-                if record.fingerprint != fingerprint:
-                    raise IdempotencyKeyError("This Idempotency-Key was used for a different request.")
-                return Status(record.status_code, record.body)
-            status_code, body = endpoint(request, *args, **kwargs)
-            IdempotencyRecord.objects.filter(owner=owner, key=key).update(
-                fingerprint=fingerprint, status_code=status_code, body=body
-            )
+        status_code, body = run_once(
+            owner=caller_of(request).owner,
+            key=key,
+            fingerprint=request_fingerprint(request),
+            run=lambda: endpoint(request, *args, **kwargs),
+        )
         return Status(status_code, body)
 
     return wrapper

@@ -103,6 +103,15 @@ def active_shops(*, center_code: str) -> QuerySet[Shop]:
     return Shop.objects.filter(center__code=center_code, is_active=True).order_by("name")
 
 
+def active_shops_of(center_codes: list[str]) -> QuerySet[Shop]:
+    """The active shops of several centers with their center, by center then name (one query)."""
+    return (
+        Shop.objects.filter(center__code__in=center_codes, is_active=True)
+        .select_related("center")
+        .order_by("center__code", "name")
+    )
+
+
 def shop_by_id(shop_id: int) -> Shop | None:
     return Shop.objects.select_related("center").filter(pk=shop_id).first()
 
@@ -321,3 +330,89 @@ def centers_overview(*, now: datetime) -> list[dict]:
         if code in by_center:
             by_center[code]["riders"] = {key.removeprefix("n_"): value for key, value in row.items()}
     return list(by_center.values())
+
+
+# -- the call center ------------------------------------------------------------------------------
+
+CUSTOMER_MIN_DIGITS = 8  # a whole phone number, not the first digits typed
+CUSTOMER_HISTORY_DAYS = 180
+CUSTOMER_SUGGESTIONS = 5
+TODAYS_ORDERS_SHOWN = 200
+
+
+def customer_history(*, phone: str, center_codes: list[str], limit: int = CUSTOMER_SUGGESTIONS) -> list[dict]:
+    """The names and places a caller's phone ordered to before (newest first, each once), in the agent's centers.
+
+    Matched on the digits alone, so "010 1234 5678" finds "010-1234-5678". Looks back
+    CUSTOMER_HISTORY_DAYS through the centers' recent-orders index; one query.
+    """
+    digits = re.sub(r"[^0-9]", "", phone or "")
+    if len(digits) < CUSTOMER_MIN_DIGITS or len(digits) > 30:
+        return []
+    since = timezone.now() - timedelta(days=CUSTOMER_HISTORY_DAYS)
+    rows = (
+        Order.objects.filter(center__code__in=center_codes, created_at__gte=since)
+        .annotate(phone_digits=Digits(F("customer_phone")))
+        .filter(phone_digits=digits)
+        .order_by("-created_at", "-pk")
+        .values("pk", "customer_name", "address", "lat", "lng", "created_at")[:50]
+    )
+    seen, found = set(), []
+    for row in rows:
+        place = (row["customer_name"], row["address"], row["lat"], row["lng"])
+        if place not in seen:
+            seen.add(place)
+            found.append(row)
+        if len(found) == limit:
+            break
+    return found
+
+
+def recent_orders_of(*, phone: str, shop_id: int, since: datetime) -> list[Order]:
+    """Orders from the same phone (its digits) at the same shop since `since`: possible duplicates."""
+    digits = re.sub(r"[^0-9]", "", phone or "")
+    if not digits:
+        return []
+    return list(
+        Order.objects.filter(shop_id=shop_id, created_at__gte=since)
+        .annotate(phone_digits=Digits(F("customer_phone")))
+        .filter(phone_digits=digits)
+        .order_by("-created_at", "-pk")
+    )
+
+
+def _search_orders(orders: QuerySet[Order], text: str) -> QuerySet[Order]:
+    """Order number ("123" or "#123"), phone (digits, dashes ignored) or customer name."""
+    if not text:
+        return orders
+    number = _id_in(text.lstrip("#").strip())
+    if text.startswith("#"):
+        return orders.filter(pk=number) if number is not None else orders.none()
+    condition = Q(customer_name__icontains=text)
+    if number is not None:
+        condition |= Q(pk=number)
+    phone = phone_digits_match("customer_phone", text)
+    if phone is not None:
+        condition |= phone
+    return orders.filter(condition)
+
+
+def call_center_orders(*, center_codes: list[str], search: str = "", limit: int = TODAYS_ORDERS_SHOWN) -> list[Order]:
+    """Today's orders (and older ones still open) of the agent's centers, newest first, with shop and rider.
+
+    One query whatever the number of rows.
+    """
+    orders = Order.objects.filter(center__code__in=center_codes).filter(in_window(start_of_today(), via="delivery__"))
+    orders = _search_orders(orders, search)
+    return list(orders.select_related("center", "shop", "delivery__rider").order_by("-created_at", "-pk")[:limit])
+
+
+def order_for_page(order_id: int) -> Order | None:
+    """An order with its center, shop, delivery, rider and the delivery's timeline (two queries)."""
+    order = (
+        Order.objects.select_related("center", "shop", "delivery__rider", "delivery__center", "delivery__shop")
+        .prefetch_related("delivery__timeline")
+        .filter(pk=order_id)
+        .first()
+    )
+    return order

@@ -19,6 +19,7 @@ from django.utils import timezone
 from core import access
 from core.actors import TokenActor, actor_label, user_of
 from core.exceptions import InvalidTransition, StaleVersion
+from deliveries import selectors
 from deliveries.models import Delivery, Order, Shop, Source, TimelineEntry
 from deliveries.schemas import OrderInput
 from deliveries.selectors import in_window, start_of_today
@@ -31,6 +32,7 @@ from realtime.events import (
 )
 from realtime.outbox import emit
 from riders.models import Rider
+from riders.suggestions import haversine_km
 
 Status = Delivery.Status
 
@@ -212,6 +214,61 @@ def create_order(
     return order
 
 
+def take_phone_order(
+    *,
+    actor,
+    shop_id: int | None,
+    fields: dict,
+    confirm_outside_area: bool = False,
+    confirm_duplicate: bool = False,
+    via: str = "",
+) -> Order:
+    """Take an order on the phone (the call-center form): `create_order` after the intake's own checks.
+
+    Every refusal comes at once as `ValidationError({field: [message]})`: `OrderInput`'s rules, a
+    shop the agent takes orders for, a point on the map, the point inside the shop's center's
+    service area (CENTER_SERVICE_RADIUS_KM around its map centre) unless `confirm_outside_area`,
+    and no order from the same phone at the same shop in the last ORDER_DUPLICATE_MINUTES
+    unless `confirm_duplicate`. A shop outside the agent's centers reads like a missing one.
+    """
+    errors: dict[str, list[str]] = {}
+    order_input = None
+    try:
+        order_input = OrderInput.clean(**fields)
+    except ValidationError as exc:
+        errors.update(exc.message_dict)
+    shop = selectors.shop_by_id(shop_id) if shop_id is not None else None
+    if shop is None or not shop.is_active or not access.can_take_orders(actor, shop.center.code):
+        errors["shop"] = ["Choose the shop the customer orders from."]
+        shop = None
+    # The place and the phone are checked even when other fields are refused: every message at once.
+    lat, lng = (None, None) if "lat" in errors or "lng" in errors else (fields.get("lat"), fields.get("lng"))
+    if lat is None and "lat" not in errors:
+        errors["lat"] = ["Put the address on the map: click it, drag the pin, or type lat and lng."]
+    elif lat is not None and shop is not None and not confirm_outside_area:
+        distance = haversine_km(lat, lng, shop.center.lat, shop.center.lng)
+        if distance > settings.CENTER_SERVICE_RADIUS_KM:
+            errors["area"] = [
+                f"This point is {distance:.1f} km from the centre of {shop.center.name}, outside its "
+                f"{settings.CENTER_SERVICE_RADIUS_KM:g} km service area. Check it, or confirm delivery outside "
+                "the area."
+            ]
+    if "customer_phone" not in errors and shop is not None and not confirm_duplicate:
+        since = timezone.now() - timedelta(minutes=settings.ORDER_DUPLICATE_MINUTES)
+        earlier = selectors.recent_orders_of(phone=fields["customer_phone"], shop_id=shop.pk, since=since)
+        if earlier:
+            listed = ", ".join(
+                f"#{o.pk} at {timezone.localtime(o.created_at):%H:%M} ({o.customer_name})" for o in earlier[:3]
+            )
+            errors["duplicate"] = [
+                f"This phone ordered from {shop.name} in the last {settings.ORDER_DUPLICATE_MINUTES} minutes: "
+                f"{listed}. Take it again only if the customer wants a second order."
+            ]
+    if errors:
+        raise ValidationError(errors)
+    return create_order(actor=actor, shop_id=shop.pk, **order_input.model_dump(), via=via)
+
+
 @transaction.atomic
 def cancel_order(
     *,
@@ -276,6 +333,7 @@ def cancel_order(
                 rider=delivery.rider,
                 reason="cancelled",
                 was_picked_up=previous_status == Status.PICKED_UP,
+                cancel_reason=reason,
             )
         )
     emit(events)

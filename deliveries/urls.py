@@ -1,9 +1,14 @@
 from django.urls import path
 
-from deliveries import rider_page, views
+from deliveries import rider_page, views, views_orders
 
 urlpatterns = [
-    path("orders/", views.orders_page, name="orders"),
+    path("orders/", views_orders.orders_page, name="orders"),
+    path("orders/list/", views_orders.order_list, name="order-list"),
+    path("orders/customer/", views_orders.customer_lookup, name="customer-lookup"),
+    path("orders/<int:order_id>/", views_orders.order_page, name="order"),
+    path("orders/<int:order_id>/live/", views_orders.order_live, name="order-live"),
+    path("orders/<int:order_id>/rider/", views_orders.order_rider, name="order-rider"),
     path("rider/", rider_page.rider_page, name="rider"),
     path("rider/sw.js", rider_page.service_worker, name="rider-sw"),
     path("rider/manifest.webmanifest", rider_page.manifest, name="rider-manifest"),

@@ -38,13 +38,6 @@ def _require_role(request, *roles):
 
 
 @login_required
-def orders_page(request):
-    _require_role(request, access.Role.HQ, access.Role.CALLCENTER, access.Role.DISPATCHER)
-    centers = access.access_for(request.user).center_codes()
-    return render(request, "deliveries/orders.html", {"centers": centers})
-
-
-@login_required
 def dispatch_overview(request):
     """HQ: every center side by side, kept live by the page script."""
     _require_role(request, access.Role.HQ)

@@ -99,6 +99,7 @@ class AssignmentRevokedData(Schema):
     delivery: DeliveryData
     reason: str  # "reassigned", "unassigned" or "cancelled"
     was_picked_up: bool
+    cancel_reason: str = ""  # why the order was cancelled, as the canceller typed it (reason "cancelled")
 
 
 class NoticeData(Schema):
@@ -235,8 +236,12 @@ def assignment_new_event(delivery) -> PendingEvent:
     return build(stream_for_user(delivery.rider.user_id), "assignment.new", payload)
 
 
-def assignment_revoked_event(delivery, *, rider, reason: str, was_picked_up: bool = False) -> PendingEvent:
-    payload = AssignmentRevokedData(delivery=delivery_data(delivery), reason=reason, was_picked_up=was_picked_up)
+def assignment_revoked_event(
+    delivery, *, rider, reason: str, was_picked_up: bool = False, cancel_reason: str = ""
+) -> PendingEvent:
+    payload = AssignmentRevokedData(
+        delivery=delivery_data(delivery), reason=reason, was_picked_up=was_picked_up, cancel_reason=cancel_reason
+    )
     return build(stream_for_user(rider.user_id), "assignment.revoked", payload)
 
 

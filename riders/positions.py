@@ -379,6 +379,31 @@ def live_positions(center_code: str) -> list[dict] | None:
     return _decode(raw)
 
 
+def rider_position(rider, *, center_code: str) -> dict | None:
+    """The latest position of one rider (protocol shape), or None if none is known.
+
+    One Redis read (the rider's field of the center's latest hash); while Redis is unreachable,
+    the position last stored on the rider row (no query: `rider` is already loaded).
+    """
+    try:
+        raw = get_redis().hget(_key("latest", center_code), str(rider.pk))
+    except REDIS_DOWN as exc:
+        redis_health.down(exc)
+        if rider.last_lat is not None and rider.last_lng is not None and rider.last_position_at is not None:
+            return {
+                "rider": rider.pk,
+                "lat": rider.last_lat,
+                "lng": rider.last_lng,
+                "accuracy": rider.last_accuracy,
+                "heading": None,
+                "speed": None,
+                "ts": format_ts(rider.last_position_at),
+            }
+        return None
+    redis_health.up()
+    return json.loads(raw) if raw else None
+
+
 def stored_positions(center_code: str) -> list[dict]:
     """The positions of the center's on-duty riders as last stored in PostgreSQL (the once-a-second batch).
 

@@ -21,3 +21,16 @@ def clock(value, fmt: str = "H:i") -> str:
         return dateformat.format(timezone.localtime(value), fmt)
     except OverflowError:
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@register.filter
+def age(value, now) -> str:
+    """How long ago `value` was, shortly: "4 min", "2 h 05"; "now" under a minute."""
+    if not value or not now:
+        return ""
+    minutes = max(0, int((now - value).total_seconds() // 60))
+    if minutes < 1:
+        return "now"
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d}"

@@ -523,7 +523,9 @@ def test_cancel_order_of_assigned_delivery_frees_rider_and_tells_them(demo):
     delivery = assigned_delivery(demo)
     rider = current_rider(delivery.rider_id)
 
-    action = verify_action(lambda: cancel_order(actor=demo.user("callcenter"), order_id=delivery.order_id, reason="x"))
+    action = verify_action(
+        lambda: cancel_order(actor=demo.user("callcenter"), order_id=delivery.order_id, reason="Customer moved")
+    )
 
     after = current_rider(rider.pk)
     assert (after.load, after.version, after.status) == (0, rider.version + 1, Rider.Status.AVAILABLE)
@@ -535,6 +537,7 @@ def test_cancel_order_of_assigned_delivery_frees_rider_and_tells_them(demo):
     }
     revoked = action.event("assignment.revoked").data
     assert (revoked["reason"], revoked["was_picked_up"], revoked["delivery"]["id"]) == ("cancelled", False, delivery.pk)
+    assert revoked["cancel_reason"] == "Customer moved"
 
 
 def test_cancel_order_of_picked_up_delivery_tells_rider_it_was_picked_up(demo):
