@@ -1,5 +1,6 @@
 """Helpers shared by several test modules."""
 
+import re
 from urllib.parse import quote
 
 from django.utils import timezone
@@ -56,3 +57,11 @@ def make_token(name: str = "integration", *, commands=(), streams=(), revoked: b
 
 def bearer(raw: str) -> dict:
     return {"Authorization": f"Bearer {raw}"}
+
+
+_CSRF_INPUT = re.compile(rb'name="csrfmiddlewaretoken" value="[^"]+"')
+
+
+def without_csrf(content: bytes) -> bytes:
+    """A page's HTML without its CSRF token (the shell's logout form gets a fresh one each time)."""
+    return _CSRF_INPUT.sub(b"", content)
