@@ -109,6 +109,14 @@ CELERY_BEAT_SCHEDULE = {
         "task": "realtime.tasks.reconcile_streams",
         "schedule": timedelta(minutes=2),
     },
+    "dispatch-webhooks": {
+        "task": "realtime.tasks.dispatch_webhooks",
+        "schedule": timedelta(seconds=2),
+    },
+    "retry-webhooks": {
+        "task": "realtime.tasks.retry_webhooks",
+        "schedule": timedelta(seconds=30),
+    },
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -197,6 +205,12 @@ REALTIME_MAX_FRAME = 64 * 1024
 REALTIME_TEST_PAGE = env.bool("REALTIME_TEST_PAGE", default=False)  # /dev/realtime-test/ outside DEBUG
 REALTIME_PUBLISH_RATE = env.float("REALTIME_PUBLISH_RATE", default=5.0)  # publishes per second per user or token
 REALTIME_PUBLISH_BURST = env.int("REALTIME_PUBLISH_BURST", default=20)
+
+# Outgoing webhooks (protocol.md §7): per-request timeout, attempts before giving up, back-off.
+WEBHOOK_TIMEOUT = env.float("WEBHOOK_TIMEOUT", default=5.0)  # seconds, connect and each read
+WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=10)
+WEBHOOK_RETRY_BASE = env.float("WEBHOOK_RETRY_BASE", default=30.0)  # seconds before the 2nd attempt, doubling
+WEBHOOK_RETRY_MAX = env.float("WEBHOOK_RETRY_MAX", default=3600.0)  # the longest wait between attempts
 
 # Dispatcher map: a tile URL template (e.g. an OpenStreetMap tile server you may use); empty shows
 # markers on a blank map, which works with no network at all.

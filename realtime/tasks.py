@@ -4,7 +4,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from realtime import outbox
+from realtime import outbox, webhooks
 
 
 @shared_task
@@ -25,3 +25,29 @@ def reconcile_streams() -> int:
     from realtime.reconcile import publish_reconcile_frames
 
     return publish_reconcile_frames()
+
+
+@shared_task
+def dispatch_webhooks() -> int:
+    """Turn new outbox events into webhook deliveries and queue each for sending."""
+    created = webhooks.dispatch_new_events()
+    for delivery_pk in created:
+        send_webhook.delay(delivery_pk)
+    return len(created)
+
+
+@shared_task
+def send_webhook(delivery_pk: int) -> None:
+    """One attempt at a webhook delivery; a failure queues the next after its back-off."""
+    retry_in = webhooks.send_delivery(delivery_pk)
+    if retry_in is not None:
+        send_webhook.apply_async((delivery_pk,), countdown=retry_in)
+
+
+@shared_task
+def retry_webhooks() -> int:
+    """Queue deliveries whose attempt is overdue: their task was lost or its worker died."""
+    overdue = webhooks.overdue_deliveries()
+    for delivery_pk in overdue:
+        send_webhook.delay(delivery_pk)
+    return len(overdue)
