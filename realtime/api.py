@@ -12,6 +12,7 @@ from ninja import Field, Query, Router, Schema
 
 from core.access import token_allows
 from core.api_auth import caller_of, idempotent
+from core.api_errors import ANY, WITH_BODY, errors
 from realtime import outbox, ratelimit, services
 from realtime.snapshots import read_snapshot
 from realtime.streams import StreamName, UnknownStream, can_publish, can_subscribe, parse_stream
@@ -61,13 +62,13 @@ def readable_stream(request, text: str) -> StreamName:
     return stream
 
 
-@router.get("/streams/{stream}/snapshot", response=SnapshotOut)
+@router.get("/streams/{stream}/snapshot", response={200: SnapshotOut, **errors(*ANY, 403, 404)})
 def snapshot(request, stream: str):
     """The stream's current state and the head it corresponds to, read in one database snapshot."""
     return read_snapshot(readable_stream(request, stream))
 
 
-@router.get("/streams/{stream}/events", response=EventsOut)
+@router.get("/streams/{stream}/events", response={200: EventsOut, **errors(*ANY, 403, 404, 422)})
 def events(
     request, stream: str, since: int = Query(..., ge=0), epoch: str = "", limit: int = Query(500, ge=1, le=1000)
 ):
@@ -85,7 +86,7 @@ def events(
     }
 
 
-@router.post("/publish", response={202: PublishOut, 413: dict})
+@router.post("/publish", response={202: PublishOut, **errors(*WITH_BODY, 403, 429)})
 @idempotent
 def publish(request, payload: PublishIn):
     """The seeds' publish API: log an event on `namespace:room` and deliver it like any other."""

@@ -7,6 +7,7 @@ from ninja import Router
 
 from core import access
 from core.api_auth import caller_of
+from core.api_errors import ANY, errors
 from core.models import ROOM_CODE_VALIDATOR
 from realtime.events import RiderData, rider_data
 from riders import selectors
@@ -21,7 +22,7 @@ class RiderOut(RiderData):
     last_position_at: datetime | None
 
 
-@router.get("/riders", response=list[RiderOut])
+@router.get("/riders", response={200: list[RiderOut], **errors(*ANY, 404, 422)})
 def riders(request, center: str):
     """Riders of a center: for its dispatchers and HQ."""
     caller = caller_of(request)
