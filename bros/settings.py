@@ -205,6 +205,10 @@ REALTIME_MAX_FRAME = 64 * 1024
 REALTIME_TEST_PAGE = env.bool("REALTIME_TEST_PAGE", default=False)  # /dev/realtime-test/ outside DEBUG
 REALTIME_PUBLISH_RATE = env.float("REALTIME_PUBLISH_RATE", default=5.0)  # publishes per second per user or token
 REALTIME_PUBLISH_BURST = env.int("REALTIME_PUBLISH_BURST", default=20)
+# HTTP commands (orders, cancels, delivery commands) per user and per token: generous for people,
+# a brake on a runaway integration.
+API_COMMAND_RATE = env.float("API_COMMAND_RATE", default=10.0)  # commands per second
+API_COMMAND_BURST = env.int("API_COMMAND_BURST", default=100)
 
 # Outgoing webhooks (protocol.md §7): per-request timeout, attempts before giving up, back-off.
 WEBHOOK_TIMEOUT = env.float("WEBHOOK_TIMEOUT", default=5.0)  # seconds, connect and each read

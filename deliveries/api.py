@@ -20,12 +20,13 @@ from deliveries import selectors, services
 from deliveries.models import Delivery
 from deliveries.schemas import OrderInput
 from realtime.events import DeliveryData, OrderData, delivery_data, order_data
+from realtime.ratelimit import limit_commands
 from realtime.streams import UnknownStream, parse_stream
 
 router = Router(tags=["deliveries"])
 
 # A command on an existing entity: refused by role (403), unknown or not visible (404), by state (409).
-COMMAND_ERRORS = errors(*WITH_BODY, 403, 404, 409)
+COMMAND_ERRORS = errors(*WITH_BODY, 403, 404, 409, 429)
 
 
 class MeOut(Schema):
@@ -231,7 +232,8 @@ def order_detail(request, order_id: int):
     return order_out(order)
 
 
-@router.post("/orders", response={201: OrderOut, **errors(*WITH_BODY, 403)})
+@router.post("/orders", response={201: OrderOut, **errors(*WITH_BODY, 403, 429)})
+@limit_commands
 @idempotent
 def create_order(request, payload: OrderIn):
     caller = caller_of(request)
@@ -246,6 +248,7 @@ def create_order(request, payload: OrderIn):
 
 
 @router.post("/orders/{int:order_id}/cancel", response={200: OrderOut, **COMMAND_ERRORS})
+@limit_commands
 @idempotent
 def cancel_order(request, order_id: int, payload: CancelIn):
     caller = caller_of(request)
@@ -278,6 +281,7 @@ def _delivery_command(request, delivery_id: int, run) -> tuple[int, dict]:
 
 
 @router.post("/deliveries/{int:delivery_id}/assign", response={200: DeliveryData, **COMMAND_ERRORS})
+@limit_commands
 @idempotent
 def assign_delivery(request, delivery_id: int, payload: AssignIn):
     return _delivery_command(
@@ -290,6 +294,7 @@ def assign_delivery(request, delivery_id: int, payload: AssignIn):
 
 
 @router.post("/deliveries/{int:delivery_id}/unassign", response={200: DeliveryData, **COMMAND_ERRORS})
+@limit_commands
 @idempotent
 def unassign_delivery(request, delivery_id: int, payload: VersionIn | None = None):
     version = _optional_version(request, payload)
@@ -301,6 +306,7 @@ def unassign_delivery(request, delivery_id: int, payload: VersionIn | None = Non
 
 
 @router.post("/deliveries/{int:delivery_id}/pickup", response={200: DeliveryData, **COMMAND_ERRORS})
+@limit_commands
 @idempotent
 def pick_up_delivery(request, delivery_id: int, payload: VersionIn | None = None):
     version = _optional_version(request, payload)
@@ -312,6 +318,7 @@ def pick_up_delivery(request, delivery_id: int, payload: VersionIn | None = None
 
 
 @router.post("/deliveries/{int:delivery_id}/deliver", response={200: DeliveryData, **COMMAND_ERRORS})
+@limit_commands
 @idempotent
 def deliver_delivery(request, delivery_id: int, payload: VersionIn | None = None):
     version = _optional_version(request, payload)
