@@ -3,7 +3,7 @@
 from datetime import datetime
 
 from django.http import Http404
-from ninja import Router
+from ninja import Query, Router
 
 from core import access
 from core.api_auth import caller_of
@@ -23,7 +23,7 @@ class RiderOut(RiderData):
 
 
 @router.get("/riders", response={200: list[RiderOut], **errors(*ANY, 404, 422)})
-def riders(request, center: str):
+def riders(request, center: str = Query(..., examples=["gangnam"])):
     """Riders of a center: for its dispatchers and HQ."""
     caller = caller_of(request)
     # A malformed code (a NUL byte would reach PostgreSQL) is refused like a missing center.
