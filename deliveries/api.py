@@ -117,7 +117,7 @@ MAX_OFFSET = 1_000_000  # far beyond a day's deliveries; keeps the slice inside 
 class DeliveryFilter(Schema):
     # Examples (here and in other routes) are from the demo data: the schemathesis run starts from
     # them, so it reaches real answers, not only refusals.
-    center: str = Field(..., examples=["gangnam"])
+    center: str = Field(..., json_schema_extra={"example": "gangnam"})
     status: Delivery.Status | None = None
     limit: int = Field(200, ge=1, le=2000)
     offset: int = Field(0, ge=0, le=MAX_OFFSET)
@@ -186,7 +186,7 @@ def centers(request):
 
 
 @router.get("/shops", response={200: list[ShopOut], **errors(*ANY, 404, 422)})
-def shops(request, center: str = Query(..., examples=["gangnam"])):
+def shops(request, center: str = Query(..., example="gangnam")):
     _require_center_view(request, center, stream_namespace="orders")
     return selectors.active_shops(center_code=center).select_related("center")
 

@@ -20,7 +20,7 @@ from realtime.streams import StreamName, UnknownStream, can_publish, can_subscri
 router = Router(tags=["streams"])
 
 MAX_PUBLISH_BYTES = 64 * 1024
-STREAM_EXAMPLE = ["deliveries:gangnam"]  # the schemathesis run starts from it
+STREAM_EXAMPLE = "deliveries:gangnam"  # the schemathesis run starts from it
 
 
 class SnapshotOut(Schema):
@@ -64,7 +64,7 @@ def readable_stream(request, text: str) -> StreamName:
 
 
 @router.get("/streams/{stream}/snapshot", response={200: SnapshotOut, **errors(*ANY, 403, 404)})
-def snapshot(request, stream: str = Path(..., examples=STREAM_EXAMPLE)):
+def snapshot(request, stream: str = Path(..., example=STREAM_EXAMPLE)):
     """The stream's current state and the head it corresponds to, read in one database snapshot."""
     return read_snapshot(readable_stream(request, stream))
 
@@ -72,7 +72,7 @@ def snapshot(request, stream: str = Path(..., examples=STREAM_EXAMPLE)):
 @router.get("/streams/{stream}/events", response={200: EventsOut, **errors(*ANY, 403, 404, 422)})
 def events(
     request,
-    stream: str = Path(..., examples=STREAM_EXAMPLE),
+    stream: str = Path(..., example=STREAM_EXAMPLE),
     since: int = Query(..., ge=0),
     epoch: str = "",
     limit: int = Query(500, ge=1, le=1000),

@@ -23,7 +23,7 @@ class RiderOut(RiderData):
 
 
 @router.get("/riders", response={200: list[RiderOut], **errors(*ANY, 404, 422)})
-def riders(request, center: str = Query(..., examples=["gangnam"])):
+def riders(request, center: str = Query(..., example="gangnam")):
     """Riders of a center: for its dispatchers and HQ."""
     caller = caller_of(request)
     # A malformed code (a NUL byte would reach PostgreSQL) is refused like a missing center.
