@@ -28,12 +28,20 @@ def reconcile_streams() -> int:
 
 
 @shared_task
-def dispatch_webhooks() -> int:
-    """Turn new outbox events into webhook deliveries and queue each for sending."""
-    created = webhooks.dispatch_new_events()
-    for delivery_pk in created:
-        send_webhook.delay(delivery_pk)
-    return len(created)
+def dispatch_webhooks(max_batches: int = 20) -> int:
+    """Turn new outbox events into webhook deliveries and queue each for sending.
+
+    Batch after batch while they come full, up to `max_batches`; the next run takes the rest.
+    """
+    created = 0
+    for _ in range(max_batches):
+        dispatched = webhooks.dispatch_new_events()
+        for delivery_pk in dispatched.deliveries:
+            send_webhook.delay(delivery_pk)
+        created += len(dispatched.deliveries)
+        if not dispatched.more:
+            break
+    return created
 
 
 @shared_task

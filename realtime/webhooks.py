@@ -16,6 +16,7 @@ import http.client
 import json
 import logging
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -55,7 +56,7 @@ _ADD_NEW_STREAMS = f"""
 _FOLLOW_HEADS = f"""
     INSERT INTO {_CURSOR_TABLE} (stream, seq)
     SELECT name, head FROM {_STREAM_TABLE}
-    ON CONFLICT (stream) DO UPDATE SET seq = EXCLUDED.seq
+    ON CONFLICT (stream) DO UPDATE SET seq = EXCLUDED.seq WHERE {_CURSOR_TABLE}.seq < EXCLUDED.seq
 """
 # Per stream the committed events are always a prefix of its seqs (outbox.emit), so "after the
 # cursor" never skips an event that commits later; the (stream, seq) index serves each range.
@@ -114,8 +115,16 @@ def _wants(webhook: Webhook, centers: set[str], event: Event) -> bool:
     return not centers or event_center(event.stream, event.data) in centers
 
 
-def dispatch_new_events(*, batch: int = 500) -> list[int]:
-    """Write a delivery for each new event and each active webhook that wants it; return their ids.
+@dataclass(frozen=True)
+class Dispatched:
+    """What one dispatch batch did: the deliveries to send, and whether the batch was full."""
+
+    deliveries: list[int]
+    more: bool = False
+
+
+def dispatch_new_events(*, batch: int = 500) -> Dispatched:
+    """Write a delivery for each new event and each active webhook that wants it.
 
     One batch in one transaction: the events read, the deliveries and the advanced cursors commit
     together, so a crash repeats the batch, never loses it. A concurrent run returns at once.
@@ -123,15 +132,15 @@ def dispatch_new_events(*, batch: int = 500) -> list[int]:
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_DISPATCH_LOCK])
         if not cursor.fetchone()[0]:
-            return []
+            return Dispatched([])
         webhooks = list(Webhook.objects.filter(active=True).prefetch_related("centers"))
         if not webhooks:
             cursor.execute(_FOLLOW_HEADS)
-            return []
+            return Dispatched([])
         cursor.execute(_ADD_NEW_STREAMS)
         events = list(Event.objects.raw(_NEW_EVENTS, [batch]))
         if not events:
-            return []
+            return Dispatched([])
         filters = [(webhook, {center.code for center in webhook.centers.all()}) for webhook in webhooks]
         now = timezone.now()
         deliveries, last_seq = [], {}
@@ -153,7 +162,7 @@ def dispatch_new_events(*, batch: int = 500) -> list[int]:
                     deliveries.append(delivery)
         WebhookDelivery.objects.bulk_create(deliveries)
         cursor.execute(_ADVANCE, [list(last_seq), list(last_seq.values())])
-    return [delivery.pk for delivery in deliveries]
+    return Dispatched([delivery.pk for delivery in deliveries], more=len(events) == batch)
 
 
 def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:

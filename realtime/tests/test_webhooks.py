@@ -15,7 +15,7 @@ import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.messages import get_messages
 from django.core.exceptions import PermissionDenied
-from django.db import connection
+from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
@@ -299,6 +299,54 @@ def test_webhook_dispatch_sends_each_event_once(demo, receiver, eager_celery):
     assert tasks.dispatch_webhooks.apply().get() == 1
     assert tasks.dispatch_webhooks.apply().get() == 0
     assert len(receiver.requests) == 1
+
+
+def test_webhook_gets_an_event_whose_transaction_commits_after_a_later_one(demo_tx, receiver):
+    """An order whose events got lower ids but committed late is still delivered (cursors by seq)."""
+    make_webhook(receiver.url)
+    started, release = threading.Event(), threading.Event()
+    late = {}
+
+    def slow_command():
+        try:
+            with transaction.atomic():
+                late["order"] = take_order(demo_tx, center="mapo")
+                started.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=slow_command)
+    thread.start()
+    try:
+        assert started.wait(10)
+        early = take_order(demo_tx, center="gangnam")  # commits first, with higher event ids
+        webhooks.dispatch_new_events()
+    finally:
+        release.set()
+        thread.join(10)
+    webhooks.dispatch_new_events()
+
+    sent = list(WebhookDelivery.objects.order_by("id").values_list("stream", "body"))
+    assert [(stream, json.loads(body)["data"]["id"]) for stream, body in sent] == [
+        ("orders:gangnam", early.pk),
+        ("orders:mapo", late["order"].pk),
+    ]
+
+
+def test_webhook_dispatch_task_takes_batch_after_batch(demo, receiver, monkeypatch):
+    """More new events than a batch are all dispatched by one run of the task, batch by batch."""
+    make_webhook(receiver.url)
+    for _ in range(5):
+        take_order(demo)
+    real = webhooks.dispatch_new_events
+    monkeypatch.setattr(webhooks, "dispatch_new_events", lambda: real(batch=2))
+    queued = []
+    monkeypatch.setattr(tasks.send_webhook, "delay", queued.append)
+
+    assert tasks.dispatch_webhooks.apply().get() == 5
+
+    assert sorted(queued) == sorted(WebhookDelivery.objects.values_list("pk", flat=True))
 
 
 def dispatch_queries() -> int:
