@@ -215,6 +215,8 @@ WEBHOOK_TIMEOUT = env.float("WEBHOOK_TIMEOUT", default=5.0)  # seconds, connect 
 WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=10)
 WEBHOOK_RETRY_BASE = env.float("WEBHOOK_RETRY_BASE", default=30.0)  # seconds before the 2nd attempt, doubling
 WEBHOOK_RETRY_MAX = env.float("WEBHOOK_RETRY_MAX", default=3600.0)  # the longest wait between attempts
+# Delivered and given-up deliveries leave the log after this; pending ones stay.
+WEBHOOK_LOG_RETENTION = timedelta(days=env.int("WEBHOOK_LOG_RETENTION_DAYS", default=7))
 
 # Dispatcher map: a tile URL template (e.g. an OpenStreetMap tile server you may use); empty shows
 # markers on a blank map, which works with no network at all.

@@ -385,12 +385,15 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Send again", permissions=["resend"])
     def send_again(self, request, queryset):
+        selected = list(queryset.values_list("pk", flat=True))
         try:
-            ids = webhooks.resend_deliveries(
-                actor=request.user, delivery_ids=list(queryset.values_list("pk", flat=True))
-            )
+            ids = webhooks.resend_deliveries(actor=request.user, delivery_ids=selected)
         except PermissionDenied as exc:
             self.message_user(request, refusal_message(exc), messages.ERROR)
             return
         queue_sends(ids)
         self.message_user(request, f"Sending {len(ids)} deliveries again.", messages.SUCCESS)
+        if skipped := len(selected) - len(ids):
+            self.message_user(
+                request, f"Left {skipped} alone: their webhook is inactive (activate it first).", messages.WARNING
+            )

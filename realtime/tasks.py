@@ -15,8 +15,11 @@ def sweep_outbox() -> int:
 
 @shared_task
 def prune_history() -> int:
-    """Drop stream history past its retention (protocol §1: at least 24 hours)."""
-    return outbox.prune_history(before=timezone.now() - settings.EVENT_RETENTION)
+    """Drop stream history past its retention (protocol §1: at least 24 hours), and the webhook
+    deliveries finished before theirs (WEBHOOK_LOG_RETENTION_DAYS)."""
+    now = timezone.now()
+    pruned = outbox.prune_history(before=now - settings.EVENT_RETENTION)
+    return pruned + webhooks.prune_log(before=now - settings.WEBHOOK_LOG_RETENTION)
 
 
 @shared_task

@@ -260,13 +260,14 @@ def can_resend(actor) -> bool:
 def resend_deliveries(*, actor, delivery_ids: list[int]) -> list[int]:
     """Send deliveries again now, with a fresh allowance of attempts; return the ids to send.
 
-    The delivery id stays the same: a receiver that already has it ignores the repeat.
+    The delivery id stays the same: a receiver that already has it ignores the repeat. Deliveries
+    of an inactive webhook are left as they are (nothing would send them).
     """
     if not can_resend(actor):
         raise PermissionDenied("You may not resend webhook deliveries.")
     ids = list(
-        WebhookDelivery.objects.select_for_update()
-        .filter(pk__in=delivery_ids)
+        WebhookDelivery.objects.select_for_update(of=("self",))
+        .filter(pk__in=delivery_ids, webhook__active=True)
         .order_by("pk")
         .values_list("pk", flat=True)
     )
@@ -276,3 +277,18 @@ def resend_deliveries(*, actor, delivery_ids: list[int]) -> list[int]:
         max_attempts=F("attempts") + settings.WEBHOOK_MAX_ATTEMPTS,
     )
     return ids
+
+
+def prune_log(*, before, batch: int = 5000) -> int:
+    """Delete delivered and given-up deliveries created before `before`; pending ones stay."""
+    finished = [WebhookDelivery.Status.DELIVERED, WebhookDelivery.Status.FAILED]
+    deleted = 0
+    while True:
+        ids = list(
+            WebhookDelivery.objects.filter(status__in=finished, created_at__lt=before)
+            .order_by("id")
+            .values_list("id", flat=True)[:batch]
+        )
+        if not ids:
+            return deleted
+        deleted += WebhookDelivery.objects.filter(pk__in=ids).delete()[0]

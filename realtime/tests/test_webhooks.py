@@ -514,3 +514,28 @@ def test_webhook_resend_is_refused_to_a_user_without_the_permission(demo, receiv
         webhooks.resend_deliveries(actor=demo.user("dispatch-gangnam"), delivery_ids=[WebhookDelivery.objects.get().pk])
     with pytest.raises(PermissionDenied):
         webhooks.resend_deliveries(actor=None, delivery_ids=[])
+
+
+def test_webhook_resend_leaves_deliveries_of_an_inactive_webhook_alone(demo, receiver):
+    """ "Send again" does not touch a delivery whose webhook was deactivated since."""
+    webhook = make_webhook(receiver.url)
+    take_order(demo)
+    webhooks.dispatch_new_events()
+    Webhook.objects.update(active=False)
+    delivery = WebhookDelivery.objects.get(webhook=webhook)
+
+    assert webhooks.resend_deliveries(actor=demo.user("admin"), delivery_ids=[delivery.pk]) == []
+
+
+def test_prune_history_drops_finished_deliveries_past_their_retention(demo, receiver, eager_celery, settings):
+    """Delivered and failed deliveries older than WEBHOOK_LOG_RETENTION go; pending ones stay."""
+    make_webhook(receiver.url, events=["order.created", "delivery.created"])
+    take_order(demo)
+    tasks.dispatch_webhooks.apply()
+    delivered, kept = WebhookDelivery.objects.order_by("id")
+    WebhookDelivery.objects.filter(pk=kept.pk).update(status="pending")
+    WebhookDelivery.objects.update(created_at=timezone.now() - settings.WEBHOOK_LOG_RETENTION - timedelta(hours=1))
+
+    tasks.prune_history.apply()
+
+    assert list(WebhookDelivery.objects.values_list("pk", flat=True)) == [kept.pk]
