@@ -59,10 +59,16 @@ _FOLLOW_HEADS = f"""
     ON CONFLICT (stream) DO UPDATE SET seq = EXCLUDED.seq WHERE {_CURSOR_TABLE}.seq < EXCLUDED.seq
 """
 # Per stream the committed events are always a prefix of its seqs (outbox.emit), so "after the
-# cursor" never skips an event that commits later; the (stream, seq) index serves each range.
+# cursor" never skips an event that commits later. Only streams whose head passed their cursor are
+# read, each by a range of the (stream, seq) index, so the cost follows the new events, not the
+# history. Taking the lowest ids of those prefixes keeps a prefix of each stream.
 _NEW_EVENTS = f"""
     SELECT e.id, e.stream, e.seq, e.name, e.data, e.ts
-    FROM {_EVENT_TABLE} e JOIN {_CURSOR_TABLE} c ON c.stream = e.stream AND e.seq > c.seq
+    FROM {_CURSOR_TABLE} c
+    JOIN {_STREAM_TABLE} s ON s.name = c.stream AND s.head > c.seq
+    CROSS JOIN LATERAL (
+        SELECT * FROM {_EVENT_TABLE} e WHERE e.stream = c.stream AND e.seq > c.seq ORDER BY e.seq LIMIT %s
+    ) e
     ORDER BY e.id LIMIT %s
 """
 _ADVANCE = f"""
@@ -138,7 +144,7 @@ def dispatch_new_events(*, batch: int = 500) -> Dispatched:
             cursor.execute(_FOLLOW_HEADS)
             return Dispatched([])
         cursor.execute(_ADD_NEW_STREAMS)
-        events = list(Event.objects.raw(_NEW_EVENTS, [batch]))
+        events = list(Event.objects.raw(_NEW_EVENTS, [batch, batch]))
         if not events:
             return Dispatched([])
         filters = [(webhook, {center.code for center in webhook.centers.all()}) for webhook in webhooks]
