@@ -539,3 +539,23 @@ def test_prune_history_drops_finished_deliveries_past_their_retention(demo, rece
     tasks.prune_history.apply()
 
     assert list(WebhookDelivery.objects.values_list("pk", flat=True)) == [kept.pk]
+
+
+def test_webhook_admin_send_again_says_which_deliveries_it_left_alone(superuser, demo, receiver):
+    """Selected deliveries of an inactive webhook are not resent, and the admin is told why."""
+    make_webhook(receiver.url)
+    take_order(demo)
+    webhooks.dispatch_new_events()
+    Webhook.objects.update(active=False)
+    delivery = WebhookDelivery.objects.get()
+
+    response = superuser.post(
+        reverse("admin:realtime_webhookdelivery_changelist"),
+        {"action": "send_again", ACTION_CHECKBOX_NAME: [delivery.pk]},
+        follow=True,
+    )
+
+    shown = [str(m) for m in get_messages(response.wsgi_request)]
+    assert "Sending 0 deliveries again." in shown
+    assert "Left 1 alone: their webhook is inactive (activate it first)." in shown
+    assert receiver.requests == []
