@@ -392,7 +392,8 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin):
             self.message_user(request, refusal_message(exc), messages.ERROR)
             return
         queue_sends(ids)
-        self.message_user(request, f"Sending {len(ids)} deliveries again.", messages.SUCCESS)
+        if ids:
+            self.message_user(request, f"Sending {len(ids)} deliveries again.", messages.SUCCESS)
         if skipped := len(selected) - len(ids):
             self.message_user(
                 request, f"Left {skipped} alone: their webhook is inactive (activate it first).", messages.WARNING

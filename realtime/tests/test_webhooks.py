@@ -556,6 +556,5 @@ def test_webhook_admin_send_again_says_which_deliveries_it_left_alone(superuser,
     )
 
     shown = [str(m) for m in get_messages(response.wsgi_request)]
-    assert "Sending 0 deliveries again." in shown
-    assert "Left 1 alone: their webhook is inactive (activate it first)." in shown
+    assert shown == ["Left 1 alone: their webhook is inactive (activate it first)."]
     assert receiver.requests == []
