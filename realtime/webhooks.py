@@ -228,7 +228,8 @@ def send_delivery(delivery_pk: int) -> float | None:
         status, text = _post(delivery.webhook.url, body, headers)
         if not 200 <= status < 300:
             error = f"HTTP {status}: {text}".strip()
-    except (OSError, http.client.HTTPException, ValidationError) as exc:
+    # ValueError: a URL that no longer parses (a bad port, a host IDNA refuses) is a failed attempt too.
+    except (OSError, http.client.HTTPException, ValidationError, ValueError) as exc:
         error = f"{type(exc).__name__}: {exc}"
     now = timezone.now()
     update = {"last_status_code": status, "last_error": error[:_MAX_ERROR], "next_attempt_at": None}

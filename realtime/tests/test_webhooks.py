@@ -558,3 +558,17 @@ def test_webhook_admin_send_again_says_which_deliveries_it_left_alone(superuser,
     shown = [str(m) for m in get_messages(response.wsgi_request)]
     assert shown == ["Left 1 alone: their webhook is inactive (activate it first)."]
     assert receiver.requests == []
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/", "ftp://127.0.0.1/hook", "http://xn--a.example/"])
+def test_webhook_with_a_url_that_no_longer_works_logs_the_error(demo, eager_celery, url):
+    """A URL broken after it was saved (edited in the database) is a failed attempt, not a crash."""
+    webhook = make_webhook("http://127.0.0.1:9/")
+    Webhook.objects.filter(pk=webhook.pk).update(url=url)
+    take_order(demo)
+
+    tasks.dispatch_webhooks.apply()
+
+    delivery = WebhookDelivery.objects.get()
+    assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("pending", 1, None)
+    assert delivery.last_error
