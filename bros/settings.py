@@ -110,6 +110,14 @@ CELERY_BEAT_SCHEDULE = {
         "task": "realtime.tasks.reconcile_streams",
         "schedule": timedelta(minutes=2),
     },
+    "dispatch-webhooks": {
+        "task": "realtime.tasks.dispatch_webhooks",
+        "schedule": timedelta(seconds=2),
+    },
+    "retry-webhooks": {
+        "task": "realtime.tasks.retry_webhooks",
+        "schedule": timedelta(seconds=30),
+    },
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -205,6 +213,18 @@ REALTIME_MAX_FRAME = 64 * 1024
 REALTIME_TEST_PAGE = env.bool("REALTIME_TEST_PAGE", default=False)  # /dev/realtime-test/ outside DEBUG
 REALTIME_PUBLISH_RATE = env.float("REALTIME_PUBLISH_RATE", default=5.0)  # publishes per second per user or token
 REALTIME_PUBLISH_BURST = env.int("REALTIME_PUBLISH_BURST", default=20)
+# HTTP commands (orders, cancels, delivery commands) per user and per token: generous for people,
+# a brake on a runaway integration.
+API_COMMAND_RATE = env.float("API_COMMAND_RATE", default=10.0)  # commands per second
+API_COMMAND_BURST = env.int("API_COMMAND_BURST", default=100)
+
+# Outgoing webhooks (protocol.md §7): per-request timeout, attempts before giving up, back-off.
+WEBHOOK_TIMEOUT = env.float("WEBHOOK_TIMEOUT", default=5.0)  # seconds, connect and each read
+WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=10)
+WEBHOOK_RETRY_BASE = env.float("WEBHOOK_RETRY_BASE", default=30.0)  # seconds before the 2nd attempt, doubling
+WEBHOOK_RETRY_MAX = env.float("WEBHOOK_RETRY_MAX", default=3600.0)  # the longest wait between attempts
+# Delivered and given-up deliveries leave the log after this; pending ones stay.
+WEBHOOK_LOG_RETENTION = timedelta(days=env.int("WEBHOOK_LOG_RETENTION_DAYS", default=7))
 
 # Map tiles of every map. Unset: OpenStreetMap's standard tile layer with its attribution (fine for
 # a small deployment; a busy one needs its own tile provider, as the OSM tile usage policy asks).

@@ -14,14 +14,19 @@ from ninja.errors import ValidationError
 from core import access
 from core.access import token_allows
 from core.api_auth import caller_of, idempotent
+from core.api_errors import ANY, WITH_BODY, errors
 from core.models import Center
 from deliveries import rider_page, selectors, services
 from deliveries.models import Delivery
 from deliveries.schemas import OrderInput
 from realtime.events import DeliveryData, OrderData, RiderData, delivery_data, order_data
+from realtime.ratelimit import limit_commands
 from realtime.streams import UnknownStream, parse_stream
 
 router = Router(tags=["deliveries"])
+
+# A command on an existing entity: refused by role (403), unknown or not visible (404), by state (409).
+COMMAND_ERRORS = errors(*WITH_BODY, 403, 404, 409, 429)
 
 
 class MeOut(Schema):
@@ -110,7 +115,9 @@ MAX_OFFSET = 1_000_000  # far beyond a day's deliveries; keeps the slice inside 
 
 
 class DeliveryFilter(Schema):
-    center: str
+    # Examples (here and in other routes) are from the demo data: the schemathesis run starts from
+    # them, so it reaches real answers, not only refusals.
+    center: str = Field(..., json_schema_extra={"example": "gangnam"})
     status: Delivery.Status | None = None
     limit: int = Field(200, ge=1, le=2000)
     offset: int = Field(0, ge=0, le=MAX_OFFSET)
@@ -158,7 +165,7 @@ def _visible_delivery_center(
     return delivery
 
 
-@router.get("/me", response=MeOut)
+@router.get("/me", response={200: MeOut, **errors(*ANY, 404)})
 def me(request):
     user = _user_or_404(request)
     user_access = access.access_for(user)
@@ -170,7 +177,7 @@ def me(request):
     }
 
 
-@router.get("/centers", response=list[CenterOut])
+@router.get("/centers", response={200: list[CenterOut], **errors(*ANY)})
 def centers(request):
     caller = caller_of(request)
     if caller.user is None:
@@ -178,20 +185,20 @@ def centers(request):
     return selectors.centers_by_code(access.access_for(caller.user).center_codes())
 
 
-@router.get("/shops", response=list[ShopOut])
-def shops(request, center: str):
+@router.get("/shops", response={200: list[ShopOut], **errors(*ANY, 404, 422)})
+def shops(request, center: str = Query(..., example="gangnam")):
     _require_center_view(request, center, stream_namespace="orders")
     return selectors.active_shops(center_code=center).select_related("center")
 
 
-@router.get("/deliveries", response=list[DeliveryData])
+@router.get("/deliveries", response={200: list[DeliveryData], **errors(*ANY, 404, 422)})
 def deliveries(request, filters: Query[DeliveryFilter]):
     _require_center_view(request, filters.center, stream_namespace="deliveries")
     rows = selectors.todays_deliveries(center_code=filters.center, status=filters.status)
     return [delivery_data(d) for d in rows[filters.offset : filters.offset + filters.limit]]
 
 
-@router.get("/deliveries/{int:delivery_id}", response=DeliveryDetailOut)
+@router.get("/deliveries/{int:delivery_id}", response={200: DeliveryDetailOut, **errors(*ANY, 404)})
 def delivery_detail(request, delivery_id: int):
     delivery = _visible_delivery_center(request, selectors.delivery_with_timeline(delivery_id))
     timeline = [
@@ -218,7 +225,7 @@ def order_out(order) -> dict:
     ).model_dump(mode="json")
 
 
-@router.get("/orders/{int:order_id}", response=OrderOut)
+@router.get("/orders/{int:order_id}", response={200: OrderOut, **errors(*ANY, 404)})
 def order_detail(request, order_id: int):
     order = selectors.order_with_delivery(order_id)
     _visible_delivery_center(
@@ -227,7 +234,8 @@ def order_detail(request, order_id: int):
     return order_out(order)
 
 
-@router.post("/orders", response={201: OrderOut})
+@router.post("/orders", response={201: OrderOut, **errors(*WITH_BODY, 403, 429)})
+@limit_commands
 @idempotent
 def create_order(request, payload: OrderIn):
     caller = caller_of(request)
@@ -241,7 +249,8 @@ def create_order(request, payload: OrderIn):
     return 201, order_out(order)
 
 
-@router.post("/orders/{int:order_id}/cancel", response=OrderOut)
+@router.post("/orders/{int:order_id}/cancel", response={200: OrderOut, **COMMAND_ERRORS})
+@limit_commands
 @idempotent
 def cancel_order(request, order_id: int, payload: CancelIn):
     caller = caller_of(request)
@@ -273,7 +282,8 @@ def _delivery_command(request, delivery_id: int, run) -> tuple[int, dict]:
     return 200, delivery_data(updated).model_dump(mode="json")
 
 
-@router.post("/deliveries/{int:delivery_id}/assign", response=DeliveryData)
+@router.post("/deliveries/{int:delivery_id}/assign", response={200: DeliveryData, **COMMAND_ERRORS})
+@limit_commands
 @idempotent
 def assign_delivery(request, delivery_id: int, payload: AssignIn):
     return _delivery_command(
@@ -285,7 +295,8 @@ def assign_delivery(request, delivery_id: int, payload: AssignIn):
     )
 
 
-@router.post("/deliveries/{int:delivery_id}/unassign", response=DeliveryData)
+@router.post("/deliveries/{int:delivery_id}/unassign", response={200: DeliveryData, **COMMAND_ERRORS})
+@limit_commands
 @idempotent
 def unassign_delivery(request, delivery_id: int, payload: VersionIn | None = None):
     version = _optional_version(request, payload)
@@ -296,7 +307,8 @@ def unassign_delivery(request, delivery_id: int, payload: VersionIn | None = Non
     )
 
 
-@router.post("/deliveries/{int:delivery_id}/pickup", response=DeliveryData)
+@router.post("/deliveries/{int:delivery_id}/pickup", response={200: DeliveryData, **COMMAND_ERRORS})
+@limit_commands
 @idempotent
 def pick_up_delivery(request, delivery_id: int, payload: VersionIn | None = None):
     version = _optional_version(request, payload)
@@ -307,7 +319,8 @@ def pick_up_delivery(request, delivery_id: int, payload: VersionIn | None = None
     )
 
 
-@router.post("/deliveries/{int:delivery_id}/deliver", response=DeliveryData)
+@router.post("/deliveries/{int:delivery_id}/deliver", response={200: DeliveryData, **COMMAND_ERRORS})
+@limit_commands
 @idempotent
 def deliver_delivery(request, delivery_id: int, payload: VersionIn | None = None):
     version = _optional_version(request, payload)
@@ -353,7 +366,7 @@ class RiderTodayOut(Schema):
     counts: RiderCountsOut
 
 
-@router.get("/rider/today", response=RiderTodayOut)
+@router.get("/rider/today", response={200: RiderTodayOut, **errors(*ANY, 404)})
 def rider_today(request):
     """The calling rider's day, as the rider page shows it; the page reloads it after a reset."""
     caller_access = access.access_for(caller_of(request).user)  # a token has no user: NO_ACCESS

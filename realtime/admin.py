@@ -1,8 +1,9 @@
-"""Admin for the outbox (streams, events), idempotency records and API tokens.
+"""Admin for the outbox (streams, events), idempotency records, API tokens and webhooks.
 
 Streams, events and idempotency records are the system's memory and are only browsed here.
 API tokens are configuration: the admin creates them (showing the raw token once, storing
-only its digest), edits their scope and revokes them.
+only its digest), edits their scope and revokes them. Webhooks are configuration too (their
+secret is never shown back); their delivery log is browse-only, with a "send again" action.
 """
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ import json
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 
-from core.admin import ReadOnlyAdmin
+from core.admin import ReadOnlyAdmin, refusal_message
 from core.models import ApiToken, IdempotencyRecord
-from realtime import registry
+from realtime import registry, tasks, webhooks
 from realtime.events import EVENT_SCHEMAS
-from realtime.models import Event, Stream
+from realtime.models import Event, Stream, Webhook, WebhookDelivery
 from realtime.streams import UnknownStream, parse_stream
 
 HINT_LENGTH = 12
@@ -243,3 +246,155 @@ class IdempotencyRecordAdmin(ReadOnlyAdmin):
     @admin.display(description="Body")
     def body_json(self, record: IdempotencyRecord) -> str:
         return format_html("<pre>{}</pre>", json.dumps(record.body, indent=2, ensure_ascii=False))
+
+
+MIN_SECRET_LENGTH = 16
+
+
+class WebhookForm(forms.ModelForm):
+    """The secret is typed once and never rendered back: leave it empty on change to keep it."""
+
+    url = forms.URLField(
+        max_length=500,
+        assume_scheme="https",
+        label="URL",
+        help_text="http:// or https://. Redirects are not followed.",
+    )
+    secret = forms.CharField(
+        required=False,
+        strip=False,
+        min_length=MIN_SECRET_LENGTH,
+        max_length=200,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text=f"At least {MIN_SECRET_LENGTH} characters, shared with the receiver to check signatures.",
+    )
+    event_types = forms.MultipleChoiceField(
+        choices=[(name, name) for name in sorted(EVENT_SCHEMAS)],
+        widget=forms.CheckboxSelectMultiple,
+        help_text="The events sent to this URL.",
+    )
+
+    class Meta:
+        model = Webhook
+        fields = ["name", "url", "secret", "event_types", "centers", "active"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["secret"].label = "New secret"
+            self.fields["secret"].help_text = "Leave empty to keep the current secret; type one to replace it."
+        else:
+            self.fields["secret"].required = True
+        self.initial.pop("secret", None)
+
+    def clean_secret(self) -> str:
+        # An empty field on change keeps the stored secret, which the form never saw.
+        return self.cleaned_data["secret"] or self.instance.secret
+
+
+@admin.register(Webhook)
+class WebhookAdmin(admin.ModelAdmin):
+    form = WebhookForm
+    list_display = ["name", "url", "event_list", "center_list", "active", "created_at"]
+    list_filter = ["active"]
+    search_fields = ["name", "url"]
+    filter_horizontal = ["centers"]
+    readonly_fields = ["secret_state", "created_at"]
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ["name", "url", "secret", "event_types", "centers", "active"]
+        return ["name", "url", "secret_state", "secret", "event_types", "centers", "active", "created_at"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("centers")
+
+    @admin.display(description="Secret")
+    def secret_state(self, webhook: Webhook) -> str:
+        return f"Set ({len(webhook.secret)} characters; not shown)."
+
+    @admin.display(description="Events")
+    def event_list(self, webhook: Webhook) -> str:
+        return ", ".join(webhook.event_types) or "—"
+
+    @admin.display(description="Centers")
+    def center_list(self, webhook: Webhook) -> str:
+        return ", ".join(center.code for center in webhook.centers.all()) or "all"
+
+
+def queue_sends(delivery_ids: list[int]) -> None:
+    """Queue one send task per delivery once the transaction that made them due commits."""
+    transaction.on_commit(lambda: [tasks.send_webhook.delay(pk) for pk in delivery_ids], robust=True)
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ReadOnlyAdmin):
+    list_display = [
+        "created_at",
+        "webhook",
+        "event",
+        "stream_seq",
+        "status",
+        "attempts",
+        "last_status_code",
+        "short_error",
+        "next_attempt_at",
+        "delivery_id",
+    ]
+    list_filter = ["status", "webhook"]
+    list_select_related = ["webhook"]
+    search_fields = ["delivery_id", "stream", "event"]
+    search_help_text = "Delivery id, stream (deliveries:gangnam) or event name."
+    ordering = ["-id"]
+    show_full_result_count = False
+    actions = ["send_again"]
+    fields = [
+        "delivery_id",
+        "webhook",
+        "event",
+        "stream",
+        "seq",
+        "status",
+        "attempts",
+        "max_attempts",
+        "last_status_code",
+        "last_error",
+        "last_attempt_at",
+        "next_attempt_at",
+        "delivered_at",
+        "created_at",
+        "body_json",
+    ]
+    readonly_fields = fields
+
+    @admin.display(description="Stream", ordering="stream")
+    def stream_seq(self, delivery: WebhookDelivery) -> str:
+        return f"{delivery.stream}#{delivery.seq}"
+
+    @admin.display(description="Last error")
+    def short_error(self, delivery: WebhookDelivery) -> str:
+        text = delivery.last_error
+        return text if len(text) <= 80 else text[:79] + "…"
+
+    @admin.display(description="Body")
+    def body_json(self, delivery: WebhookDelivery) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(json.loads(delivery.body), indent=2, ensure_ascii=False))
+
+    def has_resend_permission(self, request) -> bool:
+        return webhooks.can_resend(request.user)
+
+    @admin.action(description="Send again", permissions=["resend"])
+    def send_again(self, request, queryset):
+        selected = list(queryset.values_list("pk", flat=True))
+        try:
+            ids = webhooks.resend_deliveries(actor=request.user, delivery_ids=selected)
+        except PermissionDenied as exc:
+            self.message_user(request, refusal_message(exc), messages.ERROR)
+            return
+        queue_sends(ids)
+        if ids:
+            self.message_user(request, f"Sending {len(ids)} deliveries again.", messages.SUCCESS)
+        if skipped := len(selected) - len(ids):
+            self.message_user(
+                request, f"Left {skipped} alone: their webhook is inactive (activate it first).", messages.WARNING
+            )

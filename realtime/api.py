@@ -8,10 +8,11 @@ import json
 
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
-from ninja import Field, Query, Router, Schema
+from ninja import Field, Path, Query, Router, Schema
 
 from core.access import token_allows
 from core.api_auth import caller_of, idempotent
+from core.api_errors import ANY, WITH_BODY, errors
 from realtime import outbox, ratelimit, services
 from realtime.snapshots import read_snapshot
 from realtime.streams import StreamName, UnknownStream, can_publish, can_subscribe, parse_stream
@@ -19,6 +20,7 @@ from realtime.streams import StreamName, UnknownStream, can_publish, can_subscri
 router = Router(tags=["streams"])
 
 MAX_PUBLISH_BYTES = 64 * 1024
+STREAM_EXAMPLE = "deliveries:gangnam"  # the schemathesis run starts from it
 
 
 class SnapshotOut(Schema):
@@ -61,15 +63,19 @@ def readable_stream(request, text: str) -> StreamName:
     return stream
 
 
-@router.get("/streams/{stream}/snapshot", response=SnapshotOut)
-def snapshot(request, stream: str):
+@router.get("/streams/{stream}/snapshot", response={200: SnapshotOut, **errors(*ANY, 403, 404)})
+def snapshot(request, stream: str = Path(..., example=STREAM_EXAMPLE)):
     """The stream's current state and the head it corresponds to, read in one database snapshot."""
     return read_snapshot(readable_stream(request, stream))
 
 
-@router.get("/streams/{stream}/events", response=EventsOut)
+@router.get("/streams/{stream}/events", response={200: EventsOut, **errors(*ANY, 403, 404, 422)})
 def events(
-    request, stream: str, since: int = Query(..., ge=0), epoch: str = "", limit: int = Query(500, ge=1, le=1000)
+    request,
+    stream: str = Path(..., example=STREAM_EXAMPLE),
+    since: int = Query(..., ge=0),
+    epoch: str = "",
+    limit: int = Query(500, ge=1, le=1000),
 ):
     """Events after `since` (the polling fallback and gap fill); `reset` if they can't be given exactly."""
     name = readable_stream(request, stream)
@@ -85,7 +91,7 @@ def events(
     }
 
 
-@router.post("/publish", response={202: PublishOut, 413: dict})
+@router.post("/publish", response={202: PublishOut, **errors(*WITH_BODY, 403, 429)})
 @idempotent
 def publish(request, payload: PublishIn):
     """The seeds' publish API: log an event on `namespace:room` and deliver it like any other."""

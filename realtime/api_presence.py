@@ -4,6 +4,7 @@ from ninja import Router, Schema, Status
 
 from core.access import Role, access_for
 from core.api_auth import caller_of
+from core.api_errors import ANY, errors
 from realtime.presence import presence_snapshot
 
 router = Router(tags=["ops"])
@@ -28,11 +29,7 @@ class PresenceOut(Schema):
     by_center: dict[str, int]
 
 
-class Detail(Schema):
-    detail: str
-
-
-@router.get("/presence", response={200: PresenceOut, 403: Detail})
+@router.get("/presence", response={200: PresenceOut, **errors(*ANY, 403, 503)})
 def presence(request):
     """Connected clients per stream, user, role, center and server process: for HQ users only."""
     caller = caller_of(request)

@@ -4,7 +4,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from realtime import outbox
+from realtime import outbox, webhooks
 
 
 @shared_task
@@ -15,8 +15,11 @@ def sweep_outbox() -> int:
 
 @shared_task
 def prune_history() -> int:
-    """Drop stream history past its retention (protocol §1: at least 24 hours)."""
-    return outbox.prune_history(before=timezone.now() - settings.EVENT_RETENTION)
+    """Drop stream history past its retention (protocol §1: at least 24 hours), and the webhook
+    deliveries finished before theirs (WEBHOOK_LOG_RETENTION_DAYS)."""
+    now = timezone.now()
+    pruned = outbox.prune_history(before=now - settings.EVENT_RETENTION)
+    return pruned + webhooks.prune_log(before=now - settings.WEBHOOK_LOG_RETENTION)
 
 
 @shared_task
@@ -25,3 +28,37 @@ def reconcile_streams() -> int:
     from realtime.reconcile import publish_reconcile_frames
 
     return publish_reconcile_frames()
+
+
+@shared_task
+def dispatch_webhooks(max_batches: int = 20) -> int:
+    """Turn new outbox events into webhook deliveries and queue each for sending.
+
+    Batch after batch while they come full, up to `max_batches`; the next run takes the rest.
+    """
+    created = 0
+    for _ in range(max_batches):
+        dispatched = webhooks.dispatch_new_events()
+        for delivery_pk in dispatched.deliveries:
+            send_webhook.delay(delivery_pk)
+        created += len(dispatched.deliveries)
+        if not dispatched.more:
+            break
+    return created
+
+
+@shared_task
+def send_webhook(delivery_pk: int) -> None:
+    """One attempt at a webhook delivery; a failure queues the next after its back-off."""
+    retry_in = webhooks.send_delivery(delivery_pk)
+    if retry_in is not None:
+        send_webhook.apply_async((delivery_pk,), countdown=retry_in)
+
+
+@shared_task
+def retry_webhooks() -> int:
+    """Queue deliveries whose attempt is overdue: their task was lost or its worker died."""
+    overdue = webhooks.overdue_deliveries()
+    for delivery_pk in overdue:
+        send_webhook.delay(delivery_pk)
+    return len(overdue)

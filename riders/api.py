@@ -3,12 +3,14 @@
 from datetime import datetime
 
 from django.http import Http404
-from ninja import Field, Router, Schema
+from ninja import Field, Query, Router, Schema
 
 from core import access
 from core.api_auth import caller_of, idempotent
+from core.api_errors import ANY, WITH_BODY, errors
 from core.models import ROOM_CODE_VALIDATOR
 from realtime.events import RiderData, rider_data
+from realtime.ratelimit import limit_commands
 from riders import selectors, services
 
 router = Router(tags=["riders"])
@@ -21,8 +23,8 @@ class RiderOut(RiderData):
     last_position_at: datetime | None
 
 
-@router.get("/riders", response=list[RiderOut])
-def riders(request, center: str):
+@router.get("/riders", response={200: list[RiderOut], **errors(*ANY, 404, 422)})
+def riders(request, center: str = Query(..., example="gangnam")):
     """Riders of a center: for its dispatchers and HQ."""
     caller = caller_of(request)
     # A malformed code (a NUL byte would reach PostgreSQL) is refused like a missing center.
@@ -68,7 +70,8 @@ def _visible_rider(request, rider_id: int):
     raise Http404("No such rider.")
 
 
-@router.post("/riders/{int:rider_id}/duty", response=RiderData)
+@router.post("/riders/{int:rider_id}/duty", response={200: RiderData, **errors(*WITH_BODY, 403, 404, 409, 429)})
+@limit_commands
 @idempotent
 def set_duty(request, rider_id: int, payload: DutyIn):
     """Start (`on_duty: true`) or end a rider's shift: the rider themself, the center's dispatchers, HQ."""

@@ -11,6 +11,7 @@ from ninja import Router, Schema, Status
 
 from core.access import access_for
 from core.api_auth import caller_of
+from core.api_errors import WITH_BODY, errors
 from riders.positions import NotARider, TooManyFixes, take_rider_fixes
 
 router = Router(tags=["positions"])
@@ -33,13 +34,9 @@ class PositionsAcceptedOut(Schema):
     errors: list[PositionErrorOut]
 
 
-class DetailOut(Schema):
-    detail: str
-
-
 @router.post(
     "/positions",
-    response={202: PositionsAcceptedOut, 403: DetailOut, 413: DetailOut},
+    response={202: PositionsAcceptedOut, **errors(*WITH_BODY, 403, 503)},
     summary="Send a rider's buffered GPS fixes",
 )
 def post_positions(request, body: PositionsIn):
@@ -56,5 +53,5 @@ def post_positions(request, body: PositionsIn):
         return Status(403, {"detail": exc.message})
     except TooManyFixes as exc:
         return Status(413, {"detail": str(exc)})
-    errors = [{"index": index, "msg": msg} for index, msg in taken.errors]
-    return Status(202, {"accepted": taken.accepted, "dropped": taken.dropped, "errors": errors})
+    invalid = [{"index": index, "msg": msg} for index, msg in taken.errors]
+    return Status(202, {"accepted": taken.accepted, "dropped": taken.dropped, "errors": invalid})

@@ -16,7 +16,8 @@ from django.utils import timezone
 from core.models import ApiToken, IdempotencyRecord, hash_token
 from deliveries.services import create_order
 from realtime.admin import ApiTokenForm
-from realtime.models import Event, Stream
+from realtime.models import Event, Stream, Webhook
+from realtime.webhooks import dispatch_new_events
 
 MODELS = sorted(
     (model for model in admin.site._registry if model._meta.app_label == "realtime"),
@@ -62,7 +63,9 @@ def form_errors(response) -> dict:
 
 @pytest.fixture
 def one_of_each(superuser, demo):
-    """At least one row of every realtime model: an order's events, a token, an idempotency record."""
+    """At least one row of every realtime model: an order's events, a token, an idempotency record,
+    a webhook and its delivery."""
+    Webhook.objects.create(name="hook", url="http://127.0.0.1:9/", secret="s" * 16, event_types=["order.created"])
     create_order(
         actor=None,
         shop_id=demo.shop().pk,
@@ -74,6 +77,7 @@ def one_of_each(superuser, demo):
     created_raw_token(add_token(superuser))
     # No service writes these yet (the HTTP API will); a record is plain data, not domain state.
     IdempotencyRecord.objects.create(owner="token:1", key="k-1", fingerprint="f" * 64, status_code=201, body={"id": 1})
+    dispatch_new_events()  # a delivery of the order's event (not sent: no task runs here)
 
 
 @pytest.mark.parametrize("model", MODELS, ids=MODEL_IDS)
@@ -91,10 +95,10 @@ def test_admin_change_page_loads(superuser, one_of_each, model):
 
 
 @pytest.mark.parametrize("model", MODELS, ids=MODEL_IDS)
-def test_admin_add_page_only_for_tokens(superuser, model):
-    """Only API tokens can be added; streams, events and idempotency records are the system's."""
+def test_admin_add_page_only_for_tokens_and_webhooks(superuser, model):
+    """Only API tokens and webhooks can be added; streams, events, records and deliveries are the system's."""
     response = superuser.get(admin_url(model, "add"))
-    assert response.status_code == (200 if model is ApiToken else 403)
+    assert response.status_code == (200 if model in (ApiToken, Webhook) else 403)
 
 
 def test_admin_non_staff_redirected_to_login(client, demo):

@@ -1,11 +1,11 @@
-"""Publish limits are per user and per token across sockets, HTTP and processes (Redis), not per socket."""
+"""Publish and command limits are per user and per token across sockets, HTTP and processes (Redis)."""
 
 import pytest
 
 from realtime.tests.test_api import API, logged_in, post_json, publish_body
 from realtime.tests.test_consumer import is_error
 from realtime.tests.wsclient import WsClients, in_thread
-from tests.support import bearer, make_token
+from tests.support import ORDER_FIELDS, bearer, make_token, take_order
 
 DISPATCHER = "dispatch-gangnam"
 
@@ -75,3 +75,61 @@ def test_token_publish_limit_is_per_token(demo, client, burst_of_three):
     assert [send(raw).status_code for _ in range(3)] == [202] * 3
     assert send(raw).status_code == 429
     assert send(other).status_code == 202
+
+
+@pytest.fixture
+def three_commands(settings):
+    settings.API_COMMAND_BURST = 3
+    settings.API_COMMAND_RATE = 0.001  # no refill during a test: exact counts
+
+
+def unassign_url(demo) -> str:
+    """A command that is refused by state (409) every time: it still spends the allowance."""
+    return f"{API}/deliveries/{take_order(demo).delivery.pk}/unassign"
+
+
+def assert_rate_limited(response) -> None:
+    assert response.status_code == 429, response.content
+    assert response.json() == {"detail": "Too many commands; slow down.", "code": "rate_limited"}
+    assert int(response["Retry-After"]) >= 1
+
+
+def test_http_commands_beyond_a_users_allowance_are_429_with_retry_after(demo, three_commands):
+    """A session user's fourth command is 429 `rate_limited`; another user still gets through."""
+    url = unassign_url(demo)
+    client = logged_in(demo, DISPATCHER)
+    assert [post_json(client, url, {}).status_code for _ in range(3)] == [409] * 3
+    assert_rate_limited(post_json(client, url, {}))
+    order = ORDER_FIELDS | {"shop": demo.shop().pk}
+    assert_rate_limited(post_json(client, f"{API}/orders", order))  # one allowance for every command
+    assert post_json(logged_in(demo, "hq"), url, {}).status_code == 409
+
+
+def test_http_commands_of_one_user_share_the_allowance_across_sessions(demo, three_commands):
+    """Two sessions (browsers) of one user spend the same bucket: it is kept in Redis, per user."""
+    url = unassign_url(demo)
+    first, second = logged_in(demo, DISPATCHER), logged_in(demo, DISPATCHER)
+    assert [post_json(c, url, {}).status_code for c in (first, second, first)] == [409] * 3
+    assert_rate_limited(post_json(second, url, {}))
+
+
+def test_http_commands_beyond_a_tokens_allowance_are_429(demo, client, three_commands):
+    """A token has its own bucket: spent, it gets 429 with Retry-After; another token still works."""
+    url = unassign_url(demo)
+    scope = {"commands": ["deliveries.unassign"], "streams": ["deliveries:gangnam"]}
+    _, raw = make_token("pos-a", **scope)
+    _, other = make_token("pos-b", **scope)
+
+    def send(secret):
+        return client.post(url, {}, content_type="application/json", headers=bearer(secret))
+
+    assert [send(raw).status_code for _ in range(3)] == [409] * 3
+    assert_rate_limited(send(raw))
+    assert send(other).status_code == 409
+
+
+def test_http_commands_are_not_limited_while_redis_is_down(demo, three_commands, redis_outage):
+    """Without Redis the allowance cannot be kept: commands go on (PostgreSQL is the truth)."""
+    url = unassign_url(demo)
+    client = logged_in(demo, DISPATCHER)
+    assert [post_json(client, url, {}).status_code for _ in range(5)] == [409] * 5
