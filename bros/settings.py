@@ -197,6 +197,8 @@ REALTIME_MAX_FRAME = 64 * 1024
 REALTIME_TEST_PAGE = env.bool("REALTIME_TEST_PAGE", default=False)  # /dev/realtime-test/ outside DEBUG
 REALTIME_PUBLISH_RATE = env.float("REALTIME_PUBLISH_RATE", default=5.0)  # publishes per second per user or token
 REALTIME_PUBLISH_BURST = env.int("REALTIME_PUBLISH_BURST", default=20)
+# Test only (the chaos suite): drop, duplicate, delay publishes or crash before them (realtime/faults.py).
+REALTIME_BUS_FAULTS = env("REALTIME_BUS_FAULTS", default="")
 
 # Dispatcher map: a tile URL template (e.g. an OpenStreetMap tile server you may use); empty shows
 # markers on a blank map, which works with no network at all.

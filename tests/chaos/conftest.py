@@ -1,0 +1,179 @@
+"""The chaos suite (docs/realtime.md, "Chaos suite"): real server processes, real PostgreSQL, and a
+Redis of the suite's own, which a scenario may kill and restart (the machine's Redis on 6379 is
+shared with other test runs and is never touched).
+
+`chaos` gives a test its `Scenario`: server processes on the suite's Redis, simulated clients
+(`tests/chaos/client.py`) and `finish()`, which waits until every client has caught up with the
+database heads, asserts the invariants and records the scenario's line for the summary printed at
+the end of the run (events committed / owed / received / lost / duplicated-applied).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+import pytest
+import redis
+
+from tests.chaos.client import ChaosClient
+from tests.live.conftest import (  # noqa: F401  (fixtures and the report hook they need)
+    LiveServer,
+    db,
+    free_port,
+    live_prefix,
+    live_servers,
+    pytest_runtest_makereport,
+    session_cookie,
+)
+
+RESULTS: list[str] = []
+
+
+class ChaosRedis:
+    """A redis-server process on a free port, with no persistence: a restart loses everything."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        client.close()
+
+    def kill(self) -> None:
+        """SIGKILL Redis (a crash: every connection and subscription drops, every key is gone)."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def restart(self, down_for: float = 1.0) -> None:
+        self.kill()
+        time.sleep(down_for)
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def chaos_redis():
+    server = ChaosRedis()
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def on_chaos_redis(chaos_redis, settings):
+    """This process and the servers it starts use the suite's Redis for the test."""
+    from core import redis_connection
+
+    saved = redis_connection._client
+    settings.REDIS_URL = chaos_redis.url
+    redis_connection._client = None
+    yield chaos_redis
+    if redis_connection._client is not None:
+        with contextlib.suppress(Exception):
+            redis_connection._client.close()
+    redis_connection._client = saved
+
+
+def database_heads(streams) -> dict[str, int]:
+    from realtime.outbox import stream_position
+
+    return {stream: stream_position(stream)[1] for stream in streams}
+
+
+@dataclass
+class Scenario:
+    name: str
+    start_servers: object
+    cookie_for: object
+    clients: list[ChaosClient] = field(default_factory=list)
+    notes: dict[str, object] = field(default_factory=dict)
+
+    async def servers(self, n: int = 1, **env) -> list[LiveServer]:
+        return await asyncio.to_thread(self.start_servers, n, **env)
+
+    async def cookie(self, username: str = "dispatch-gangnam") -> str:
+        return await db(self.cookie_for)(username)
+
+    async def client(self, servers, streams, *, username: str = "dispatch-gangnam", **kwargs) -> ChaosClient:
+        """A started client (snapshot loaded; connected, unless it polls)."""
+        name = f"{self.name}-{len(self.clients)}"
+        client = ChaosClient(name, list(servers), await self.cookie(username), list(streams), **kwargs)
+        self.clients.append(client)
+        return await client.start()
+
+    async def finish(self, timeout: float = 20) -> dict[str, int]:
+        """Wait until every client reached the database heads, assert the invariants, record the line."""
+        streams = sorted({view for client in self.clients for view in client.views})
+        heads = await db(database_heads)(streams)
+        await asyncio.gather(*(client.caught_up(heads, timeout) for client in self.clients))
+        for client in self.clients:
+            await client.check(heads)
+        views = [view for client in self.clients for view in client.views.values()]
+        starts = {s: min(v.runs[0][0] for v in views if v.name == s) for s in streams}
+        owed = sum(heads[v.name] - v.runs[0][0] for v in views)
+        applied = [seq for v in views for seq in v.applied]
+        skipped = sum(v.skipped_by_reset for v in views)
+        counts = {
+            "committed": sum(heads[s] - starts[s] for s in streams),
+            "owed": owed,
+            "received": sum(v.received for v in views),
+            "fetched": sum(v.fetched for v in views),
+            "applied": len(applied),
+            "lost": owed - len(applied) - skipped,
+            "duplicated_applied": sum(len(v.applied) - len(set(v.applied)) for v in views),
+            "duplicates_dropped": sum(v.duplicates_dropped for v in views),
+            "resets": sum(v.resets for v in views),
+        }
+        RESULTS.append(
+            f"{self.name}: {len(self.clients)} clients; events committed {counts['committed']}, "
+            f"owed to clients {owed}, received on sockets {counts['received']} + fetched over HTTP "
+            f"{counts['fetched']}, lost {counts['lost']}, duplicated-applied {counts['duplicated_applied']} "
+            f"(duplicates dropped {counts['duplicates_dropped']}, resets {counts['resets']}, "
+            f"skipped by a reset {skipped})" + "".join(f"; {key} {value}" for key, value in self.notes.items())
+        )
+        assert counts["lost"] == 0 and counts["duplicated_applied"] == 0, counts
+        return counts
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(client.stop() for client in self.clients))
+
+
+@pytest.fixture
+async def chaos(request, on_chaos_redis, live_servers, demo_tx, session_cookie):  # noqa: F811
+    """This test's `Scenario`, named after the test; its clients are stopped before the servers."""
+    name = request.node.name.removeprefix("test_chaos_")
+    scenario = Scenario(name, live_servers, session_cookie)
+    yield scenario
+    await scenario.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if RESULTS:
+        terminalreporter.section("chaos suite: events per scenario")
+        for line in RESULTS:
+            terminalreporter.write_line(line)
