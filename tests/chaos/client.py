@@ -121,6 +121,7 @@ class ChaosClient:
         self.close_codes: list[int | None] = []
         self.connections = 0
         self.errors: list[str] = []
+        self.markers: list[dict] = []
         self._ws = None
         self._stopped = False
         self._task: asyncio.Task | None = None
@@ -228,10 +229,11 @@ class ChaosClient:
                 if view is not None and head > view.last:
                     await self._fetch(view, upto=head)
             return
+        if kind == "marker":  # a test's bus marker (tests.live.conftest.bus_marker)
+            self.markers.append(frame)
+            return
         view = self.views.get(frame.get("stream"))
         if view is None:
-            if kind == "error":
-                self.errors.append(json.dumps(frame))
             return
         if kind == "event":
             view.received += 1
@@ -332,6 +334,12 @@ class ChaosClient:
             await asyncio.sleep(self.poll_interval)
 
     # -- the end of a scenario ----------------------------------------------------------------------
+
+    async def saw(self, marker: dict, timeout: float = 10) -> None:
+        """Wait for a bus marker: then everything published before it has been handled."""
+        async with asyncio.timeout(timeout):
+            while marker not in self.markers:
+                await asyncio.sleep(0.02)
 
     async def caught_up(self, heads: dict[str, int], timeout: float = 20) -> None:
         """Wait until every stream has applied up to `heads` (pings and fetches bring the last ones)."""

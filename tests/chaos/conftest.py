@@ -110,6 +110,7 @@ class Scenario:
     name: str
     start_servers: object
     cookie_for: object
+    redis: ChaosRedis
     clients: list[ChaosClient] = field(default_factory=list)
     notes: dict[str, object] = field(default_factory=dict)
 
@@ -126,13 +127,18 @@ class Scenario:
         self.clients.append(client)
         return await client.start()
 
+    async def check_clients(self, clients, timeout: float = 20):
+        """Wait until `clients` reached the database heads and assert the invariants for them."""
+        streams = sorted({view for client in clients for view in client.views})
+        heads = await db(database_heads)(streams)
+        await asyncio.gather(*(client.caught_up(heads, timeout) for client in clients))
+        for client in clients:
+            await client.check(heads)
+        return streams, heads
+
     async def finish(self, timeout: float = 20) -> dict[str, int]:
         """Wait until every client reached the database heads, assert the invariants, record the line."""
-        streams = sorted({view for client in self.clients for view in client.views})
-        heads = await db(database_heads)(streams)
-        await asyncio.gather(*(client.caught_up(heads, timeout) for client in self.clients))
-        for client in self.clients:
-            await client.check(heads)
+        streams, heads = await self.check_clients(self.clients, timeout)
         views = [view for client in self.clients for view in client.views.values()]
         starts = {s: min(v.runs[0][0] for v in views if v.name == s) for s in streams}
         owed = sum(heads[v.name] - v.runs[0][0] for v in views)
@@ -167,7 +173,7 @@ class Scenario:
 async def chaos(request, on_chaos_redis, live_servers, demo_tx, session_cookie):  # noqa: F811
     """This test's `Scenario`, named after the test; its clients are stopped before the servers."""
     name = request.node.name.removeprefix("test_chaos_")
-    scenario = Scenario(name, live_servers, session_cookie)
+    scenario = Scenario(name, live_servers, session_cookie, on_chaos_redis)
     yield scenario
     await scenario.stop()
 

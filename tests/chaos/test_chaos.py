@@ -8,9 +8,15 @@ fresh snapshot shows (`Scenario.finish`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
-from tests.live.conftest import db
+from tests.chaos.conftest import database_heads
+from tests.live.conftest import RawWebSocket, bus_marker, db, emit_notices, http_json, presence_of
 
 CENTER = "gangnam"
 DELIVERIES, ORDERS = f"deliveries:{CENTER}", f"orders:{CENTER}"
@@ -80,6 +86,260 @@ async def test_chaos_sigkill_of_the_process_holding_half_the_clients(chaos):
     await asyncio.to_thread(a.kill)
     await writer.wait_for(writer.commands + 20)
     await writer.stop()
+    chaos.notes["reconnections"] = sum(len(c.close_codes) for c in clients)
     counts = await chaos.finish()
-    assert sum(len(c.close_codes) for c in clients) >= 4  # the killed process's clients reconnected
+    assert chaos.notes["reconnections"] >= 4  # the killed process's clients reconnected
     assert counts["resets"] == 0
+
+
+def unpublished(streams) -> int:
+    from realtime.models import Event
+
+    return Event.objects.filter(stream__in=streams, published_at__isnull=True).count()
+
+
+async def test_chaos_redis_restart_during_traffic(chaos):
+    """Redis killed and restarted (all subscriptions and keys gone) during commands: every client converges."""
+    a, b = await chaos.servers(2)
+    for server in (a, b) * 2:
+        await chaos.client([server, a if server is b else b], STREAMS)
+    writer = CommandWriter().start()
+    await writer.wait_for(10)
+    await asyncio.to_thread(chaos.redis.restart, 1.0)
+    await writer.wait_for(writer.commands + 20)
+    await writer.stop()
+    chaos.notes["left unpublished for the sweep"] = await db(unpublished)(STREAMS)
+    await chaos.finish()
+
+
+def age_events(streams, after: dict[str, int], by: timedelta) -> int:
+    """Make the events after `after[stream]` look `by` older, as if that much time had passed."""
+    from django.db.models import F
+
+    from realtime.models import Event
+
+    return sum(Event.objects.filter(stream=stream, seq__gt=after[stream]).update(ts=F("ts") - by) for stream in streams)
+
+
+def prune() -> int:
+    from realtime.tasks import prune_history
+
+    return prune_history()
+
+
+# No server ping while replaying: the offline client must catch up by the replay alone, not by
+# fetching the heads a ping announces.
+QUIET = {"REALTIME_PING_INTERVAL": 60, "REALTIME_IDLE_TIMEOUT": 60}
+
+
+async def test_chaos_client_offline_90s_while_300_events_resumes_by_replay(chaos):
+    """A client offline "90 s" while 300 events per stream commit resumes by replay: no reset, no HTTP fill."""
+    (server,) = await chaos.servers(1, **QUIET)
+    await chaos.client([server], STREAMS)  # a client that stays online alongside
+    offline = await chaos.client([server], STREAMS)
+    await offline.go_offline()
+    before = await db(database_heads)(STREAMS)
+    await db(create_and_cancel)(200)  # 200 creates, 100 cancels: 300 events on each stream
+    # 90 s pass (the events are made 90 s old), and the hourly prune runs with the real retention.
+    assert await db(age_events)(STREAMS, before, timedelta(seconds=90)) == 600
+    await db(prune)()
+    offline.go_online()
+    await offline.wait_connected()
+    await chaos.finish()
+    for view in offline.views.values():
+        assert (view.resets, view.fetched, view.received) == (0, 0, 300), view.name
+
+
+async def test_chaos_client_offline_past_retention_gets_exactly_one_reset(chaos):
+    """A client offline past the history's retention gets one reset per stream, reloads, and goes on live."""
+    (server,) = await chaos.servers(1)
+    offline = await chaos.client([server], STREAMS)
+    await offline.go_offline()
+    before = await db(database_heads)(STREAMS)
+    await db(create_and_cancel)(10)
+    await db(age_events)(STREAMS, {stream: 0 for stream in STREAMS}, timedelta(hours=26))
+    assert await db(prune)() >= 30
+    offline.go_online()
+    await offline.wait_connected()
+    await db(create_and_cancel)(4)  # live after the reset
+    await chaos.finish()
+    for view in offline.views.values():
+        assert view.resets == 1, view.name
+        assert view.runs[1][0] >= before[view.name] + 15  # reloaded at (or past) what was committed offline
+
+
+def order_body(shop_id: int, n: int) -> dict:
+    return {
+        "shop": shop_id,
+        "customer_name": f"Chaos {n}",
+        "customer_phone": "010-5555-0000",
+        "address": f"{n} Gangnam-daero",
+        "items": [{"name": "Tteokbokki", "qty": 2}],
+    }
+
+
+def http_commands(servers, cookie: str, shop_id: int, n: int, *, offset: int = 0) -> list[int]:
+    """Create `n` orders over HTTP, alternating servers, cancelling every other one; return the statuses."""
+    statuses = []
+    for i in range(n):
+        server = servers[i % len(servers)]
+        status, order = http_json(server, "POST", "/api/v1/orders", body=order_body(shop_id, offset + i), cookie=cookie)
+        statuses.append(status)
+        if status == 201 and i % 2:
+            body = {"reason": "chaos", "version": order["version"]}
+            other = servers[(i + 1) % len(servers)]
+            status, _ = http_json(other, "POST", f"/api/v1/orders/{order['id']}/cancel", body=body, cookie=cookie)
+            statuses.append(status)
+    return statuses
+
+
+async def test_chaos_pubsub_drops_duplicates_and_delays_messages(chaos):
+    """The bus drops, duplicates and delays a fifth of the messages each: every event arrives once, in order."""
+    faults = "drop=0.2,duplicate=0.2,delay=0.2,seed=12"
+    a, b = await chaos.servers(2, REALTIME_BUS_FAULTS=faults)
+    for server in (a, b) * 3:
+        await chaos.client([server, a if server is b else b], STREAMS)
+    caller = await chaos.cookie("callcenter")
+    shop_id = (await db(chaos_shop)()).pk
+    statuses = await asyncio.gather(
+        asyncio.to_thread(http_commands, [a, b], caller, shop_id, 30),
+        asyncio.to_thread(http_commands, [b, a], caller, shop_id, 30, offset=100),
+    )
+    assert set(statuses[0] + statuses[1]) == {200, 201}
+    chaos.notes["bus faults"] = faults
+    await chaos.finish()
+
+
+def chaos_shop():
+    from deliveries.models import Shop
+
+    return Shop.objects.filter(center__code=CENTER, is_active=True).order_by("name").first()
+
+
+def sweep() -> int:
+    from realtime.tasks import sweep_outbox
+
+    return sweep_outbox()
+
+
+async def test_chaos_crash_between_commit_and_publish_is_delivered_by_the_sweep(chaos):
+    """A process killed after a commit but before its publish: the outbox sweep delivers the events, once."""
+    (crashing,) = await chaos.servers(1, REALTIME_BUS_FAULTS="crash")
+    # The subscribers' process must not find the events by itself (heads check, pings): only the sweep.
+    (server,) = await chaos.servers(
+        1, REALTIME_HEADS_INTERVAL=600, REALTIME_PING_INTERVAL=600, REALTIME_IDLE_TIMEOUT=600
+    )
+    clients = [await chaos.client([server], STREAMS) for _ in range(3)]
+    before = await db(database_heads)(STREAMS)
+    caller = await chaos.cookie("callcenter")
+    shop_id = (await db(chaos_shop)()).pk
+    with contextlib.suppress(OSError):  # the process dies before it answers
+        await asyncio.to_thread(
+            http_json, crashing, "POST", "/api/v1/orders", body=order_body(shop_id, 1), cookie=caller
+        )
+    await asyncio.to_thread(crashing.process.wait, 10)
+    assert await db(database_heads)(STREAMS) == {stream: head + 1 for stream, head in before.items()}
+    assert await db(unpublished)(STREAMS) == 2
+
+    marker = await bus_marker(DELIVERIES)
+    for client in clients:
+        await client.saw(marker)
+        assert {s: v.last for s, v in client.views.items()} == before  # nothing arrived without the sweep
+
+    await db(age_events)(STREAMS, before, timedelta(seconds=10))  # the sweep takes events older than 5 s
+    assert await db(sweep)() == 2
+    assert await db(unpublished)(STREAMS) == 0
+    counts = await chaos.finish()
+    assert (counts["received"], counts["fetched"]) == (6, 0)  # by the bus, after the sweep
+
+
+async def test_chaos_client_that_stops_reading_is_dropped_others_unaffected_and_it_resumes(chaos):
+    """A client that stops reading is closed (4001, others untouched); it reconnects and resumes by replay."""
+    (server,) = await chaos.servers(1, REALTIME_QUEUE_LIMIT=200, REALTIME_PONG_TIMEOUT=3, REALTIME_IDLE_TIMEOUT=60)
+    others = [await chaos.client([server], [BROADCAST]) for _ in range(3)]
+    slow = await chaos.client([server], [BROADCAST], rcvbuf=4096)
+    slow.stall()
+    for _ in range(12):
+        await db(emit_notices)(50, batch=50, text_size=1900)
+    await wait_for(lambda: "too slow" in server.log(), 15, "the server to drop the slow client")
+    assert all(client.connections == 1 and client.close_codes == [] for client in others)
+    await chaos.check_clients(others)
+    slow.resume_reading()
+    await chaos.finish()
+    assert server.log().count("too slow") == 1
+    assert slow.connections == 2 and slow.close_codes[0] in (4001, 1006), slow.close_codes
+    assert slow.views[BROADCAST].resets == 0
+    chaos.notes["slow client closed with"] = slow.close_codes[0]
+
+
+async def wait_for(predicate, timeout: float, what: str) -> None:
+    async with asyncio.timeout(timeout):
+        while not await asyncio.to_thread(predicate):
+            await asyncio.sleep(0.1)
+    assert predicate(), what
+
+
+async def test_chaos_concurrent_writers_while_readers_poll(chaos):
+    """Writers race on the same orders through two processes while readers only poll: each reader exact."""
+    a, b = await chaos.servers(2)
+    for servers in ([a, b], [b, a]) * 2:
+        await chaos.client(servers, STREAMS, mode="poll", poll_interval=0.05)
+    await chaos.client([a, b], STREAMS)
+    caller = await chaos.cookie("callcenter")
+    shop_id = (await db(chaos_shop)()).pk
+
+    def create(server, n):
+        return http_json(server, "POST", "/api/v1/orders", body=order_body(shop_id, n), cookie=caller)
+
+    def cancel(server, order):
+        body = {"reason": "race", "version": order["version"]}
+        return http_json(server, "POST", f"/api/v1/orders/{order['id']}/cancel", body=body, cookie=caller)[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        created = list(pool.map(create, [a, b] * 10, range(20)))
+        assert {status for status, _ in created} == {201}
+        # Two cancels of each order at once, through different processes: one wins, one is refused.
+        races = [pool.submit(cancel, server, order) for _, order in created for server in (a, b)]
+        statuses = [race.result() for race in races]
+    assert sorted(statuses) == [200] * 20 + [409] * 20
+    chaos.notes["racing cancels"] = "20 won, 20 refused with 409"
+    await chaos.finish()
+
+
+async def test_chaos_tab_closed_without_a_clean_disconnect_leaves_presence(chaos):
+    """Tabs gone without a close frame (reset, or silent) leave presence; the user's open tab keeps them online."""
+    from realtime.presence import presence_snapshot
+
+    (server,) = await chaos.servers(1)
+    user_id = str((await db(dispatcher)()).pk)
+    tab = await chaos.client([server], STREAMS)
+    cookie = await chaos.cookie()
+    gone = []
+    for _ in range(2):
+        raw = await asyncio.to_thread(RawWebSocket, server, cookie)
+        raw.send_text(f'{{"type":"subscribe","id":"s","stream":"{DELIVERIES}"}}')
+        assert (await asyncio.to_thread(raw.recv_json))["type"] == "subscribed"
+        gone.append(raw)
+
+    def connections_of_user():
+        return presence_snapshot()["by_user"].get(user_id)
+
+    await wait_for(lambda: connections_of_user() == 3, 10, "three tabs in presence")
+    reset, silent = gone
+    reset.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    reset.close()  # an RST, no close frame: the browser process was killed
+    # `silent` stays open but sends nothing, not even pongs: the laptop lid closed. The idle
+    # timeout (3 s here, 45 s in production) plus one tick ends it.
+    window = float(server.env["REALTIME_IDLE_TIMEOUT"]) + float(server.env["REALTIME_PING_INTERVAL"]) + 5
+    await wait_for(lambda: connections_of_user() == 1, window, "the closed tabs gone from presence")
+    assert presence_of(server)["connections"] == 1
+    silent.close()
+    await db(create_and_cancel)(2)
+    assert tab.close_codes == []
+    await chaos.finish()
+
+
+def dispatcher():
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.get(username="dispatch-gangnam")
