@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import random
 import signal
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 from realtime.bus import REDIS_DOWN, get_redis
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,17 +71,21 @@ class BusFaults:
         """Queue `message` on `pipe` — or drop, duplicate or delay it."""
         roll = self.rng.random()
         if roll < self.drop:
-            return
-        if roll < self.drop + self.duplicate:
+            fault = "dropped"
+        elif roll < self.drop + self.duplicate:
+            fault = "duplicated"
             pipe.publish(channel, message)
             pipe.publish(channel, message)
-            return
-        if roll < self.drop + self.duplicate + self.delay:
+        elif roll < self.drop + self.duplicate + self.delay:
+            fault = "delayed"
             timer = threading.Timer(self.rng.uniform(0.02, 0.3), _publish_late, (channel, message))
             timer.daemon = True
             timer.start()
+        else:
+            pipe.publish(channel, message)
             return
-        pipe.publish(channel, message)
+        # One line per fault, so a test can count what it survived.
+        logger.info("bus fault: %s %s seq %s", fault, channel, message.split(b"\n", 1)[0].decode())
 
 
 def _publish_late(channel: str, message: bytes) -> None:

@@ -32,7 +32,7 @@ from tests.live.conftest import (  # noqa: F401  (fixtures and the report hook t
     session_cookie,
 )
 
-RESULTS: list[str] = []
+RESULTS: list[Scenario] = []  # finished scenarios, for the summary
 
 
 class ChaosRedis:
@@ -113,19 +113,29 @@ class Scenario:
     redis: ChaosRedis
     clients: list[ChaosClient] = field(default_factory=list)
     notes: dict[str, object] = field(default_factory=dict)
+    cookies: dict[str, str] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
 
     async def servers(self, n: int = 1, **env) -> list[LiveServer]:
         return await asyncio.to_thread(self.start_servers, n, **env)
 
     async def cookie(self, username: str = "dispatch-gangnam") -> str:
-        return await db(self.cookie_for)(username)
+        """A session of `username` (one per user and scenario: a user's tabs share their cookie)."""
+        if username not in self.cookies:
+            self.cookies[username] = await db(self.cookie_for)(username)
+        return self.cookies[username]
 
     async def client(self, servers, streams, *, username: str = "dispatch-gangnam", **kwargs) -> ChaosClient:
         """A started client (snapshot loaded; connected, unless it polls)."""
-        name = f"{self.name}-{len(self.clients)}"
-        client = ChaosClient(name, list(servers), await self.cookie(username), list(streams), **kwargs)
+        cookie = await self.cookie(username)
+        client = ChaosClient(f"{self.name}-{len(self.clients)}", list(servers), cookie, list(streams), **kwargs)
         self.clients.append(client)
         return await client.start()
+
+    async def clients_on(self, placements, streams, **kwargs) -> list[ChaosClient]:
+        """Start one client per entry of `placements` (its servers, preferred first), concurrently."""
+        await self.cookie(kwargs.get("username", "dispatch-gangnam"))
+        return list(await asyncio.gather(*(self.client(servers, streams, **kwargs) for servers in placements)))
 
     async def check_clients(self, clients, timeout: float = 20):
         """Wait until `clients` reached the database heads and assert the invariants for them."""
@@ -155,15 +165,21 @@ class Scenario:
             "duplicates_dropped": sum(v.duplicates_dropped for v in views),
             "resets": sum(v.resets for v in views),
         }
-        RESULTS.append(
-            f"{self.name}: {len(self.clients)} clients; events committed {counts['committed']}, "
-            f"owed to clients {owed}, received on sockets {counts['received']} + fetched over HTTP "
-            f"{counts['fetched']}, lost {counts['lost']}, duplicated-applied {counts['duplicated_applied']} "
-            f"(duplicates dropped {counts['duplicates_dropped']}, resets {counts['resets']}, "
-            f"skipped by a reset {skipped})" + "".join(f"; {key} {value}" for key, value in self.notes.items())
-        )
+        self.counts = counts | {"clients": len(self.clients), "skipped_by_reset": skipped}
+        RESULTS.append(self)  # printed at the end of the run, with notes added after `finish`
         assert counts["lost"] == 0 and counts["duplicated_applied"] == 0, counts
         return counts
+
+    def summary(self) -> str:
+        c = self.counts
+        return (
+            f"{self.name}: {c['clients']} clients; events committed {c['committed']}, "
+            f"owed to clients {c['owed']}, received on sockets {c['received']} + fetched over HTTP "
+            f"{c['fetched']}, lost {c['lost']}, duplicated-applied {c['duplicated_applied']} "
+            f"(duplicates dropped {c['duplicates_dropped']}, resets {c['resets']}, "
+            f"skipped by a reset {c['skipped_by_reset']})"
+            + "".join(f"; {key} {value}" for key, value in self.notes.items())
+        )
 
     async def stop(self) -> None:
         await asyncio.gather(*(client.stop() for client in self.clients))
@@ -181,5 +197,5 @@ async def chaos(request, on_chaos_redis, live_servers, demo_tx, session_cookie):
 def pytest_terminal_summary(terminalreporter):
     if RESULTS:
         terminalreporter.section("chaos suite: events per scenario")
-        for line in RESULTS:
-            terminalreporter.write_line(line)
+        for scenario in RESULTS:
+            terminalreporter.write_line(scenario.summary())
