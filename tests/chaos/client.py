@@ -47,7 +47,8 @@ class StreamView:
     received: int = 0  # event frames read from the socket
     fetched: int = 0  # events read over HTTP (gap fills, polling)
     duplicates_dropped: int = 0
-    resets: int = 0
+    resets: int = 0  # snapshot reloads after the first load
+    reset_frames: int = 0  # `reset` frames the server sent
     skipped_by_reset: int = 0  # seqs a snapshot reload stepped over (not lost: the snapshot holds them)
 
     @property
@@ -250,6 +251,7 @@ class ChaosClient:
                     return
             view.apply(frame)
         elif kind == "reset":
+            view.reset_frames += 1
             await self._reload(view)
 
     # -- the socket (rule 8) --------------------------------------------------------------------------
