@@ -106,13 +106,19 @@ def unpublished(streams) -> int:
 async def test_chaos_redis_restart_during_traffic(chaos):
     """Redis killed and restarted (all subscriptions and keys gone) during commands: every client converges."""
     a, b = await chaos.servers(2, **QUIET)  # no heads in pings: the servers must heal by themselves
-    await chaos.clients_on([[a, b], [b, a]] * 2, STREAMS)
+    clients = await chaos.clients_on([[a, b], [b, a]] * 2, STREAMS)
     writer = CommandWriter().start()
     await writer.wait_for(10)
     await asyncio.to_thread(chaos.redis.restart, 1.0)
     await writer.wait_for(writer.commands + 20)
     await writer.stop()
-    chaos.notes["left unpublished for the sweep"] = await db(unpublished)(STREAMS)
+    # The events committed while Redis was down were never published. The sweep publishes them
+    # late, after the processes delivered them from history: nobody may get them twice.
+    await db(age_events)(STREAMS, dict.fromkeys(STREAMS, 0), timedelta(seconds=10))
+    chaos.notes["published late by the sweep"] = swept = await db(sweep)()
+    assert swept > 0 and await db(unpublished)(STREAMS) == 0
+    marker = await bus_marker(DELIVERIES)
+    await asyncio.gather(*(client.saw(marker) for client in clients))
     counts = await chaos.finish()
     assert (counts["fetched"], counts["duplicates_dropped"]) == (0, 0)
 
@@ -133,7 +139,7 @@ def prune() -> int:
 
 
 async def test_chaos_client_offline_90s_while_300_events_resumes_by_replay(chaos):
-    """A client offline "90 s" while 300 events per stream commit resumes by replay: no reset, no HTTP fill."""
+    """A client offline "90 s" while 300 events commit resumes by replay: no reset, no HTTP fill."""
     (server,) = await chaos.servers(1, **QUIET)
     await chaos.client([server], STREAMS)  # a client that stays online alongside
     offline = await chaos.client([server], STREAMS)
@@ -269,7 +275,7 @@ async def test_chaos_crash_between_commit_and_publish_is_delivered_by_the_sweep(
 
 async def test_chaos_client_that_stops_reading_is_dropped_others_unaffected_and_it_resumes(chaos):
     """A client that stops reading is closed (4001, others untouched); it reconnects and resumes by replay."""
-    (server,) = await chaos.servers(1, REALTIME_QUEUE_LIMIT=200, REALTIME_PONG_TIMEOUT=3, REALTIME_IDLE_TIMEOUT=60)
+    (server,) = await chaos.servers(1, REALTIME_QUEUE_LIMIT=200, REALTIME_PONG_TIMEOUT=6, REALTIME_IDLE_TIMEOUT=60)
     others = await chaos.clients_on([[server]] * 3, [BROADCAST])
     slow = await chaos.client([server], [BROADCAST], rcvbuf=4096)
     slow.stall()
