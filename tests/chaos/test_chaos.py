@@ -15,6 +15,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+from realtime.presence import presence_snapshot
 from tests.chaos.conftest import database_heads
 from tests.live.conftest import RawWebSocket, bus_marker, db, emit_notices, http_json, presence_of
 
@@ -121,6 +122,9 @@ async def test_chaos_redis_restart_during_traffic(chaos):
     await asyncio.gather(*(client.saw(marker) for client in clients))
     counts = await chaos.finish()
     assert (counts["fetched"], counts["duplicates_dropped"]) == (0, 0)
+    # Presence lived only in the lost Redis: the processes' heartbeats write their connections back.
+    await wait_for(lambda: presence_snapshot()["connections"] == 4, 10, "presence rebuilt after the restart")
+    assert all(client.connections == 1 for client in clients)  # and nobody was disconnected
 
 
 def age_events(streams, after: dict[str, int], by: timedelta) -> int:
@@ -368,8 +372,6 @@ async def test_chaos_concurrent_writers_while_readers_poll(chaos):
 
 async def test_chaos_tab_closed_without_a_clean_disconnect_leaves_presence(chaos):
     """Tabs gone without a close frame (reset, or silent) leave presence; the user's open tab keeps them online."""
-    from realtime.presence import presence_snapshot
-
     (server,) = await chaos.servers(1)
     user_id = str((await db(dispatcher)()).pk)
     tab = await chaos.client([server], STREAMS)
