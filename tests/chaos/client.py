@@ -48,6 +48,8 @@ class StreamView:
     fetched: int = 0  # events read over HTTP (gap fills, polling)
     duplicates_dropped: int = 0
     resets: int = 0  # snapshot reloads after the first load
+    reconciles: int = 0  # `reconcile` frames handled
+    stale: list[tuple[str, int | None, int, int]] = field(default_factory=list)  # (id, shown, frame's, head)
     reset_frames: int = 0  # `reset` frames the server sent
     skipped_by_reset: int = 0  # seqs a snapshot reload stepped over (not lost: the snapshot holds them)
 
@@ -91,6 +93,11 @@ class StreamView:
 
     def state(self):
         return self.entities if self.entity_stream else self.recent
+
+
+def is_open(entity: dict) -> bool:
+    """Whether a delivery or order is still in progress (riders are always "open")."""
+    return entity.get("status") not in ("delivered", "cancelled")
 
 
 class ChaosClient:
@@ -253,6 +260,23 @@ class ChaosClient:
         elif kind == "reset":
             view.reset_frames += 1
             await self._reload(view)
+        elif kind == "reconcile":
+            await self._reconcile(view, frame)
+
+    async def _reconcile(self, view: StreamView, frame: dict) -> None:
+        """Rule 7; an entity it proves stale is recorded (an exact client never has one)."""
+        view.reconciles += 1
+        if frame["epoch"] != view.epoch:
+            await self._reload(view)
+            return
+        if frame["head"] > view.last:
+            await self._fetch(view, upto=frame["head"])
+        at_head = view.last == frame["head"]
+        for key, version in frame["versions"].items():
+            shown = view.entities.get(key)
+            shown_version = shown["version"] if shown else None
+            if shown_version != version if at_head else (shown_version is None or version > shown_version):
+                view.stale.append((key, shown_version, version, frame["head"]))
 
     # -- the socket (rule 8) --------------------------------------------------------------------------
 
@@ -366,8 +390,12 @@ class ChaosClient:
                 assert view.version_downs == [], f"{self.name} {view.name}: versions went down {view.version_downs}"
                 fresh = await self._snapshot(view.name)
                 assert fresh["head"] == view.last and fresh["epoch"] == view.epoch, (fresh["head"], view.last)
+                assert view.stale == [], f"{self.name} {view.name}: reconcile found stale entities {view.stale}"
                 if view.entity_stream:
                     expected = {str(item["id"]): item for item in fresh["items"]}
-                    assert view.entities == expected, f"{self.name} {view.name}: state differs from the snapshot"
+                    # At midnight (TIME_ZONE) a closed entity of the day before leaves the snapshot;
+                    # a client that loaded it earlier still shows it, rightly.
+                    shown = {key: item for key, item in view.entities.items() if key in expected or is_open(item)}
+                    assert shown == expected, f"{self.name} {view.name}: state differs from the snapshot"
                 else:
                     assert view.recent == fresh["items"], f"{self.name} {view.name}: state differs from the snapshot"

@@ -175,6 +175,7 @@ class Scenario:
             "duplicated_applied": sum(len(v.applied) - len(set(v.applied)) for v in views),
             "duplicates_dropped": sum(v.duplicates_dropped for v in views),
             "resets": sum(v.resets for v in views),
+            "reconciles": sum(v.reconciles for v in views),
         }
         self.counts = counts | {"clients": len(self.clients), "skipped_by_reset": skipped}
         RESULTS.append(self)  # printed at the end of the run, with notes added after `finish`
@@ -188,7 +189,7 @@ class Scenario:
             f"owed to clients {c['owed']}, received on sockets {c['received']} + fetched over HTTP "
             f"{c['fetched']}, lost {c['lost']}, duplicated-applied {c['duplicated_applied']} "
             f"(duplicates dropped {c['duplicates_dropped']}, resets {c['resets']}, "
-            f"skipped by a reset {c['skipped_by_reset']})"
+            f"skipped by a reset {c['skipped_by_reset']}, reconcile frames checked {c['reconciles']})"
             + "".join(f"; {key} {value}" for key, value in self.notes.items())
         )
 

@@ -309,6 +309,15 @@ async def wait_for(predicate, timeout: float, what: str) -> None:
         raise AssertionError(f"waited {timeout}s for {what}") from None
 
 
+async def reconcile_until_cancelled(pause: float = 0.2) -> None:
+    """Publish the `reconcile` frames (the Celery beat task) again and again, while commands race."""
+    from realtime.tasks import reconcile_streams
+
+    while True:
+        await db(reconcile_streams)()
+        await asyncio.sleep(pause)
+
+
 def riders_on_duty(count: int) -> list[int]:
     """Start the shift of the center's first `count` riders (system actor); return their ids."""
     from riders.models import Rider
@@ -339,29 +348,38 @@ async def test_chaos_concurrent_writers_while_readers_poll(chaos):
         body = {"reason": "race", "version": order["version"]}
         return http_json(server, "POST", f"/api/v1/orders/{order['id']}/cancel", body=body, cookie=caller)[0]
 
-    with ThreadPoolExecutor(8) as pool:
-        created = list(pool.map(create, [a, b] * 6, range(12)))
-        assert {status for status, _ in created} == {201}
-        orders = [order for _, order in created]
-        # Two assigns of each delivery at once, to different riders through different processes.
-        races = [
-            pool.submit(assign, server, order["delivery"]["id"], riders[(i + k) % len(riders)], 1)
-            for i, order in enumerate(orders)
-            for k, server in enumerate((a, b))
-        ]
-        assigned = [race.result() for race in races]
-        assert sorted(status for status, _ in assigned) == [200] * 12 + [409] * 12
-        won = {body["id"]: body for status, body in assigned if status == 200}
-        # Then a cancel of each order races a reassignment of its delivery (both legal alone): the
-        # cancel always succeeds (a reassignment does not change the order), the reassignment may not.
-        races = []
-        for order in orders:
-            delivery = won[order["delivery"]["id"]]
-            rider = riders[(riders.index(delivery["rider"]) + 1) % len(riders)]
-            races.append(pool.submit(assign, b, delivery["id"], rider, delivery["version"]))
-            races.append(pool.submit(cancel, a, order))
-        reassigns = [race.result()[0] for race in races[0::2]]
-        cancels = [race.result() for race in races[1::2]]
+    def race() -> tuple[list[int], list[int]]:
+        """The racing commands, from threads (the event loop keeps reading meanwhile)."""
+        with ThreadPoolExecutor(8) as pool:
+            created = list(pool.map(create, [a, b] * 6, range(12)))
+            assert {status for status, _ in created} == {201}
+            orders = [order for _, order in created]
+            # Two assigns of each delivery at once, to different riders through different processes.
+            races = [
+                pool.submit(assign, server, order["delivery"]["id"], riders[(i + k) % len(riders)], 1)
+                for i, order in enumerate(orders)
+                for k, server in enumerate((a, b))
+            ]
+            assigned = [race.result() for race in races]
+            assert sorted(status for status, _ in assigned) == [200] * 12 + [409] * 12
+            won = {body["id"]: body for status, body in assigned if status == 200}
+            # Then a cancel of each order races a reassignment of its delivery (both legal alone): the
+            # cancel always succeeds (a reassignment does not change the order), the reassignment may not.
+            races = []
+            for order in orders:
+                delivery = won[order["delivery"]["id"]]
+                rider = riders[(riders.index(delivery["rider"]) + 1) % len(riders)]
+                races.append(pool.submit(assign, b, delivery["id"], rider, delivery["version"]))
+                races.append(pool.submit(cancel, a, order))
+            return [race.result() for race in races[1::2]], [race.result()[0] for race in races[0::2]]
+
+    reconciling = asyncio.ensure_future(reconcile_until_cancelled())  # the safety net runs meanwhile
+    try:
+        cancels, reassigns = await asyncio.to_thread(race)
+    finally:
+        if reconciling.done():
+            reconciling.result()  # it failed: say why
+        reconciling.cancel()
     assert cancels == [200] * 12 and set(reassigns) <= {200, 409}, (cancels, reassigns)
     chaos.notes["racing commands"] = (
         f"assign pairs 12 won, 12 refused (409); cancels 12 won racing reassignments "
