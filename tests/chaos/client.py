@@ -329,22 +329,30 @@ class ChaosClient:
                 self.close_codes.append(ws.close_code)
             backoff = 0.05
 
+    async def _subscribe(self, ws, frame_id: str, view: StreamView, delay: float = 0.0) -> None:
+        await asyncio.sleep(delay)
+        frame = {"type": "subscribe", "id": frame_id, "stream": view.name, "since": view.last, "epoch": view.epoch}
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await ws.send(json.dumps(frame))
+
     async def _session(self, ws) -> None:
-        self._subscribed: set[str] = set()
-        for i, view in enumerate(self.views.values()):
-            await ws.send(
-                json.dumps(
-                    {"type": "subscribe", "id": f"s{i}", "stream": view.name, "since": view.last, "epoch": view.epoch}
-                )
-            )
+        subscribed: set[str] = set()
+        by_id = {f"s{i}": view for i, view in enumerate(self.views.values())}
+        for frame_id, view in by_id.items():
+            await self._subscribe(ws, frame_id, view)
+        retries = set()
         async for text in ws:
             frame = json.loads(text)
             if frame.get("type") == "subscribed":
-                self._subscribed.add(frame["stream"])
-                if len(self._subscribed) == len(self.views):
+                subscribed.add(frame["stream"])
+                if len(subscribed) == len(self.views):
                     self.connected.set()
             if frame.get("type") == "error":
-                self.errors.append(text)
+                if frame.get("code") == "internal" and frame.get("id") in by_id:  # retryable (§3.8)
+                    view = by_id[frame["id"]]
+                    retries.add(asyncio.create_task(self._subscribe(ws, frame["id"], view, delay=0.2)))
+                else:
+                    self.errors.append(text)
             async with self._lock:
                 await self._handle(ws, frame)
             if not self.reading.is_set():
@@ -379,6 +387,7 @@ class ChaosClient:
     async def check(self, heads: dict[str, int]) -> None:
         """Assert the three invariants against the database heads and a fresh snapshot."""
         async with self._lock:
+            assert self.errors == [], f"{self.name}: error frames {self.errors}"
             for view in self.views.values():
                 for run in view.runs:
                     start, applied = run[0], run[1:]
