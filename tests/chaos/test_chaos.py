@@ -248,10 +248,10 @@ def sweep() -> int:
 
 async def test_chaos_crash_between_commit_and_publish_is_delivered_by_the_sweep(chaos):
     """A process killed after a commit but before its publish: the outbox sweep delivers the events, once."""
-    (crashing,) = await chaos.servers(1, REALTIME_BUS_FAULTS="crash")
     # The subscribers' process must not find the events by itself (heads check, pings): only the sweep.
-    (server,) = await chaos.servers(
-        1, REALTIME_HEADS_INTERVAL=600, REALTIME_PING_INTERVAL=600, REALTIME_IDLE_TIMEOUT=600
+    (crashing,), (server,) = await asyncio.gather(
+        chaos.servers(1, REALTIME_BUS_FAULTS="crash"),
+        chaos.servers(1, REALTIME_HEADS_INTERVAL=600, REALTIME_PING_INTERVAL=600, REALTIME_IDLE_TIMEOUT=600),
     )
     clients = await chaos.clients_on([[server]] * 3, STREAMS)
     before = await db(database_heads)(STREAMS)
