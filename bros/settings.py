@@ -217,6 +217,8 @@ REALTIME_PUBLISH_BURST = env.int("REALTIME_PUBLISH_BURST", default=20)
 # a brake on a runaway integration.
 API_COMMAND_RATE = env.float("API_COMMAND_RATE", default=10.0)  # commands per second
 API_COMMAND_BURST = env.int("API_COMMAND_BURST", default=100)
+# Test only (the chaos suite): drop, duplicate, delay publishes or crash before them (realtime/faults.py).
+REALTIME_BUS_FAULTS = env("REALTIME_BUS_FAULTS", default="")
 
 # Outgoing webhooks (protocol.md §7): per-request timeout, attempts before giving up, back-off.
 WEBHOOK_TIMEOUT = env.float("WEBHOOK_TIMEOUT", default=5.0)  # seconds, connect and each read

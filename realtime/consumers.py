@@ -178,6 +178,7 @@ class ProtocolConsumer(AsyncConsumer):
         self.user = scope.get("user")
         self.access_version = 0
         self.streams: set[str] = set()
+        self.joining: set[str] = set()  # subscribed streams whose `subscribed` and replay are not sent yet
         self.hub: Hub | None = None
         self.sender: FrameSender | None = None
         self.last_seen = time.monotonic()
@@ -313,7 +314,9 @@ class ProtocolConsumer(AsyncConsumer):
         ):
             self.overflow("too slow: ping not answered")
         elif heads is not None:
-            mine = {stream: heads.get(stream, 0) for stream in self.streams if stream in logged}
+            # Not a stream still joining: its replay follows, so its head would make the client
+            # fetch over HTTP what the replay is about to send (or reload an expired one twice).
+            mine = {s: heads.get(s, 0) for s in self.streams if s in logged and s not in self.joining}
             self.deliver(frames.dumps({"type": "ping", "heads": mine}))
             if self.unanswered_ping_since is None:
                 self.unanswered_ping_since, self.unread_after_ping = now, 0
@@ -395,11 +398,14 @@ class ProtocolConsumer(AsyncConsumer):
         if name in self.streams:
             return  # idempotent: one `subscribed`, no duplicate delivery
         self.streams.add(name)
+        self.joining.add(name)
         try:
             await self.hub.join(self, stream, id=frame_id, since=since, epoch=epoch)
         except BaseException:
             self.streams.discard(name)
             raise
+        finally:
+            self.joining.discard(name)
         await self._presence("set_streams", self.conn_id, sorted(self.streams))
 
     async def _unsubscribe(self, frame: dict, frame_id) -> None:

@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from realtime.bus import REDIS_DOWN, channel_for, get_redis, message_for, redis_health
 from realtime.events import PendingEvent
+from realtime.faults import bus_faults
 from realtime.models import Event, Stream, new_epoch
 
 logger = logging.getLogger(__name__)
@@ -84,10 +85,17 @@ def publish(events: Sequence[Event]) -> bool:
     """
     if not events:
         return True
+    faults = bus_faults()  # None except in the chaos suite's server processes
+    if faults:
+        faults.before_publish()
     try:
         pipe = get_redis().pipeline(transaction=False)
         for event in events:
-            pipe.publish(channel_for(event.stream), message_for(event.seq, encode_frame(event)))
+            channel, message = channel_for(event.stream), message_for(event.seq, encode_frame(event))
+            if faults:
+                faults.publish(pipe, channel, message)
+            else:
+                pipe.publish(channel, message)
         pipe.execute()
         redis_health.up()
         Event.objects.filter(pk__in=[e.pk for e in events]).update(published_at=timezone.now())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from datetime import timedelta
 
 import pytest
@@ -869,6 +870,39 @@ async def test_heartbeat_ping_carries_heads_of_own_logged_streams_only(ws, setti
         assert set(frame["heads"]) == set(expected)
     else:
         raise AssertionError("no ping with the current heads")
+
+
+async def test_heartbeat_ping_leaves_out_a_stream_until_its_subscribe_is_answered(ws, settings, monkeypatch):
+    """Pings sent while a resume is being read carry no head for that stream: the replay, not a fetch, follows.
+
+    (A ping before `subscribed` used to carry the head, so a client following the rules fetched over
+    HTTP what the replay was about to send, or reloaded its snapshot twice when history had expired.)
+    """
+    settings.REALTIME_PING_INTERVAL = 0.2
+    await in_thread(emit_notices, 5)
+    epoch, _ = await in_thread(outbox.stream_position, BROADCAST)
+    client = await ws.connect(DISPATCHER)
+    assert (await client.subscribe("deliveries:gangnam"))["type"] == "subscribed"
+    release = threading.Event()
+    read_history = outbox.read_history
+
+    def held_read(*args, **kwargs):
+        release.wait(5)
+        return read_history(*args, **kwargs)
+
+    monkeypatch.setattr(outbox, "read_history", held_read)
+    await client.send({"type": "subscribe", "id": "r", "stream": BROADCAST, "since": 2, "epoch": epoch})
+    try:
+        pings = [await client.recv(pings=True) for _ in range(2)]  # sent while the replay is held
+    finally:
+        release.set()
+    assert [set(ping["heads"]) for ping in pings] == [{"deliveries:gangnam"}] * 2
+    reply = await client.recv()
+    assert (reply["type"], reply["recovered"]) == ("subscribed", True)
+    assert [e["seq"] for e in await client.events(3)] == [3, 4, 5]
+    while BROADCAST not in (ping := await client.recv(pings=True))["heads"]:
+        assert ping["type"] == "ping"
+    assert ping["heads"][BROADCAST] == 5
 
 
 async def test_heartbeat_closes_a_silent_client_and_keeps_one_that_answers(ws, settings):
