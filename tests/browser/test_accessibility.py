@@ -22,8 +22,8 @@ pytestmark = pytest.mark.browser
 
 BLOCKING = {"serious", "critical"}
 
-# (user, path, status): every page of every role. None logs nobody in. The lead adds the pages of
-# the call-center, rider and chat work here (/orders/<id>/, chat) as they land.
+# (user, path, status): every page of every role. None logs nobody in. Pages that need an id or a
+# state (an order, an open dialog) have their own test below.
 PAGES = [
     (None, "/accounts/login/", 200),
     ("dispatch-gangnam", "/dispatch/gangnam/", 200),
@@ -95,4 +95,24 @@ def test_board_with_drawer_and_assign_dialog_open_has_no_serious_violation(brows
     assert blocking_violations(page) == ""
     page.locator("#drawer [data-action=assign]").click()
     expect(page.locator("#assign-dialog [role=option]")).to_have_count(1)
+    assert blocking_violations(page) == ""
+
+
+def test_order_page_live_cancelled_and_with_cancel_dialog_has_no_serious_violation(browse, demo_tx):
+    """The call center's order page: picked up (map and ETA), its cancel dialog open, and cancelled (banner)."""
+    rider = board.rider_on_duty(demo_tx, 1, km_from_shop=1.0)
+    delivery = take_order(demo_tx)
+    services.assign_delivery(actor=None, delivery_id=delivery.pk, rider_id=rider.pk)
+    services.pick_up_delivery(actor=None, delivery_id=delivery.pk)
+    page = browse("callcenter", f"/orders/{delivery.order_id}/")
+    expect(page.locator("h1")).to_have_count(1)
+    page.wait_for_load_state("load")
+    assert blocking_violations(page) == ""
+    page.locator("#open-cancel").click()
+    expect(page.locator("#cancel-dialog")).to_be_visible()
+    assert blocking_violations(page) == ""
+    cancelled = take_order(demo_tx)
+    services.cancel_order(actor=None, order_id=cancelled.order_id, reason="Customer changed their mind")
+    page = browse("callcenter", f"/orders/{cancelled.order_id}/")
+    expect(page.locator("#cancel-banner")).to_be_visible()
     assert blocking_violations(page) == ""
