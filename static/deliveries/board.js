@@ -505,6 +505,9 @@ async function openDrawer(id, { keepFocus = false } = {}) {
   if (!keepFocus) body.querySelector("button")?.focus();
 }
 
+// The chat panel's `#1234` links open the drawer here instead of leaving the board.
+document.addEventListener("bros:open-delivery", (event) => openDrawer(event.detail.id));
+
 drawer.addEventListener("click", async (event) => {
   const action = event.target.closest("[data-action]")?.dataset.action;
   const body = drawer.querySelector(".drawer-body");
