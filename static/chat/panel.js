@@ -490,7 +490,9 @@ async function start() {
     });
   }
   renderRooms();
-  state.rt = new RealtimeClient({ url: "/ws/v1/", apiBase: API });
+  // Its own socket, so the page's client (the board's) carries nothing for chat; the query string,
+  // which the server ignores, tells the two apart in the browser's tools (and test proxies).
+  state.rt = new RealtimeClient({ url: "/ws/v1/?panel=chat", apiBase: API });
   state.rt.addEventListener("state", (e) => {
     el.conn.textContent = e.detail.state === "live" ? "" : e.detail.state === "polling" ? "Offline · sending over HTTP" : "Connecting…";
   });
