@@ -37,5 +37,6 @@ def register() -> None:
             may_publish=access.conversation_member,
             snapshot=conversation_snapshot,
             publish=services.post_message,
+            users_only=True,  # a conversation is its two users' own: no integration reads it
         )
     )

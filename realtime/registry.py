@@ -55,6 +55,8 @@ class StreamKind:
     # publishes here (chat messages) and emits the event in the same transaction. None: the event
     # is only logged (`realtime.services.publish_event`).
     publish: Callable[..., Event] | None = None
+    # Private to the users the rules admit: no API token reads it, whatever its patterns say.
+    users_only: bool = False
 
 
 class FrameRefused(Exception):

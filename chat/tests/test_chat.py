@@ -15,6 +15,7 @@ from realtime.models import Event
 from realtime.services import NotPublishable, publish_event
 from realtime.streams import parse_stream
 from realtime.tests.test_api import API, logged_in, post_json, publish_body
+from tests.support import bearer, make_token
 
 ROOM = "chat:gangnam"
 
@@ -148,9 +149,21 @@ def test_malformed_and_non_chat_streams_are_404(demo):
         assert client.get(f"{API}/chat/{stream}/messages").status_code == 404, stream
 
 
-def test_an_api_token_cannot_write_in_a_conversation(demo):
+def test_an_api_token_can_neither_read_nor_write_a_conversation(demo, client):
+    stream = rider_dm(demo)
+    send(demo, "dispatch-gangnam", "private", stream=stream)
+    _, raw = make_token("bot", commands=["publish"], streams=["*"])
+    for url in [
+        f"{API}/chat/{stream}/messages",
+        f"{API}/streams/{stream}/snapshot",
+        f"{API}/streams/{stream}/events?since=0",
+    ]:
+        assert client.get(url, headers=bearer(raw)).status_code == 403, url
+    body = publish_body(stream, data={"text": "hi"})
+    assert client.post(f"{API}/publish", body, content_type="application/json", headers=bearer(raw)).status_code == 422
     with pytest.raises(NotPublishable):
-        publish_event(actor=None, stream=parse_stream(rider_dm(demo)), event="chat.message", data={"text": "hi"})
+        publish_event(actor=None, stream=parse_stream(stream), event="chat.message", data={"text": "hi"})
+    assert client.get(f"{API}/chat/{ROOM}/messages", headers=bearer(raw)).status_code == 200  # rooms are fine
 
 
 # -- history pages ---------------------------------------------------------------------------------
