@@ -315,3 +315,29 @@ def test_a_message_sent_while_redis_is_down_is_stored_and_reaches_the_room_when_
     listener.close()
     assert message is not None and b'"text":"Redis is down"' in message["data"]
     assert Event.objects.get(stream=ROOM).published_at is not None
+
+
+def test_two_racing_sends_with_one_client_msg_id_store_one_message(demo_tx):
+    """A retry that races the first send (two sockets, or socket then HTTP) still makes one message."""
+    import threading
+
+    from django.db import connection
+
+    barrier, seqs = threading.Barrier(2), []
+
+    def send_once():
+        try:
+            barrier.wait()
+            seqs.append(send(demo_tx, "rider-gangnam-01", "once", client_msg_id="race").seq)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=send_once) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert seqs == [1, 1]
+    assert ChatMessage.objects.filter(stream=ROOM).count() == 1
+    assert Event.objects.filter(stream=ROOM).count() == 1
