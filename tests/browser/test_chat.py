@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from .conftest import WAIT
+from .conftest import WAIT, SocketProxy
 from .test_board import BOARD, browse  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.browser
@@ -74,3 +74,32 @@ def test_dispatcher_and_rider_chat_live_and_find_the_history_after_reloading(bro
         expect(messages(page).nth(2)).to_have_text("At the shop now")
     assert dispatcher.evaluate("document.body.dataset.pwned") is None
     assert rider.evaluate("document.body.dataset.pwned") is None
+
+
+def test_rider_pages_back_through_history_and_sends_over_http_while_the_socket_is_down(browse, demo_tx):  # noqa: F811
+    from realtime.services import publish_event
+    from realtime.streams import parse_stream
+
+    author = demo_tx.user("dispatch-gangnam")
+    for i in range(1, 121):
+        publish_event(actor=author, stream=parse_stream("chat:gangnam"), event="chat.message", data={"text": f"m{i}"})
+    proxy = SocketProxy()
+    proxy.refusing = True  # the panel's socket cannot connect: it polls and sends over HTTP
+    context = browse.session("rider-gangnam-01")
+    context.route_web_socket("**/ws/v1/?panel=chat", proxy.handle)
+    rider = context.new_page()
+    rider.set_viewport_size({"width": 390, "height": 800})
+    rider.goto("/rider/")
+
+    expect(messages(rider)).to_have_count(50)
+    expect(messages(rider).first).to_have_text("m71")
+    for count, oldest in [(100, "m21"), (120, "m1")]:
+        rider.locator("#chat-log").evaluate("log => log.scrollTop = 0")
+        expect(messages(rider)).to_have_count(count)
+        expect(messages(rider).first).to_have_text(oldest)
+    expect(messages(rider).last).to_have_text("m120")
+
+    say(rider, "Sent while the socket is down")
+    expect(messages(rider).last).to_have_text("Sent while the socket is down")
+    expect(rider.locator("#chat-error")).to_be_hidden()
+    assert proxy.routes == []  # nothing went over a socket
