@@ -341,3 +341,31 @@ def test_two_racing_sends_with_one_client_msg_id_store_one_message(demo_tx):
     assert seqs == [1, 1]
     assert ChatMessage.objects.filter(stream=ROOM).count() == 1
     assert Event.objects.filter(stream=ROOM).count() == 1
+
+
+def test_admin_finds_messages_by_room_author_words_and_day(demo):
+    send(demo, "dispatch-gangnam", "Rain on Teheran-ro")
+    send(demo, "rider-mapo-01", "Flat tyre", stream="chat:mapo")
+    admin = logged_in(demo, "admin")
+
+    def found(**query) -> bool:
+        page = admin.get("/admin/chat/chatmessage/", query)
+        assert page.status_code == 200
+        return b"Rain on Teheran-ro" in page.content, b"Flat tyre" in page.content
+
+    assert found(q="chat:gangnam") == (True, False)
+    assert found(q="rider-mapo-01") == (False, True)
+    assert found(q="tyre") == (False, True)
+    today = ChatMessage.objects.first().sent_at
+    assert found(sent_at__year=today.year, sent_at__month=today.month, sent_at__day=today.day) == (True, True)
+    assert found(kind="dm") == (False, False)
+    assert admin.get("/admin/chat/chatmessage/add/").status_code == 403  # browse only
+
+
+def test_sending_a_message_takes_a_bounded_number_of_queries(demo, django_assert_max_num_queries):
+    client = logged_in(demo, "rider-gangnam-01")
+    post_json(client, f"{API}/publish", publish_body(ROOM, data={"text": "warm-up"}))
+    # session, user, access (3), center, earlier client_msg_id, head, event, message: 10, plus 6 savepoints.
+    with django_assert_max_num_queries(16):
+        answer = post_json(client, f"{API}/publish", publish_body(ROOM, data={"text": "hi", "client_msg_id": "q1"}))
+    assert answer.status_code == 202
