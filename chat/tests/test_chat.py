@@ -369,3 +369,18 @@ def test_sending_a_message_takes_a_bounded_number_of_queries(demo, django_assert
     with django_assert_max_num_queries(16):
         answer = post_json(client, f"{API}/publish", publish_body(ROOM, data={"text": "hi", "client_msg_id": "q1"}))
     assert answer.status_code == 202
+
+
+def test_a_conversation_closes_when_the_rider_moves_to_another_center(demo):
+    from riders.models import Rider
+
+    stream = rider_dm(demo)
+    send(demo, "dispatch-gangnam", "before the move", stream=stream)
+    Rider.objects.filter(user__username="rider-gangnam-01").update(center=demo.center("mapo"))
+
+    for username in ["dispatch-gangnam", "rider-gangnam-01"]:
+        client = logged_in(demo, username)
+        assert client.get(f"{API}/chat/{stream}/messages").status_code == 403, username
+        assert post_json(client, f"{API}/publish", publish_body(stream)).status_code == 403, username
+    rooms = _rooms(logged_in(demo, "rider-gangnam-01"))
+    assert stream not in rooms and "chat:mapo" in rooms
