@@ -4,7 +4,7 @@
 // Lazy on purpose: nothing is fetched before the page has loaded and the browser is idle, so the
 // page that includes the panel (the dispatcher board) keeps its own hot path to itself.
 // Every message is rendered with DOM text nodes (never innerHTML): links are made only from
-// http(s) URLs and `#1234` delivery numbers, the latter only for those who may open deliveries.
+// http(s) URLs and `#1234` order numbers, the latter only for those who may open deliveries.
 
 import { RealtimeClient } from "../realtime/client.js";
 
@@ -76,7 +76,7 @@ async function api(path, { method = "GET", body, headers = {} } = {}) {
 
 function deliveryCenter(room) {
   if (room.stream.startsWith("chat:")) return room.stream.slice(5);
-  return document.getElementById("board-config") ? JSON.parse($("board-config").textContent).center : state.me.centers[0];
+  return boardCenter() ?? state.me.centers[0];
 }
 
 function canOpenDeliveries() {
@@ -119,18 +119,39 @@ function safeUrlLink(token) {
   return a;
 }
 
+/** `#1234` is an order number, as the board shows it: for HQ and dispatchers a link to its delivery. */
 function deliveryLink(token, room) {
   if (!canOpenDeliveries()) return null;
-  const id = token.slice(1);
   const center = deliveryCenter(room);
   if (!center) return null;
   const a = document.createElement("a");
-  a.href = `/dispatch/${encodeURIComponent(center)}/deliveries/${id}/`;
+  a.href = `/dispatch/${encodeURIComponent(center)}/`; // the board; a click opens the order's delivery there
   a.textContent = token;
   a.className = "chat-delivery";
-  a.dataset.delivery = id;
-  a.dataset.center = center;
+  a.dataset.order = token.slice(1);
   return a;
+}
+
+function boardCenter() {
+  const config = document.getElementById("board-config");
+  return config ? JSON.parse(config.textContent).center : null;
+}
+
+/** Open the order's delivery: in the board's drawer, on this board or on its center's board. */
+async function openOrder(link) {
+  const result = await api(`/orders/${encodeURIComponent(link.dataset.order)}`);
+  if (!result.ok || !result.data?.delivery) {
+    link.classList.add("chat-dead-link");
+    link.title = result.status === 404 ? "No such order, or not one you can open." : "Could not open the order; try again.";
+    return;
+  }
+  const { center, delivery } = result.data;
+  if (boardCenter() === center) {
+    document.dispatchEvent(new CustomEvent("bros:open-delivery", { detail: { id: delivery.id } }));
+    return;
+  }
+  sessionStorage.setItem("bros:open-delivery", JSON.stringify({ center, id: delivery.id }));
+  location.href = `/dispatch/${encodeURIComponent(center)}/`;
 }
 
 function timeText(iso) {
@@ -545,10 +566,9 @@ if (panel) {
   });
   el.log.addEventListener("click", (event) => {
     const link = event.target.closest("a.chat-delivery");
-    const board = document.getElementById("board-config");
-    if (!link || !board || JSON.parse(board.textContent).center !== link.dataset.center) return;
-    event.preventDefault(); // on the board itself: open its drawer instead of leaving the page
-    document.dispatchEvent(new CustomEvent("bros:open-delivery", { detail: { id: link.dataset.delivery } }));
+    if (!link) return;
+    event.preventDefault();
+    openOrder(link);
   });
   el.form.addEventListener("submit", send);
   el.input.addEventListener("input", () => {

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
+from tests.support import take_order
+
 from .conftest import WAIT, SocketProxy
 from .test_board import BOARD, browse  # noqa: F401  (the fixture)
 
@@ -25,7 +27,8 @@ def say(page, text: str) -> None:
     expect(page.locator("#chat-input")).to_have_value("")
 
 
-def test_dispatcher_and_rider_chat_live_and_find_the_history_after_reloading(browse):  # noqa: F811
+def test_dispatcher_and_rider_chat_live_and_find_the_history_after_reloading(browse, demo_tx):  # noqa: F811
+    order = take_order(demo_tx)
     dispatcher = browse("dispatch-gangnam", BOARD)
     rider = browse("rider-gangnam-01", "/rider/")
     rider.set_viewport_size({"width": 390, "height": 800})  # the rider's phone
@@ -37,7 +40,7 @@ def test_dispatcher_and_rider_chat_live_and_find_the_history_after_reloading(bro
     expect(dispatcher.locator("#chat-room-title")).to_have_text("# Gangnam")
     expect(dispatcher.locator("#chat-input")).to_be_focused()
 
-    say(dispatcher, f"Rain on Teheran-ro, see #42 and https://example.com/map. {HOSTILE}")
+    say(dispatcher, f"Rain on Teheran-ro, see #{order.pk} and https://example.com/map. {HOSTILE}")
     first = messages(rider).first
     expect(first).to_contain_text("Rain on Teheran-ro")
     expect(first).to_contain_text("<img src=x")  # shown as text, never as markup
@@ -47,9 +50,11 @@ def test_dispatcher_and_rider_chat_live_and_find_the_history_after_reloading(bro
     assert first.locator("a.chat-delivery").count() == 0  # a rider cannot open deliveries of the board
     assert first.locator("a[href^='javascript']").count() == 0
     expect(rider.locator("#chat-messages .chat-role").first).to_have_text("Dispatcher")
-    expect(dispatcher.locator("#chat-messages a.chat-delivery")).to_have_attribute(
-        "href", "/dispatch/gangnam/deliveries/42/"
-    )
+    expect(first).to_contain_text(f"#{order.pk}")
+    # For the dispatcher `#<order>` opens that order's delivery in the board's drawer.
+    dispatcher.locator("#chat-messages a.chat-delivery").click()
+    expect(dispatcher.locator("#drawer h2")).to_contain_text(f"Order #{order.pk}")
+    assert dispatcher.url.endswith(BOARD)
 
     say(rider, "On my way, 5 minutes")
     expect(messages(dispatcher).last).to_have_text("On my way, 5 minutes")
