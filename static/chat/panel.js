@@ -260,12 +260,16 @@ function renderBadges() {
 // ---------------------------------------------------------------- messages of a room
 
 function addFrames(room, frames) {
+  const arrived = new Set();
   for (const frame of frames) {
     if (frame.event !== "chat.message" || room.seqs.has(frame.seq)) continue;
     room.seqs.add(frame.seq);
     room.frames.push(frame);
+    if (frame.data.author_id === state.me.id && frame.data.client_msg_id) arrived.add(frame.data.client_msg_id);
   }
   room.frames.sort((a, b) => a.seq - b.seq);
+  // One's own message, shown as "sending…" until now, is replaced by the stored one.
+  if (arrived.size) room.pending = room.pending.filter((p) => !arrived.has(p.data.client_msg_id));
 }
 
 function renderLog({ keepBottom = true } = {}) {
@@ -276,7 +280,7 @@ function renderLog({ keepBottom = true } = {}) {
   const topBefore = el.log.scrollTop;
   el.list.replaceChildren(
     ...room.frames.map((f) => messageItem(f, room)),
-    ...room.pending.filter((p) => !room.sentIds.has(p.data.client_msg_id)).map((p) => messageItem(p, room, { pending: true })),
+    ...room.pending.map((p) => messageItem(p, room, { pending: !p.sent })),
   );
   el.empty.hidden = !room.loaded || room.frames.length > 0 || room.pending.length > 0;
   if (!room.loaded) el.empty.hidden = true;
@@ -307,7 +311,6 @@ function followRoom(room) {
       if (frame.event !== "chat.message") return;
       const fresh = !room.seqs.has(frame.seq);
       addFrames(room, [frame]);
-      if (frame.data.client_msg_id && frame.data.author_id === state.me.id) room.sentIds.add(frame.data.client_msg_id);
       if (fresh && frame.data.author_id !== state.me.id) {
         if (isSeen(room)) markReadSoon(room);
         else if (room.kind === "center") room.unread += 1; // conversations: chat.unread on user:<me> says
@@ -435,12 +438,13 @@ async function send(event) {
     result = { ok: false, status: 0 };
   }
   el.send.disabled = false;
-  room.pending = room.pending.filter((p) => p !== pending);
   if (result.ok) {
-    room.sentIds.add(data.client_msg_id);
+    pending.sent = !room.seqs.has(result.seq); // shown as sent until its event replaces it
+    if (!pending.sent) room.pending = room.pending.filter((p) => p !== pending);
     if (el.input.value.trim() === text) el.input.value = "";
     updateCount(); // the message itself arrives as the room's event
   } else {
+    room.pending = room.pending.filter((p) => p !== pending);
     showError(result.status === 0 ? "You are offline; the message was not sent." : refusalText(result));
   }
   renderLog();
@@ -505,7 +509,6 @@ async function start() {
       frames: [],
       seqs: new Set(),
       pending: [],
-      sentIds: new Set(),
       loaded: false,
       more: false,
     });

@@ -8,7 +8,7 @@ from playwright.sync_api import expect
 from tests.support import take_order
 
 from .conftest import WAIT, SocketProxy
-from .test_board import BOARD, browse  # noqa: F401  (the fixture)
+from .test_board import BOARD, browse, shot  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.browser
 
@@ -58,6 +58,8 @@ def test_dispatcher_and_rider_chat_live_and_find_the_history_after_reloading(bro
 
     say(rider, "On my way, 5 minutes")
     expect(messages(dispatcher).last).to_have_text("On my way, 5 minutes")
+    shot(dispatcher, "chat-board")
+    shot(rider, "chat-rider-phone")
     expect(dispatcher.locator("#chat-messages .chat-role").last).to_have_text("Rider")
 
     # With the panel closed, a new message shows as an unread badge and chimes.
