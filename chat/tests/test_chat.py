@@ -6,6 +6,7 @@ import pytest
 import redis
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
+from django.utils import timezone
 
 from chat.access import dm_stream
 from chat.models import ChatMessage, ChatRead
@@ -356,7 +357,7 @@ def test_admin_finds_messages_by_room_author_words_and_day(demo):
     assert found(q="chat:gangnam") == (True, False)
     assert found(q="rider-mapo-01") == (False, True)
     assert found(q="tyre") == (False, True)
-    today = ChatMessage.objects.first().sent_at
+    today = timezone.localtime(ChatMessage.objects.first().sent_at)  # the admin's days are local (TIME_ZONE)
     assert found(sent_at__year=today.year, sent_at__month=today.month, sent_at__day=today.day) == (True, True)
     assert found(kind="dm") == (False, False)
     assert admin.get("/admin/chat/chatmessage/add/").status_code == 403  # browse only
