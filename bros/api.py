@@ -13,6 +13,7 @@ from ninja.errors import AuthenticationError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.parser import Parser
 
+from chat.api import router as chat_router
 from core import strict_input
 from core.api_auth import API_AUTH, IdempotencyKeyError
 from core.exceptions import CommandRefused
@@ -52,6 +53,7 @@ api.add_router("", riders_router)
 api.add_router("", positions_router)
 api.add_router("/ops", presence_router)
 api.add_router("", streams_router)
+api.add_router("", chat_router)
 
 
 def _entity_json(entity) -> dict | None:

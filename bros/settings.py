@@ -106,6 +106,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "realtime.tasks.prune_history",
         "schedule": timedelta(hours=1),
     },
+    "prune-chat": {
+        "task": "chat.tasks.prune_messages",
+        "schedule": timedelta(hours=6),
+    },
     "reconcile-streams": {
         "task": "realtime.tasks.reconcile_streams",
         "schedule": timedelta(minutes=2),
@@ -186,6 +190,8 @@ LOGGING = {
 # Domain settings.
 # History is kept at least 24 h (protocol §1); pruning keeps a margin on top.
 EVENT_RETENTION = timedelta(hours=env.int("EVENT_RETENTION_HOURS", default=25))
+# Chat messages live in their own table, kept this many days (unset: forever), whatever the event window.
+CHAT_RETENTION_DAYS = env.int("CHAT_RETENTION_DAYS", default=None)
 # Delivery urgency thresholds (minutes) for the dispatcher board.
 SLA_UNASSIGNED_MINUTES = env.int("SLA_UNASSIGNED_MINUTES", default=5)
 SLA_DEFAULT_PROMISE_MINUTES = env.int("SLA_DEFAULT_PROMISE_MINUTES", default=50)

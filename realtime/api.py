@@ -57,7 +57,10 @@ def readable_stream(request, text: str) -> StreamName:
     except UnknownStream:
         raise Http404("No such stream.") from None
     caller = caller_of(request)
-    allowed = token_allows(caller.token.streams, str(stream)) if caller.token else can_subscribe(caller.user, stream)
+    if caller.token:
+        allowed = not stream.kind.users_only and token_allows(caller.token.streams, str(stream))
+    else:
+        allowed = can_subscribe(caller.user, stream)
     if not allowed:
         raise PermissionDenied("not allowed")
     return stream

@@ -113,7 +113,18 @@ class ChatMessageData(Schema):
     client_msg_id: ClientText | None = Field(None, max_length=100)
     author_id: int | None
     author_name: str
+    # hq, dispatcher, callcenter, rider; None for a token or a user without a role.
+    author_role: str | None = None
     sent_at: UtcDatetime
+
+
+class ChatUnreadData(Schema):
+    """On `user:<id>`: the user's unread count of a chat stream changed (a direct message came, or they read)."""
+
+    stream: str
+    unread: int = Field(ge=0)
+    # The user's last read seq of `stream` after the change.
+    last_read: int = Field(ge=0)
 
 
 EVENT_SCHEMAS: dict[str, type[Schema]] = {
@@ -133,6 +144,7 @@ EVENT_SCHEMAS: dict[str, type[Schema]] = {
     "assignment.revoked": AssignmentRevokedData,
     "notice": NoticeData,
     "chat.message": ChatMessageData,
+    "chat.unread": ChatUnreadData,
 }
 
 

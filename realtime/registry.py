@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from core.access import Access
+    from realtime.models import Event
     from realtime.streams import StreamName
 
 Rule = Callable[["Access", "StreamName"], bool]
@@ -38,8 +39,8 @@ class StreamKind:
     """One namespace of streams and its rules (protocol §1–§2)."""
 
     namespace: str
-    # How rooms are named: a center code, a user id, or the single room "all".
-    rooms: Literal["center", "user", "all"]
+    # How rooms are named: a center code, a user id, two user ids "<lower>-<higher>", or "all".
+    rooms: Literal["center", "user", "pair", "all"]
     may_subscribe: Rule
     may_publish: Rule = nobody
     # Ephemeral streams have no seq and no history (GPS positions).
@@ -50,6 +51,12 @@ class StreamKind:
     versions: Callable[[str], dict[str, int]] | None = None
     # room -> frames a new subscriber gets before anything else (ephemeral streams' current state).
     join_frames: Callable[[str], list[str]] | None = None
+    # (actor, stream, event, data, via) -> the logged Event: the owning app stores what a client
+    # publishes here (chat messages) and emits the event in the same transaction. None: the event
+    # is only logged (`realtime.services.publish_event`).
+    publish: Callable[..., Event] | None = None
+    # Private to the users the rules admit: no API token reads it, whatever its patterns say.
+    users_only: bool = False
 
 
 class FrameRefused(Exception):

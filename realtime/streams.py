@@ -19,6 +19,7 @@ from realtime import registry
 ROOM_PATTERNS = {
     "center": re.compile(r"^[a-z0-9][a-z0-9-]{0,49}$"),
     "user": re.compile(r"^[1-9][0-9]{0,18}$"),
+    "pair": re.compile(r"^([1-9][0-9]{0,18})-([1-9][0-9]{0,18})$"),
     "all": re.compile(r"^all$"),
 }
 
@@ -47,6 +48,14 @@ class StreamName:
     def center_code(self) -> str | None:
         return self.room if self.kind.rooms == "center" else None
 
+    @property
+    def user_ids(self) -> tuple[int, int] | None:
+        """The two users of a pair room (`dm:3-7`), lower id first; None for other rooms."""
+        if self.kind.rooms != "pair":
+            return None
+        low, high = self.room.split("-")
+        return int(low), int(high)
+
 
 def parse_stream(text: object) -> StreamName:
     """Return the stream named by `text`, or raise UnknownStream."""
@@ -54,8 +63,9 @@ def parse_stream(text: object) -> StreamName:
         raise UnknownStream(text)
     namespace, room = text.split(":")
     kind = registry.kind(namespace)
-    if kind is None or not ROOM_PATTERNS[kind.rooms].match(room):
-        raise UnknownStream(text)
+    match = ROOM_PATTERNS[kind.rooms].match(room) if kind is not None else None
+    if match is None or (kind.rooms == "pair" and int(match[1]) >= int(match[2])):
+        raise UnknownStream(text)  # a pair is named once: the lower user id first
     return StreamName(namespace, room)
 
 
@@ -88,6 +98,8 @@ def stream_exists(stream: StreamName) -> bool:
         return Center.objects.filter(code=stream.room).exists()
     if stream.kind.rooms == "user":
         return get_user_model().objects.filter(pk=int(stream.room)).exists()
+    if stream.kind.rooms == "pair":
+        return get_user_model().objects.filter(pk__in=stream.user_ids).count() == 2
     return True
 
 

@@ -22,7 +22,6 @@ from realtime import outbox
 from realtime.bus import channel_for, get_redis, message_for
 from realtime.events import DeliveryData, OrderData, RiderData, delivery_data, order_data, rider_data
 from realtime.models import Event, Stream
-from realtime.snapshots import RECENT_EVENTS
 from realtime.streams import parse_stream
 from realtime.tests.wsclient import WsClients, in_thread, publish_marker
 from riders.models import Rider
@@ -141,21 +140,20 @@ def test_snapshot_riders_lists_every_rider_of_the_center(demo_tx):
 
 
 def test_snapshot_chat_holds_the_latest_messages_oldest_first(demo_tx):
-    """chat:<c> holds the latest message events (at most RECENT_EVENTS), oldest first, ending at head."""
+    """chat:<c> holds its latest 50 messages (from the chat table), oldest first, ending at head."""
     from realtime.services import publish_event
 
     stream = parse_stream("chat:gangnam")
-    for i in range(RECENT_EVENTS + 2):
+    for i in range(52):
         publish_event(actor=None, stream=stream, event="chat.message", data={"text": f"message {i}"})
 
     body = logged_in(demo_tx, "rider-gangnam-01").get(snapshot_url("chat:gangnam")).json()
 
-    head = RECENT_EVENTS + 2
-    assert body["head"] == head
-    assert [item["seq"] for item in body["items"]] == list(range(3, head + 1))
+    assert body["head"] == 52
+    assert [item["seq"] for item in body["items"]] == list(range(3, 53))
     events = Event.objects.filter(stream="chat:gangnam", seq__gte=3).order_by("seq")
-    assert body["items"] == [outbox.frame_dict(e) for e in events]
-    assert body["items"][-1]["data"]["text"] == f"message {head - 1}"
+    assert [(i["seq"], i["data"]) for i in body["items"]] == [(e.seq, e.data) for e in events]
+    assert body["items"][-1]["data"]["text"] == "message 51"
 
 
 def test_snapshot_user_holds_the_users_own_events(demo_tx):
@@ -217,7 +215,7 @@ REFUSED = [
     ("dispatch-gangnam", "user:OTHER"),
     ("callcenter", "riders:gangnam"),
     ("callcenter", "positions:gangnam"),
-    ("callcenter", "chat:gangnam"),
+    ("callcenter", "chat:nowhere"),
     ("callcenter", "user:OTHER"),
     ("rider-gangnam-01", "deliveries:gangnam"),
     ("rider-gangnam-01", "orders:gangnam"),

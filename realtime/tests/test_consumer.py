@@ -561,8 +561,16 @@ SUBSCRIBE_RULES = {
         ],
     },
     CALLCENTER: {
-        "ok": ["orders:gangnam", "orders:mapo", "deliveries:gangnam", "deliveries:songpa", "user:{self}", BROADCAST],
-        "forbidden": ["riders:gangnam", "positions:gangnam", "chat:gangnam", "user:{other}"],
+        "ok": [
+            "orders:gangnam",
+            "orders:mapo",
+            "deliveries:gangnam",
+            "deliveries:songpa",
+            "chat:gangnam",  # read-only (PUBLISH_RULES)
+            "user:{self}",
+            BROADCAST,
+        ],
+        "forbidden": ["riders:gangnam", "positions:gangnam", "chat:nowhere", "user:{other}"],
     },
     RIDER: {
         "ok": ["chat:gangnam", "user:{self}", BROADCAST],

@@ -51,6 +51,7 @@ def payloads(delivery) -> dict[str, dict]:
             "author_name": "Dispatch Gangnam",
             "sent_at": "2026-11-21T18:02:03.512Z",
         },
+        EVENT_SCHEMAS["chat.unread"]: {"stream": "dm:4-9", "unread": 2, "last_read": 7},
     }
     return {name: by_schema[schema] for name, schema in EVENT_SCHEMAS.items()}
 

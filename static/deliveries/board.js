@@ -551,6 +551,16 @@ async function openDrawer(id, { keepFocus = false } = {}) {
   if (!keepFocus) body.querySelector("button")?.focus();
 }
 
+// The chat panel's `#1234` links open the drawer here, or come here to open it (from another page).
+document.addEventListener("bros:open-delivery", (event) => openDrawer(event.detail.id));
+try {
+  const asked = JSON.parse(sessionStorage.getItem("bros:open-delivery"));
+  sessionStorage.removeItem("bros:open-delivery");
+  if (asked?.center === config.center) openDrawer(asked.id);
+} catch {
+  // no storage (private mode) or not JSON: nothing was asked
+}
+
 drawer.addEventListener("click", async (event) => {
   const action = event.target.closest("[data-action]")?.dataset.action;
   const body = drawer.querySelector(".drawer-body");
