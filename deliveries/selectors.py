@@ -223,21 +223,32 @@ def phone_digits_match(phone_field: str, text: str) -> Q | None:
     return Q(Contains(Digits(F(phone_field)), digits))
 
 
-def _search(deliveries: QuerySet[Delivery], text: str) -> QuerySet[Delivery]:
-    """Order number ("123"; "#123" for the number only), phone (digits, dashes ignored), address, name."""
-    if not text:
-        return deliveries
-    number = text.lstrip("#").strip()
-    order_number = _id_in(number)
-    if text.startswith("#"):  # "#1234" is an order number and nothing else
-        return deliveries.filter(order_id=order_number) if order_number is not None else deliveries.none()
-    condition = Q(order__address__icontains=text) | Q(order__customer_name__icontains=text)
-    if order_number is not None:
-        condition |= Q(order_id=order_number)
-    phone = phone_digits_match("order__customer_phone", text)
+def order_search(text: str, *, via: str = "", address: bool = False) -> Q | None:
+    """What a search box means for orders, reached through `via` ("order__" from a delivery).
+
+    "#1234" is that order number and nothing else; other text matches the number, the phone's digits
+    (dashes ignored), the customer's name and, with `address`, the address. None: nothing can match.
+    """
+    number = _id_in(text.lstrip("#").strip())
+    if text.startswith("#"):
+        return Q(**{f"{via}pk": number}) if number is not None else None
+    condition = Q(**{f"{via}customer_name__icontains": text})
+    if address:
+        condition |= Q(**{f"{via}address__icontains": text})
+    if number is not None:
+        condition |= Q(**{f"{via}pk": number})
+    phone = phone_digits_match(f"{via}customer_phone", text)
     if phone is not None:
         condition |= phone
-    return deliveries.filter(condition)
+    return condition
+
+
+def _search(deliveries: QuerySet[Delivery], text: str) -> QuerySet[Delivery]:
+    """The board's search: order number, phone, address, customer name."""
+    if not text:
+        return deliveries
+    condition = order_search(text, via="order__", address=True)
+    return deliveries.filter(condition) if condition is not None else deliveries.none()
 
 
 def board_base(*, center_code: str, board: BoardFilter, now: datetime) -> QuerySet[Delivery]:
@@ -382,19 +393,11 @@ def recent_orders_of(*, phone: str, shop_id: int, since: datetime) -> list[Order
 
 
 def _search_orders(orders: QuerySet[Order], text: str) -> QuerySet[Order]:
-    """Order number ("123" or "#123"), phone (digits, dashes ignored) or customer name."""
+    """The call center's search: order number, phone or customer name."""
     if not text:
         return orders
-    number = _id_in(text.lstrip("#").strip())
-    if text.startswith("#"):
-        return orders.filter(pk=number) if number is not None else orders.none()
-    condition = Q(customer_name__icontains=text)
-    if number is not None:
-        condition |= Q(pk=number)
-    phone = phone_digits_match("customer_phone", text)
-    if phone is not None:
-        condition |= phone
-    return orders.filter(condition)
+    condition = order_search(text)
+    return orders.filter(condition) if condition is not None else orders.none()
 
 
 def call_center_orders(*, center_codes: list[str], search: str = "", limit: int = TODAYS_ORDERS_SHOWN) -> list[Order]:
