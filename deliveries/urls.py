@@ -1,9 +1,11 @@
 from django.urls import path
 
-from deliveries import rider_page, views
+from deliveries import reports_page, rider_page, views
 
 urlpatterns = [
     path("orders/", views.orders_page, name="orders"),
+    path("reports/", reports_page.reports_page, name="reports"),
+    path("reports/<slug:table>.csv", reports_page.reports_csv, name="reports-csv"),
     path("rider/", rider_page.rider_page, name="rider"),
     path("rider/sw.js", rider_page.service_worker, name="rider-sw"),
     path("rider/manifest.webmanifest", rider_page.manifest, name="rider-manifest"),
