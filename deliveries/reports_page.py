@@ -121,12 +121,17 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def spreadsheet_safe(value) -> str:
-    """A cell a spreadsheet shows as text: one that could start a formula gets a leading apostrophe.
+    """A cell a spreadsheet shows as text: text that could start a formula gets a leading apostrophe.
 
     Customer names, addresses and cancel reasons are typed by the public; "=HYPERLINK(…)" must
-    not become a live formula in whoever opens the export.
+    not become a live formula in whoever opens the export. Numbers we computed (-10.5 minutes
+    early) stay numbers.
     """
-    text = "" if value is None else str(value)
+    if value is None:
+        return ""
+    if isinstance(value, int | float):
+        return str(value)
+    text = str(value)
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
@@ -155,16 +160,16 @@ async def _async_lines(lines: Iterator[str]):
         yield part
 
 
-def _minutes(seconds: float | None) -> str:
-    return "" if seconds is None else f"{seconds:.1f}"
+def _minutes(minutes: float | None) -> float | str:
+    return "" if minutes is None else round(minutes, 1)
 
 
 def _local(moment) -> str:
     return "" if moment is None else timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _share(value: float | None) -> str:
-    return "" if value is None else f"{value * 100:.1f}"
+def _share(value: float | None) -> float | str:
+    return "" if value is None else round(value * 100, 1)
 
 
 def _table(name: str, period: reports.Period) -> tuple[list[str], Iterable[list[list]]]:
@@ -190,8 +195,8 @@ def _table(name: str, period: reports.Period) -> tuple[list[str], Iterable[list[
                 r["delivered"],
                 _share(r["on_time_share"]),
                 r["cancelled"],
-                f"{r['active_hours']:.2f}",
-                f"{r['km']:.2f}",
+                round(r["active_hours"], 2),
+                round(r["km"], 2),
             ]
             for r in reports.by_rider(period)
         ]

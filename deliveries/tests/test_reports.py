@@ -336,8 +336,9 @@ def test_spreadsheet_safe_quotes_a_cell_that_could_start_a_formula(cell):
     assert spreadsheet_safe(cell) == "'" + cell
 
 
-@pytest.mark.parametrize("cell", ["Kim", "", None, 12, "a=b", " =x"])
+@pytest.mark.parametrize("cell", ["Kim", "", None, 12, -10.5, "a=b", " =x"])
 def test_spreadsheet_safe_leaves_other_cells_alone(cell):
+    """Plain text, empty cells and the numbers we computed (negative ones too) are written as they are."""
     assert spreadsheet_safe(cell) == ("" if cell is None else str(cell))
 
 
@@ -365,6 +366,7 @@ def test_each_csv_has_the_tables_figures(client, demo, shift):
 
     assert ["orders", "4"] in table("summary") and ["on_time_percent", "66.7"] in table("summary")
     assert ["Created → assigned", "4.0", "5.6", "3"] in table("stages")
+    assert ["Delivered vs promised", "-10.0", "6.0", "3"] in table("stages")
     assert ["10", "2", "2", "1", "0", "50.0"] in table("hours")
     riders = table("riders")
     assert riders[0] == ["rider", "delivered", "on_time_percent", "cancelled", "active_hours", "distance_km"]
