@@ -92,23 +92,26 @@ STAGES = (
 
 
 def _stages_sql() -> str:
+    seconds = ",\n".join(f"EXTRACT(EPOCH FROM {interval}) AS {key}" for key, _label, interval in STAGES)
     figures = ",\n".join(
-        f"""percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM {interval})),
-            COUNT({interval})"""
-        for _key, _label, interval in STAGES
+        f"percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY {key}), COUNT({key})" for key, _l, _i in STAGES
     )
     # The first assignment, not the last: a reassignment must not shorten the wait for a rider.
+    # MATERIALIZED: each duration is computed once per delivery, not once per aggregate using it.
     return f"""
-        SELECT {figures}
-        FROM (
-            SELECT d.*, (
-                SELECT MIN(t.at) FROM {TimelineEntry._meta.db_table} t
-                WHERE t.delivery_id = d.id AND t.action IN ('assigned', 'reassigned')
-            ) AS first_assigned_at
-            FROM {Delivery._meta.db_table} d
-            WHERE d.center_id = ANY(%s) AND d.created_at >= %s AND d.created_at < %s
-        ) d
-        JOIN {Order._meta.db_table} o ON o.id = d.order_id
+        WITH stage AS MATERIALIZED (
+            SELECT {seconds}
+            FROM (
+                SELECT d.*, (
+                    SELECT MIN(t.at) FROM {TimelineEntry._meta.db_table} t
+                    WHERE t.delivery_id = d.id AND t.action IN ('assigned', 'reassigned')
+                ) AS first_assigned_at
+                FROM {Delivery._meta.db_table} d
+                WHERE d.center_id = ANY(%s) AND d.created_at >= %s AND d.created_at < %s
+            ) d
+            JOIN {Order._meta.db_table} o ON o.id = d.order_id
+        )
+        SELECT {figures} FROM stage
     """
 
 

@@ -46,6 +46,11 @@ def test_reports_show_todays_figures_and_download_a_safe_csv(browse, demo_tx):
     ]
     shot(page, "reports")
 
+    page.emulate_media(media="print")
+    expect(page.locator(".report-form")).to_be_hidden()
+    expect(page.locator("a.csv").first).to_be_hidden()
+    expect(page.locator("[data-figure=orders]")).to_be_visible()
+
 
 def test_reports_form_keeps_a_refused_day_beside_its_message(browse, demo_tx):
     """Typing a range that ends before it starts shows the message by the field, the days still filled in."""
