@@ -24,14 +24,15 @@ from deliveries import reports
 from deliveries.models import Delivery
 
 MAX_DAYS = 92  # a quarter: enough for any review, bounded so one request cannot scan years
+DAY_FORMAT = "Enter a day as YYYY-MM-DD."
 TABLES = ("summary", "stages", "hours", "riders", "exceptions")
 
 
 class ReportForm(forms.Form):
     """The period: one day (`from` alone) or a range; the centers are checked separately (`_centers`)."""
 
-    start = forms.DateField(label="From", input_formats=["%Y-%m-%d"], required=False)
-    end = forms.DateField(label="To", input_formats=["%Y-%m-%d"], required=False)
+    start = forms.DateField(input_formats=["%Y-%m-%d"], required=False, error_messages={"invalid": DAY_FORMAT})
+    end = forms.DateField(input_formats=["%Y-%m-%d"], required=False, error_messages={"invalid": DAY_FORMAT})
 
     def clean(self):
         data = super().clean()

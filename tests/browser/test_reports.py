@@ -46,6 +46,7 @@ def test_reports_show_todays_figures_and_download_a_safe_csv(browse, demo_tx):
     ]
     shot(page, "reports")
 
+    expect(page.get_by_role("button", name="Print")).to_be_visible()
     page.emulate_media(media="print")
     expect(page.locator(".report-form")).to_be_hidden()
     expect(page.locator("a.csv").first).to_be_hidden()
