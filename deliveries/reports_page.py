@@ -65,6 +65,8 @@ def _centers(request) -> tuple[list[Center], list[str]]:
     if user_access.role not in (access.Role.HQ, access.Role.DISPATCHER):
         raise PermissionDenied("This page is not for your role.")
     mine = user_access.center_codes()
+    if not mine and user_access.role == access.Role.DISPATCHER:
+        raise PermissionDenied("You are not assigned to a center yet.")
     asked = request.GET.getlist("center") or mine
     if any(code not in mine for code in asked):
         raise PermissionDenied("You do not report on this center.")
@@ -271,7 +273,7 @@ def hour_chart(hours: list[dict]) -> dict:
     plot_w, plot_h = CHART_WIDTH - 2 * CHART_PAD, CHART_HEIGHT - 2 * CHART_PAD
     top = max((h["orders"] for h in hours), default=0) or 1
     slot = plot_w / 24
-    bars, points = [], []
+    bars, points, dots = [], [], []
     for h in hours:
         height = plot_h * h["orders"] / top
         x = CHART_PAD + h["hour"] * slot
@@ -286,7 +288,9 @@ def hour_chart(hours: list[dict]) -> dict:
             }
         )
         if h["late_share"] is not None:
-            points.append(f"{x + slot / 2:.1f},{CHART_PAD + plot_h * (1 - h['late_share']):.1f}")
+            dot = {"x": round(x + slot / 2, 1), "y": round(CHART_PAD + plot_h * (1 - h["late_share"]), 1), **h}
+            dots.append(dot)
+            points.append(f"{dot['x']},{dot['y']}")
     return {
         "width": CHART_WIDTH,
         "height": CHART_HEIGHT,
@@ -296,6 +300,7 @@ def hour_chart(hours: list[dict]) -> dict:
         "top_orders": top,
         "bars": bars,
         "late_line": " ".join(points),
+        "late_dots": dots,  # a lone hour's share is a dot: a one-point line draws nothing
         "labels": [{"x": round(CHART_PAD + hour * slot + slot / 2, 1), "hour": hour} for hour in range(0, 24, 3)],
     }
 
@@ -320,7 +325,7 @@ def stage_chart(stages: list) -> dict:
         )
     return {
         "width": CHART_WIDTH,
-        "height": int(CHART_PAD + len(stages) * row_h),
+        "height": int(CHART_PAD / 2 + len(stages) * row_h),
         "label_w": label_w,
         "rows": rows,
         "top_minutes": top,

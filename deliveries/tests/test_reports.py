@@ -12,9 +12,10 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from core.models import StaffProfile
 from deliveries import reports, services
 from deliveries.models import Delivery
-from deliveries.reports_page import csv_lines, spreadsheet_safe
+from deliveries.reports_page import _async_lines, csv_lines, hour_chart, spreadsheet_safe
 from riders.models import PositionSample
 from riders.services import set_rider_duty
 from tests.support import ORDER_FIELDS
@@ -276,6 +277,15 @@ def test_page_refuses_roles_it_is_not_for(client, demo, username):
     assert client.get(reverse("reports-csv", args=["summary"])).status_code == 403
 
 
+def test_page_refuses_a_dispatcher_without_a_center(client, demo, django_user_model):
+    """A dispatcher not yet assigned to a center has nothing to report on: 403, as on the home page."""
+    user = django_user_model.objects.create_user("dispatch-nowhere", password="demo")
+    StaffProfile.objects.create(user=user, role=StaffProfile.Role.DISPATCHER)
+    client.force_login(user)
+    response = client.get(reverse("reports"))
+    assert response.status_code == 403
+
+
 def test_page_sends_anonymous_users_to_login(client, db):
     response = client.get(reverse("reports-csv", args=["riders"]))
     assert response.status_code == 302 and "/accounts/login/" in response["Location"]
@@ -392,3 +402,28 @@ def test_delivery_model_statuses_all_appear_in_the_summary(demo, clock):
     """Every delivery status has its own figure, so a new status cannot silently vanish from the report."""
     figures = reports.summary(period(demo), now=clock.now)
     assert set(Delivery.Status.values) <= set(figures)
+
+
+def test_hour_chart_marks_each_hour_with_deliveries_by_its_late_share(demo, shift):
+    """10h (half late) sits half-way up the plot, 12h (none late) on its floor; hours with no delivery: no mark."""
+    chart = hour_chart(reports.by_hour(period(demo)))
+    dots = {dot["hour"]: dot["y"] for dot in chart["late_dots"]}
+    assert set(dots) == {10, 12}
+    assert dots[12] == chart["bottom"]
+    assert dots[10] == pytest.approx((chart["pad"] + chart["bottom"]) / 2)
+    assert max(bar["h"] for bar in chart["bars"]) == chart["bottom"] - chart["pad"]
+
+
+def test_page_shows_only_the_first_exceptions_and_points_to_the_csv(client, demo, shift, monkeypatch):
+    """With more late and cancelled deliveries than the page shows, it says the CSV has them all."""
+    monkeypatch.setattr(reports, "EXCEPTIONS_SHOWN", 1)
+    client.force_login(demo.user("dispatch-gangnam"))
+    html = client.get(reverse("reports"), {"from": DAY}).content.decode()
+    assert "The first 1 are shown; the CSV has them all." in html
+    assert html.count("<tr data-order=") == 1
+
+
+async def test_async_lines_hand_over_every_chunk_under_asgi():
+    """The ASGI path yields the sync generator's chunks in order, then stops."""
+    parts = [part async for part in _async_lines(iter(["a,b\r\n", "1,2\r\n"]))]
+    assert parts == ["a,b\r\n", "1,2\r\n"]
