@@ -298,14 +298,20 @@ def _queries(client, url) -> int:
 
 
 def _bulk_day(demo, clock, count: int) -> None:
-    r1 = demo.rider("gangnam", 3)
-    if not r1.on_duty:
-        set_rider_duty(actor=None, rider_id=r1.pk, on_duty=True)
+    """`count` more orders of DAY at gangnam: a third delivered (half of them reassigned first), a third cancelled."""
+    first, second = demo.rider("gangnam", 3), demo.rider("gangnam", 4)
+    for rider in (first, second):
+        if not rider.on_duty:
+            set_rider_duty(actor=None, rider_id=rider.pk, on_duty=True)
     for n in range(count):
         delivery = order(demo, clock, f"{10 + n % 10}:{n % 60:02d}", "23:50").delivery
-        PositionSample.objects.create(rider=r1, lat=37.5 + n / 1000, lng=127.0, recorded_at=clock.now)
+        PositionSample.objects.create(rider=first, lat=37.5 + n / 1000, lng=127.0, recorded_at=clock.now)
         if n % 3 == 0:
-            services.assign_delivery(actor=None, delivery_id=delivery.pk, rider_id=r1.pk)
+            services.assign_delivery(actor=None, delivery_id=delivery.pk, rider_id=first.pk)
+            if n % 2 == 0:
+                services.assign_delivery(actor=None, delivery_id=delivery.pk, rider_id=second.pk)
+            services.pick_up_delivery(actor=None, delivery_id=delivery.pk)
+            services.deliver_delivery(actor=None, delivery_id=delivery.pk)
         if n % 3 == 1:
             services.cancel_order(actor=None, order_id=delivery.order_id, reason="=1+1")
 
