@@ -146,9 +146,13 @@ class _Echo:
 
 
 def csv_lines(header: list[str], chunks: Iterable[list[list]]) -> Iterator[str]:
-    """The CSV text of `header` and the rows of `chunks`, one string per chunk (few hops for async serving)."""
+    """The CSV text of `header` and the rows of `chunks`, one string per chunk (few hops for async serving).
+
+    It starts with a byte-order mark: without it Excel reads UTF-8 as the local code page and
+    Korean names arrive garbled.
+    """
     writer = csv.writer(_Echo())
-    yield writer.writerow(header)
+    yield "\ufeff" + writer.writerow(header)
     for chunk in chunks:
         yield "".join(writer.writerow([spreadsheet_safe(cell) for cell in row]) for row in chunk)
 

@@ -40,7 +40,7 @@ def test_reports_show_todays_figures_and_download_a_safe_csv(browse, demo_tx):
         page.get_by_role("link", name="CSV of late and cancelled deliveries").click()
     download = download_info.value
     assert download.suggested_filename.startswith("bros-exceptions-gangnam-")
-    rows = list(csv.DictReader(io.StringIO(Path(download.path()).read_text(encoding="utf-8"))))
+    rows = list(csv.DictReader(io.StringIO(Path(download.path()).read_text(encoding="utf-8-sig"))))
     assert [(r["order"], r["status"], r["cancel_reason"]) for r in rows] == [
         (str(cancelled.order_id), "cancelled", "'" + HOSTILE)
     ]
