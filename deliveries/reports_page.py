@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Iterator
+from datetime import date, timedelta
 
 from asgiref.sync import sync_to_async
 from django import forms
@@ -25,6 +26,7 @@ from deliveries.models import Delivery
 
 MAX_DAYS = 92  # a quarter: enough for any review, bounded so one request cannot scan years
 DAY_FORMAT = "Enter a day as YYYY-MM-DD."
+FIRST_DAY = date(2000, 1, 1)  # before BROS existed; bounds the dates so no arithmetic overflows
 TABLES = ("summary", "stages", "hours", "riders", "exceptions")
 
 
@@ -42,6 +44,13 @@ class ReportForm(forms.Form):
             return data
         start = start or end or today
         end = end or start
+        latest = today + timedelta(days=MAX_DAYS)
+        for field, day in (("start", start), ("end", end)):
+            # Far-off days would overflow datetime arithmetic (9999-12-31 + 1 day) further on.
+            if not FIRST_DAY <= day <= latest:
+                self.add_error(field, f"Choose a day from {FIRST_DAY} to {latest}.")
+        if self.errors:
+            return data
         if end < start:
             self.add_error("end", "The last day must not be before the first.")
         elif (end - start).days + 1 > MAX_DAYS:

@@ -236,6 +236,9 @@ def test_page_defaults_to_today_and_says_when_it_is_empty(client, demo):
         ({"from": "2026-01-15", "to": "2026-01-14"}, "report-to", "The last day must not be before the first."),
         ({"from": "2025-01-01", "to": "2026-01-01"}, "report-to", "At most 92 days at a time."),
         ({"to": "15/01/2026"}, "report-to", "Enter a day as YYYY-MM-DD."),
+        ({"from": "9999-12-31"}, "report-from", "Choose a day from 2000-01-01 to"),
+        ({"from": "0001-01-01"}, "report-from", "Choose a day from 2000-01-01 to"),
+        ({"from": "2026-01-15\x00"}, "report-from", "Enter a day as YYYY-MM-DD."),
     ],
 )
 def test_page_refuses_a_bad_period_beside_the_field_keeping_the_input(client, demo, params, field, message):
