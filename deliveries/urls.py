@@ -1,6 +1,6 @@
 from django.urls import path
 
-from deliveries import rider_page, views, views_orders
+from deliveries import reports_page, rider_page, views, views_orders
 
 urlpatterns = [
     path("orders/", views_orders.orders_page, name="orders"),
@@ -9,6 +9,8 @@ urlpatterns = [
     path("orders/<int:order_id>/", views_orders.order_page, name="order"),
     path("orders/<int:order_id>/live/", views_orders.order_live, name="order-live"),
     path("orders/<int:order_id>/rider/", views_orders.order_rider, name="order-rider"),
+    path("reports/", reports_page.reports_page, name="reports"),
+    path("reports/<slug:table>.csv", reports_page.reports_csv, name="reports-csv"),
     path("rider/", rider_page.rider_page, name="rider"),
     path("rider/sw.js", rider_page.service_worker, name="rider-sw"),
     path("rider/manifest.webmanifest", rider_page.manifest, name="rider-manifest"),
