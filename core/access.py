@@ -103,6 +103,8 @@ def pages_for(user) -> list[Page]:
         pages += [Page("dispatch-board", name, center=code) for code, name in centers.values_list("code", "name")]
     if access.role in (Role.HQ, Role.CALLCENTER):
         pages.append(Page("orders", "Orders"))
+    if access.role == Role.HQ or (access.role == Role.DISPATCHER and access.centers):
+        pages.append(Page("reports", "Reports"))
     if access.role == Role.RIDER:
         pages.append(Page("rider", "My deliveries"))
     if access is not NO_ACCESS and user.is_staff:

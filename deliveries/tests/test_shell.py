@@ -19,7 +19,7 @@ NAV = re.compile(r'<nav class="site-nav".*?</nav>', re.S)
 LINK = re.compile(r'<a href="([^"]+)"( aria-current="page")?>([^<]+)</a>')
 
 # Pages a user might try by hand; each role may open exactly its navigation's pages among them.
-CANDIDATES = ["/dispatch/", "/dispatch/gangnam/", "/dispatch/mapo/", "/orders/", "/rider/", "/admin/"]
+CANDIDATES = ["/dispatch/", "/dispatch/gangnam/", "/dispatch/mapo/", "/orders/", "/reports/", "/rider/", "/admin/"]
 
 
 def nav_links(content: bytes) -> list[tuple[str, str, bool]]:
@@ -41,6 +41,7 @@ def nav_links(content: bytes) -> list[tuple[str, str, bool]]:
                 ("/dispatch/mapo/", "Mapo"),
                 ("/dispatch/songpa/", "Songpa"),
                 ("/orders/", "Orders"),
+                ("/reports/", "Reports"),
             ],
         ),
         (
@@ -52,11 +53,12 @@ def nav_links(content: bytes) -> list[tuple[str, str, bool]]:
                 ("/dispatch/mapo/", "Mapo"),
                 ("/dispatch/songpa/", "Songpa"),
                 ("/orders/", "Orders"),
+                ("/reports/", "Reports"),
                 ("/admin/", "Admin"),
             ],
         ),
         ("callcenter", "/orders/", [("/orders/", "Orders")]),
-        ("dispatch-mapo", "/dispatch/mapo/", [("/dispatch/mapo/", "Mapo board")]),
+        ("dispatch-mapo", "/dispatch/mapo/", [("/dispatch/mapo/", "Mapo board"), ("/reports/", "Reports")]),
         ("rider-gangnam-01", "/rider/", [("/rider/", "My deliveries")]),
     ],
 )
@@ -97,6 +99,7 @@ def test_navigation_groups_several_boards_in_one_menu_with_the_current_one(clien
     assert nav_links(response.content) == [
         ("/dispatch/mapo/", "Mapo", True),
         ("/dispatch/songpa/", "Songpa", False),
+        ("/reports/", "Reports", False),
     ]
 
 

@@ -30,6 +30,8 @@ PAGES = [
     ("hq", "/dispatch/", 200),
     ("hq", "/dispatch/mapo/", 200),
     ("callcenter", "/orders/", 200),
+    ("hq", "/reports/", 200),
+    ("dispatch-gangnam", "/reports/", 200),
     ("rider-gangnam-01", "/rider/", 200),
     ("dispatch-gangnam", "/dispatch/mapo/", 403),
     ("dispatch-gangnam", "/no-such-page/", 404),
