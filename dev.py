@@ -480,6 +480,9 @@ def cmd_test(env: dict[str, str], stopper: Stopper, pytest_args: list[str]) -> i
     ruff = run_step([sys.executable, "-m", "ruff", "check", "."], env, stopper)
     if stopper.stopping:
         return 130
+    if not any(arg == "-n" or arg.startswith(("-n", "--numprocesses", "--dist")) for arg in pytest_args):
+        # One worker per core: most of a run waits on browsers, servers and the database.
+        pytest_args = ["-n", "auto", "--dist", "worksteal", *pytest_args]
     say(shlex.join(["pytest", *pytest_args]))
     code = run_step([sys.executable, "-m", "pytest", *pytest_args], env, stopper)
     if code == 5:
