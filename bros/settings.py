@@ -4,6 +4,7 @@ Production needs DATABASE_URL, REDIS_URL, SECRET_KEY and ALLOWED_HOSTS; DEBUG is
 `python3 dev.py run` sets development values and embedded services when they are unset.
 """
 
+import ipaddress
 from datetime import timedelta
 from pathlib import Path
 
@@ -42,6 +43,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "core.log_context.RequestIdMiddleware",
+    "core.metrics.CommandMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -149,14 +152,31 @@ DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="bros@localhost")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 ADMINS = [("Ops", addr) for addr in env.list("ADMINS", default=[])]
 
+# Structured logs (core/log_context.py): each line names its request or WebSocket connection;
+# LOG_FORMAT=json writes one JSON object per line. Error e-mails go to ADMINS, rate-limited.
+LOG_FORMAT = env("LOG_FORMAT", default="text")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"context": {"()": "core.log_context.ContextFilter"}},
+    "formatters": {
+        "text": {
+            "format": "%(asctime)s %(levelname)s %(name)s [req=%(request_id)s conn=%(connection_id)s] %(message)s"
+        },
+        "json": {"()": "core.log_context.JsonFormatter"},
+    },
     "handlers": {
-        "console": {"class": "logging.StreamHandler"},
+        "console": {
+            "class": "logging.StreamHandler",
+            "filters": ["context"],
+            "formatter": "json" if LOG_FORMAT == "json" else "text",
+        },
         "mail_admins": {
-            "class": "django.utils.log.AdminEmailHandler",
+            "class": "core.log_context.RateLimitedAdminEmailHandler",
             "level": "ERROR",
+            "filters": ["context"],
+            "per_message": env.float("ERROR_EMAIL_INTERVAL", default=600.0),
+            "per_hour": env.int("ERROR_EMAILS_PER_HOUR", default=20),
         },
     },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
@@ -203,3 +223,12 @@ REALTIME_PUBLISH_BURST = env.int("REALTIME_PUBLISH_BURST", default=20)
 MAP_TILE_URL = env("MAP_TILE_URL", default="")
 MAP_TILE_ATTRIBUTION = env("MAP_TILE_ATTRIBUTION", default="")
 RIDER_GPS_STALE_SECONDS = env.float("RIDER_GPS_STALE_SECONDS", default=45.0)  # greyed "last seen" after this
+
+# Ops (docs/running.md): who may scrape /metrics (a Bearer token, or client addresses/networks).
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+try:
+    METRICS_ALLOWED_IPS = [
+        ipaddress.ip_network(net, strict=False) for net in env.list("METRICS_ALLOWED_IPS", default=[])
+    ]
+except ValueError as exc:
+    raise ImproperlyConfigured(f"METRICS_ALLOWED_IPS: {exc}") from None

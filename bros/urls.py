@@ -5,6 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from bros.api import api
+from core.metrics import metrics_view
 from deliveries import views as delivery_views
 from realtime import testpage as realtime_testpage
 
@@ -18,6 +19,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/", api.urls),
     path("admin/", admin.site.urls),
+    path("metrics", metrics_view, name="metrics"),
     path("dev/realtime-test/", realtime_testpage.view, name="realtime-test-page"),
     path("", include("deliveries.urls")),
     path("", include("riders.urls")),

@@ -19,6 +19,7 @@ Exactness, per logged stream:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from django.conf import settings
 
 from realtime import frames, outbox
 from realtime.bus import channel_for
+from realtime.metrics import stats
 from realtime.streams import StreamName
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ REPLAY_CHUNK = 500
 FILL_YIELD_EVERY = 20
 JOIN_BUFFER_LIMIT = 10_000
 SUBSCRIBE_TIMEOUT = 5.0
+_RECONCILE_START = '{"type":"reconcile",'
 
 _db_read = database_sync_to_async  # reads run in the thread pool, never on the event loop
 
@@ -81,6 +84,7 @@ class Feed:
 
     def deliver(self, seq: int, frame: str) -> None:
         """Hand one frame to every local subscriber; `seq` 0 is a frame outside the sequence."""
+        stats.delivered(frame, len(self.live) + len(self.joining), logged=seq > 0)
         for subscriber in self.live:
             subscriber.deliver(frame)
         if not self.joining:
@@ -209,6 +213,7 @@ class Hub:
             frames.subscribed(id=id, stream=feed.name, epoch=history.epoch, head=history.head, recovered=recovered)
         )
         if history.reset:
+            stats.reset_sent("history_expired")
             subscriber.deliver(
                 frames.reset(stream=feed.name, epoch=history.epoch, head=history.head, reason="history_expired")
             )
@@ -223,6 +228,7 @@ class Hub:
             await subscriber.wait_for_room()
             history = await read(feed.name, since=history.last_seq, epoch=history.epoch, limit=REPLAY_CHUNK)
             if history.reset:  # pruned mid-replay: vanishingly rare, but never leave a gap
+                stats.reset_sent("history_expired")
                 subscriber.deliver(
                     frames.reset(stream=feed.name, epoch=history.epoch, head=history.head, reason="history_expired")
                 )
@@ -334,6 +340,8 @@ class Hub:
         head, _, body = data.partition(b"\n")
         seq, frame = int(head), body.decode()
         if not feed.logged or seq == 0:
+            if feed.logged and frame.startswith(_RECONCILE_START):
+                await self._check_reconcile(feed, frame)
             feed.deliver(0, frame)
         elif not feed.primed:
             feed.early.append((seq, frame))
@@ -357,9 +365,25 @@ class Hub:
         feed.last_seq = seq
         feed.deliver(seq, frame)
 
+    async def _check_reconcile(self, feed: Feed, frame: str) -> None:
+        """Fill up to a reconcile frame's head if this hub is behind it (counted as a mismatch).
+
+        Filling first means local clients get the missing events before the frame that would make
+        each of them fetch them. The frame may also simply overtake an event's publish: the fill
+        then delivers it early and the late publish is dropped as a duplicate.
+        """
+        reconcile = json.loads(frame)
+        if not feed.primed or reconcile.get("epoch") != feed.epoch or reconcile.get("head", 0) <= feed.last_seq:
+            return
+        stats.reconcile_mismatch()
+        async with feed.lock:
+            await self._fill(feed, upto=reconcile["head"])
+
     async def _fill(self, feed: Feed, *, upto: int) -> None:
         """Deliver the events after the hub's position up to `upto`, read from history."""
         read = _db_read(outbox.read_history, thread_sensitive=False)
+        if feed.last_seq < upto:
+            stats.gap_repaired()
         while feed.last_seq < upto:
             history = await read(feed.name, since=feed.last_seq, epoch=feed.epoch, limit=REPLAY_CHUNK)
             if history.reset:
@@ -399,6 +423,7 @@ class Hub:
     def _reset(self, feed: Feed, *, epoch: str, head: int) -> None:
         """Tell every subscriber the stream's history was reset; continue from its new head."""
         feed.epoch, feed.last_seq = epoch, head
+        stats.reset_sent("history_reset")
         feed.deliver(0, frames.reset(stream=feed.name, epoch=epoch, head=head, reason="history_reset"))
 
     async def heads_of(self, names: list[str]) -> dict[str, int]:

@@ -1,0 +1,125 @@
+"""`/metrics` (docs/running.md): who may scrape it, and the real-time path's figures in it."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import pytest
+from django.test import Client
+
+from realtime.metrics import ProcessStats, event_time
+from realtime.tests.wsclient import WsClients, emit_notices, in_thread
+
+TOKEN = "scrape-secret-123"
+
+
+@pytest.fixture
+def metrics_token(settings):
+    settings.METRICS_TOKEN = TOKEN
+    settings.METRICS_ALLOWED_IPS = []
+
+
+def scrape(client: Client | None = None, **headers) -> str:
+    response = (client or Client()).get("/metrics", headers={"Authorization": f"Bearer {TOKEN}", **headers})
+    assert response.status_code == 200, response.status_code
+    assert response["Content-Type"].startswith("text/plain")
+    return response.content.decode()
+
+
+def value(text: str, name: str, **labels) -> float:
+    """The value of one sample in a scrape (0 when the series is absent)."""
+    label_text = ",".join(f'{key}="{val}"' for key, val in labels.items())
+    pattern = re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else r"(?:\{\})?") + r" (\S+)"
+    found = re.search("^" + pattern + "$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_metrics_without_token_or_allowed_address_is_not_found(db, metrics_token):
+    """No credentials, a wrong token, or a token in the wrong scheme: 404, as for an unknown URL."""
+    client = Client()
+    assert client.get("/metrics").status_code == 404
+    assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 404
+    assert client.get("/metrics", headers={"Authorization": TOKEN}).status_code == 404
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}x"}).status_code == 404
+
+
+def test_metrics_with_nothing_configured_is_not_found_even_with_an_empty_bearer(db, settings):
+    settings.METRICS_TOKEN, settings.METRICS_ALLOWED_IPS = "", []
+    assert Client().get("/metrics", headers={"Authorization": "Bearer "}).status_code == 404
+
+
+def test_metrics_from_an_allowed_network_needs_no_token(db, settings):
+    settings.METRICS_TOKEN = ""
+    settings.METRICS_ALLOWED_IPS = [ipaddress.ip_network("127.0.0.0/8")]
+    assert Client(REMOTE_ADDR="127.0.0.1").get("/metrics").status_code == 200
+    assert Client(REMOTE_ADDR="10.1.2.3").get("/metrics").status_code == 404
+
+
+def test_metrics_counts_api_commands_by_outcome(demo, metrics_token):
+    """A refused and an invalid command each land in their outcome's counter."""
+    before = scrape()
+    client = Client()
+    client.force_login(demo.user("dispatch-gangnam"))
+    missing = client.post(
+        "/api/v1/deliveries/999999/assign", {"rider": 1, "version": 1}, content_type="application/json"
+    )
+    invalid = client.post("/api/v1/orders", "not json", content_type="application/json")
+    assert (missing.status_code, invalid.status_code) == (404, 400)
+    after = scrape()
+    for outcome in ("not_found", "invalid"):
+        assert (
+            value(after, "bros_commands_total", outcome=outcome)
+            == value(before, "bros_commands_total", outcome=outcome) + 1
+        )
+
+
+def test_event_time_reads_the_ts_of_an_encoded_event_frame():
+    frame = (
+        '{"type":"event","stream":"chat:gangnam","seq":3,"event":"chat.message",'
+        '"ts":"2026-01-02T03:04:05.500Z","data":{}}'
+    )
+    assert event_time(frame) == pytest.approx(1767323045.5)
+    assert event_time('{"type":"reconcile","stream":"x"}') is None
+
+
+def test_process_stats_sample_reports_lag_of_its_window_only():
+    stats = ProcessStats()
+    stats.delivered('{"type":"event","stream":"s","seq":1,"event":"e","ts":"2020-01-01T00:00:00.000Z"}', 3, logged=True)
+    first = stats.sample()
+    assert (first["events"], first["frames"]) == (1, 3)
+    assert first["lag_max"] > 0
+    second = stats.sample()
+    assert (second["events"], second["lag_avg"], second["lag_max"]) == (1, None, None)
+
+
+@pytest.fixture
+async def ws(settings, demo_tx):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    clients = WsClients()
+    yield clients
+    await clients.shutdown()
+
+
+async def test_metrics_scrape_shows_connections_events_and_publish_lag(ws, metrics_token):
+    """After a socket connects and gets two events, a scrape shows them with values."""
+    before = await in_thread(scrape)
+    client = await ws.connect("dispatch-gangnam")
+    assert (await client.subscribe("broadcast:all"))["type"] == "subscribed"
+    await in_thread(emit_notices, 2)
+    await client.events(2)
+    after = await in_thread(scrape)
+    assert (
+        value(after, "bros_ws_connections", role="dispatcher")
+        == value(before, "bros_ws_connections", role="dispatcher") + 1
+    )
+    assert value(after, "bros_events_total") >= value(before, "bros_events_total") + 2
+    assert value(after, "bros_frames_sent_total") >= value(before, "bros_frames_sent_total") + 2
+    assert value(after, "bros_publish_lag_seconds_count") >= value(before, "bros_publish_lag_seconds_count") + 2
+    for name in ("bros_gap_repairs_total", "bros_reconcile_mismatches_total", "bros_commands_total"):
+        assert f"# TYPE {name} counter" in after
+    await client.disconnect()
+    gone = await in_thread(scrape)
+    assert value(gone, "bros_ws_connections", role="dispatcher") == value(
+        before, "bros_ws_connections", role="dispatcher"
+    )
