@@ -112,6 +112,23 @@ CELERY_BEAT_SCHEDULE = {
         "task": "realtime.tasks.reconcile_streams",
         "schedule": timedelta(minutes=2),
     },
+    # Retention (docs/running.md): what would otherwise grow without bound.
+    "prune-idempotency-records": {
+        "task": "core.tasks.prune_idempotency_records",
+        "schedule": timedelta(hours=1),
+    },
+    "clear-expired-sessions": {
+        "task": "core.tasks.clear_expired_sessions",
+        "schedule": timedelta(hours=6),
+    },
+    "prune-position-samples": {
+        "task": "riders.tasks.prune_position_samples",
+        "schedule": timedelta(hours=1),
+    },
+    "prune-timeline": {
+        "task": "deliveries.tasks.prune_timeline",
+        "schedule": timedelta(hours=6),
+    },
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -197,6 +214,13 @@ LOGGING = {
 # Domain settings.
 # History is kept at least 24 h (protocol §1); pruning keeps a margin on top.
 EVENT_RETENTION = timedelta(hours=env.int("EVENT_RETENTION_HOURS", default=25))
+# Retention of what grows without bound (docs/running.md). Timeline entries are the audit trail:
+# kept for ever unless TIMELINE_RETENTION_DAYS is set above 0.
+IDEMPOTENCY_RETENTION = timedelta(hours=env.int("IDEMPOTENCY_RETENTION_HOURS", default=48))
+POSITION_RETENTION = timedelta(days=env.int("POSITION_RETENTION_DAYS", default=7))
+TIMELINE_RETENTION_DAYS = env.int("TIMELINE_RETENTION_DAYS", default=0)
+if min(IDEMPOTENCY_RETENTION, POSITION_RETENTION) < timedelta(hours=1):
+    raise ImproperlyConfigured("IDEMPOTENCY_RETENTION_HOURS and POSITION_RETENTION_DAYS must be at least 1.")
 # Delivery urgency thresholds (minutes) for the dispatcher board.
 SLA_UNASSIGNED_MINUTES = env.int("SLA_UNASSIGNED_MINUTES", default=5)
 SLA_DEFAULT_PROMISE_MINUTES = env.int("SLA_DEFAULT_PROMISE_MINUTES", default=50)
