@@ -250,6 +250,7 @@ RIDER_GPS_STALE_SECONDS = env.float("RIDER_GPS_STALE_SECONDS", default=45.0)  # 
 
 # Ops (docs/running.md): who may scrape /metrics (a Bearer token, or client addresses/networks).
 METRICS_TOKEN = env("METRICS_TOKEN", default="")
+OPS_REFRESH_SECONDS = env.int("OPS_REFRESH_SECONDS", default=5)  # how often /ops/ polls its figures
 try:
     METRICS_ALLOWED_IPS = [
         ipaddress.ip_network(net, strict=False) for net in env.list("METRICS_ALLOWED_IPS", default=[])

@@ -8,6 +8,7 @@ from bros.api import api
 from core.metrics import metrics_view
 from deliveries import views as delivery_views
 from realtime import testpage as realtime_testpage
+from realtime import views as realtime_views
 
 urlpatterns = [
     path("", delivery_views.home, name="home"),
@@ -20,6 +21,8 @@ urlpatterns = [
     path("api/v1/", api.urls),
     path("admin/", admin.site.urls),
     path("metrics", metrics_view, name="metrics"),
+    path("ops/", realtime_views.ops_page, name="ops"),
+    path("ops/panel/", realtime_views.ops_panel, name="ops-panel"),
     path("dev/realtime-test/", realtime_testpage.view, name="realtime-test-page"),
     path("", include("deliveries.urls")),
     path("", include("riders.urls")),
