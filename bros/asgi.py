@@ -36,6 +36,10 @@ async def lifespan(scope, receive, send):
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await stop_hub()
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # drop this process's live gauges from /metrics
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(os.getpid())
             await send({"type": "lifespan.shutdown.complete"})
             return
 

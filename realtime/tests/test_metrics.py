@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 from django.test import Client
@@ -123,3 +126,32 @@ async def test_metrics_scrape_shows_connections_events_and_publish_lag(ws, metri
     assert value(gone, "bros_ws_connections", role="dispatcher") == value(
         before, "bros_ws_connections", role="dispatcher"
     )
+
+
+WRITER = """
+import os, django
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bros.settings")
+django.setup()
+from realtime.metrics import stats
+stats.connected("hq")
+stats.delivered('{"type":"event","stream":"s","seq":1,"event":"e","ts":"2020-01-01T00:00:00.000Z"}', 4, logged=True)
+print(os.getpid())
+"""
+
+
+def test_metrics_in_multiprocess_mode_sum_every_process_of_the_host(db, metrics_token, tmp_path, monkeypatch):
+    """Two processes write to PROMETHEUS_MULTIPROC_DIR; one scrape shows both: summed counters, per-pid gauges."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    pids = [
+        subprocess.run(
+            [sys.executable, "-c", WRITER], env=env, check=True, capture_output=True, text=True
+        ).stdout.strip()
+        for _ in range(2)
+    ]
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    text = scrape()
+    assert value(text, "bros_events_total") == 2
+    assert value(text, "bros_frames_sent_total") == 8
+    assert value(text, "bros_publish_lag_seconds_count") == 2
+    for pid in pids:
+        assert value(text, "bros_ws_connections", pid=pid, role="hq") == 1
