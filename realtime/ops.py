@@ -77,7 +77,7 @@ def _chart(series: list[float | None]) -> dict:
         current.append(f"{i * step:.1f},{CHART_HEIGHT - value / top * CHART_HEIGHT:.1f}")
     if current:
         segments.append(" ".join(current))
-    return {"segments": segments, "max": top if values else 0, "last": values[-1] if values else None}
+    return {"segments": segments, "max": max(values, default=0), "last": values[-1] if values else None}
 
 
 def _charts(by_process: dict[str, list[dict]], now: float) -> dict:
