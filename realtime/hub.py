@@ -19,6 +19,7 @@ Exactness, per logged stream:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -439,10 +440,16 @@ def get_hub() -> Hub:
     hub = _hubs.get(loop)
     if hub is None:
         hub = _hubs[loop] = Hub(redis_url=settings.REDIS_URL, heads_interval=settings.REALTIME_HEADS_INTERVAL)
-        hub.start()
-        for hook in _start_hooks:
-            hook(hub)
+        # In an empty context: the hub's tasks outlive the connection that may be starting it, and
+        # must not log under its connection id (core.log_context).
+        contextvars.Context().run(_start, hub)
     return hub
+
+
+def _start(hub: Hub) -> None:
+    hub.start()
+    for hook in _start_hooks:
+        hook(hub)
 
 
 _start_hooks: list[Callable[[Hub], None]] = []

@@ -92,3 +92,59 @@ def test_error_mails_repeat_a_message_at_most_once_per_interval_and_cap_per_hour
 def test_settings_route_request_errors_through_the_rate_limited_mailer():
     handlers = logging.getLogger("django.request").handlers
     assert any(isinstance(h, RateLimitedAdminEmailHandler) for h in handlers)
+
+
+@pytest.fixture
+async def ws(settings, demo_tx):
+    from realtime.tests.wsclient import WsClients
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    clients = WsClients()
+    yield clients
+    await clients.shutdown()
+
+
+async def test_log_record_of_a_websocket_connection_carries_its_connection_id(ws, monkeypatch):
+    """A failure while handling one socket's frame is logged with that socket's connection id."""
+    from realtime.consumers import PROCESS_ID, ProtocolConsumer
+
+    async def broken_ping(self, frame, frame_id):
+        raise RuntimeError("broken on purpose")
+
+    monkeypatch.setitem(ProtocolConsumer._handlers, "ping", broken_ping)
+    handler = Records()
+    logger = logging.getLogger("realtime.consumers")
+    logger.addHandler(handler)
+    try:
+        client = await ws.connect("dispatch-gangnam")
+        reply = await client.request({"type": "ping", "id": "p"})
+    finally:
+        logger.removeHandler(handler)
+    assert reply["type"] == "error" and reply["code"] == "internal"
+    failures = [r for r in handler.records if r.getMessage().startswith("frame from")]
+    assert len(failures) == 1
+    assert failures[0].connection_id.startswith(PROCESS_ID) and failures[0].connection_id in failures[0].getMessage()
+    assert failures[0].request_id == "-"
+
+
+async def test_hub_started_by_a_connection_does_not_log_under_its_connection_id(ws, monkeypatch):
+    """The hub's tasks outlive the socket that happened to start them: they carry no connection id."""
+    import asyncio
+
+    import realtime.hub
+
+    seen = []
+
+    async def record():
+        seen.append(("task", connection_id.get()))
+
+    def probe(hub):
+        seen.append(("hook", connection_id.get()))
+        hub.spawn(record(), name="probe")
+
+    monkeypatch.setattr(realtime.hub, "_start_hooks", [*realtime.hub._start_hooks, probe])
+    await ws.connect("dispatch-gangnam")
+    async with asyncio.timeout(5):
+        while len(seen) < 2:
+            await asyncio.sleep(0.01)
+    assert seen == [("hook", None), ("task", None)]
