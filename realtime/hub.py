@@ -42,6 +42,7 @@ FILL_YIELD_EVERY = 20
 JOIN_BUFFER_LIMIT = 10_000
 SUBSCRIBE_TIMEOUT = 5.0
 _RECONCILE_START = '{"type":"reconcile",'
+METRICS_FLUSH_INTERVAL = 1.0  # seconds between handing the per-event counts to Prometheus
 
 _db_read = database_sync_to_async  # reads run in the thread pool, never on the event loop
 
@@ -104,6 +105,10 @@ class Feed:
                 self.live.add(subscriber)
 
 
+async def _flush_metrics() -> None:
+    stats.flush()
+
+
 class Hub:
     def __init__(self, *, redis_url: str, heads_interval: float = 5.0):
         self.redis_url = redis_url
@@ -130,6 +135,7 @@ class Hub:
         self._pubsub = self._redis.pubsub()
         self.spawn(self._read_bus(), name="hub-reader")
         self.every(self.heads_interval, self.check_heads, name="hub-heads")
+        self.every(METRICS_FLUSH_INTERVAL, _flush_metrics, name="hub-metrics")
 
     def every(self, interval: float, action: Callable[[], Awaitable[object]], *, name: str) -> asyncio.Task:
         """Run `action` every `interval` seconds until the hub stops; a failure is logged, not fatal."""

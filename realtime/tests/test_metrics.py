@@ -11,7 +11,7 @@ import sys
 import pytest
 from django.test import Client
 
-from realtime.metrics import ProcessStats, event_time
+from realtime.metrics import ProcessStats, event_time, stats
 from realtime.tests.wsclient import WsClients, emit_notices, in_thread
 
 TOKEN = "scrape-secret-123"
@@ -111,6 +111,7 @@ async def test_metrics_scrape_shows_connections_events_and_publish_lag(ws, metri
     assert (await client.subscribe("broadcast:all"))["type"] == "subscribed"
     await in_thread(emit_notices, 2)
     await client.events(2)
+    stats.flush()  # what the hub does every second
     after = await in_thread(scrape)
     assert (
         value(after, "bros_ws_connections", role="dispatcher")
@@ -135,6 +136,7 @@ django.setup()
 from realtime.metrics import stats
 stats.connected("hq")
 stats.delivered('{"type":"event","stream":"s","seq":1,"event":"e","ts":"2020-01-01T00:00:00.000Z"}', 4, logged=True)
+stats.flush()
 print(os.getpid())
 """
 
@@ -155,3 +157,41 @@ def test_metrics_in_multiprocess_mode_sum_every_process_of_the_host(db, metrics_
     assert value(text, "bros_publish_lag_seconds_count") == 2
     for pid in pids:
         assert value(text, "bros_ws_connections", pid=pid, role="hq") == 1
+
+
+def frame_at(ts: str) -> str:
+    return '{"type":"event","stream":"s","seq":1,"event":"e","ts":"' + ts + '","data":{}}'
+
+
+def test_flush_adds_batched_publish_lags_to_the_right_buckets(db, metrics_token):
+    """Lags counted per event reach the histogram at the flush: each in its bucket, with their sum."""
+    base = event_time(frame_at("2026-01-02T03:04:05.000Z"))
+    process = ProcessStats()
+    before = scrape()
+    for lag in (0.004, 0.004, 0.2, 75.0):
+        process.delivered(frame_at("2026-01-02T03:04:05.000Z"), 1, logged=True, now=base + lag)
+    process.delivered(frame_at("2026-01-02T03:04:05.000Z"), 1, logged=False, now=base + 1)
+    assert value(scrape(), "bros_publish_lag_seconds_count") == value(before, "bros_publish_lag_seconds_count")
+    process.flush()
+    after = scrape()
+
+    def grew(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("bros_publish_lag_seconds_bucket", le="0.005") == 2
+    assert grew("bros_publish_lag_seconds_bucket", le="0.1") == 2
+    assert grew("bros_publish_lag_seconds_bucket", le="0.25") == 3
+    assert grew("bros_publish_lag_seconds_bucket", le="60.0") == 3
+    assert grew("bros_publish_lag_seconds_bucket", le="+Inf") == 4
+    assert grew("bros_publish_lag_seconds_count") == 4
+    assert grew("bros_publish_lag_seconds_sum") == pytest.approx(75.208, abs=0.01)
+    assert grew("bros_events_total") == 4 and grew("bros_frames_sent_total") == 5
+    process.flush()  # nothing new: nothing added twice
+    assert value(scrape(), "bros_publish_lag_seconds_count") == value(after, "bros_publish_lag_seconds_count")
+
+
+def test_event_time_across_second_boundaries_and_bad_stamps():
+    assert event_time(frame_at("2026-01-02T03:04:05.999Z")) + 0.002 == pytest.approx(
+        event_time(frame_at("2026-01-02T03:04:06.001Z"))
+    )
+    assert event_time(frame_at("not-a-time-at-all-xxxxxx")) is None
