@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections import Counter
 from datetime import datetime
 
 from prometheus_client import Counter as PromCounter
@@ -89,7 +88,6 @@ class ProcessStats:
     """This process's running totals since it started, and its publish lag since the last sample."""
 
     def __init__(self) -> None:
-        self.connections: Counter[str] = Counter()
         self.events = 0
         self.frames_sent = 0
         self.gap_repairs = 0
@@ -105,14 +103,10 @@ class ProcessStats:
         self._lag_pending_sum = 0.0
 
     def connected(self, role: str | None) -> None:
-        role = role or "none"
-        self.connections[role] += 1
-        CONNECTIONS.labels(role).inc()
+        CONNECTIONS.labels(role or "none").inc()
 
     def disconnected(self, role: str | None) -> None:
-        role = role or "none"
-        self.connections[role] -= 1
-        CONNECTIONS.labels(role).dec()
+        CONNECTIONS.labels(role or "none").dec()
 
     def delivered(self, frame: str, subscribers: int, *, logged: bool, now: float | None = None) -> None:
         """One frame went to `subscribers` local sockets; a logged event also has its lag measured."""
@@ -166,7 +160,6 @@ class ProcessStats:
             "reconcile_mismatches": self.reconcile_mismatches,
             "lag_avg": round(lag_avg, 4) if lag_avg is not None else None,
             "lag_max": round(self._lag_max, 4) if self._lag_count else None,
-            "by_role": {role: n for role, n in self.connections.items() if n},
         }
         self._lag_sum, self._lag_count, self._lag_max = 0.0, 0, 0.0
         return figures

@@ -74,7 +74,10 @@ def _chart(series: list[float | None]) -> dict:
                 segments.append(" ".join(current))
             current = []
             continue
-        current.append(f"{i * step:.1f},{CHART_HEIGHT - value / top * CHART_HEIGHT:.1f}")
+        x, y = i * step, CHART_HEIGHT - value / top * CHART_HEIGHT
+        current.append(f"{x:.1f},{y:.1f}")
+        if len(current) == 1:  # a lone point still shows, as a dot
+            current.append(f"{x + 0.5:.1f},{y:.1f}")
     if current:
         segments.append(" ".join(current))
     return {"segments": segments, "max": max(values, default=0), "last": values[-1] if values else None}

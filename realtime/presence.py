@@ -98,7 +98,7 @@ def _usage(process) -> dict:
 
 def _queue_sample(pipe, process_id: str, figures: dict, now: float) -> None:
     """Queue one sample of a process's figures, trimming the set to the last hour and its bound."""
-    sample = {"p": process_id, **{k: v for k, v in figures.items() if k not in ("host", "started", "by_role")}}
+    sample = {"p": process_id, **{k: v for k, v in figures.items() if k not in ("host", "started")}}
     pipe.zadd(samples_key(), {_compact(sample): now})
     pipe.zremrangebyscore(samples_key(), "-inf", now - SAMPLES_WINDOW)
     pipe.zremrangebyrank(samples_key(), 0, -SAMPLES_MAX - 1)
@@ -295,6 +295,7 @@ def presence_snapshot() -> dict:
                 "pid": record.get("pid"),
                 "started": record.get("started"),
                 "connections": len(conns),
+                "by_role": dict(sorted(Counter(conn.get("role") or "none" for conn in conns).items())),
                 "cpu": record.get("cpu"),
                 "rss": record.get("rss"),
             }

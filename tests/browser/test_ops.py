@@ -33,6 +33,7 @@ def test_ops_page_shows_a_new_connection_live_and_its_departure(browse, demo_tx)
     expect(ops.locator("[data-center=gangnam]")).to_have_text("1")
     expect(ops.locator("[data-role=dispatcher]")).to_have_text("1")
     expect(ops.locator("tr[data-process] [data-figure=process-connections]")).to_have_text("1")
+    expect(ops.locator("tr[data-process] [data-figure=process-roles]")).to_have_text("dispatcher 1")
     shot(ops, "ops")
 
     dispatcher.close()
