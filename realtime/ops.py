@@ -74,7 +74,7 @@ def _chart(series: list[float | None]) -> dict:
                 segments.append(" ".join(current))
             current = []
             continue
-        x, y = i * step, CHART_HEIGHT - value / top * CHART_HEIGHT
+        x, y = i * step, CHART_HEIGHT * (0.95 - 0.9 * value / top)  # a margin keeps 0 and the peak visible
         current.append(f"{x:.1f},{y:.1f}")
         if len(current) == 1:  # a lone point still shows, as a dot
             current.append(f"{x + 0.5:.1f},{y:.1f}")
