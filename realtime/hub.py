@@ -348,7 +348,7 @@ class Hub:
         seq, frame = int(head), body.decode()
         if not feed.logged or seq == 0:
             if feed.logged and frame.startswith(_RECONCILE_START):
-                await self._check_reconcile(feed, frame)
+                self._check_reconcile(feed, frame)
             feed.deliver(0, frame)
         elif not feed.primed:
             feed.early.append((seq, frame))
@@ -372,19 +372,16 @@ class Hub:
         feed.last_seq = seq
         feed.deliver(seq, frame)
 
-    async def _check_reconcile(self, feed: Feed, frame: str) -> None:
-        """Fill up to a reconcile frame's head if this hub is behind it (counted as a mismatch).
+    def _check_reconcile(self, feed: Feed, frame: str) -> None:
+        """Count a reconcile frame whose head is ahead of this hub (the ops monitor's mismatches).
 
-        Filling first means local clients get the missing events before the frame that would make
-        each of them fetch them. The frame may also simply overtake an event's publish: the fill
-        then delivers it early and the late publish is dropped as a duplicate.
+        Nothing is filled here: the heads check heals the hub within REALTIME_HEADS_INTERVAL, and the
+        clients fetch what they miss themselves (protocol §3.5). A frame that merely overtook an
+        event's publish counts too; a steady rate means publishes are being lost.
         """
         reconcile = json.loads(frame)
-        if not feed.primed or reconcile.get("epoch") != feed.epoch or reconcile.get("head", 0) <= feed.last_seq:
-            return
-        stats.reconcile_mismatch()
-        async with feed.lock:
-            await self._fill(feed, upto=reconcile["head"])
+        if feed.primed and reconcile.get("epoch") == feed.epoch and reconcile.get("head", 0) > feed.last_seq:
+            stats.reconcile_mismatch()
 
     async def _fill(self, feed: Feed, *, upto: int) -> None:
         """Deliver the events after the hub's position up to `upto`, read from history."""

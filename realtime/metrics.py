@@ -37,7 +37,7 @@ RESETS = PromCounter(
     "bros_resets", "Reset frames sent: per feed (history_reset) or per subscriber (history_expired).", ["reason"]
 )
 RECONCILE_MISMATCHES = PromCounter(
-    "bros_reconcile_mismatches", "Reconcile frames that found a hub behind its stream's head (then filled)."
+    "bros_reconcile_mismatches", "Reconcile frames that found a hub behind its stream's head."
 )
 
 _TS_MARK = ',"ts":"'

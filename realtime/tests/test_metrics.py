@@ -195,3 +195,28 @@ def test_event_time_across_second_boundaries_and_bad_stamps():
         event_time(frame_at("2026-01-02T03:04:06.001Z"))
     )
     assert event_time(frame_at("not-a-time-at-all-xxxxxx")) is None
+
+
+async def test_lost_publish_counts_one_reconcile_mismatch_then_one_gap_repair(ws, demo_tx, settings, monkeypatch):
+    """A publish lost on the bus: the next reconcile frame finds the hub behind, the next event makes it fill."""
+    from realtime import outbox
+    from realtime.reconcile import publish_reconcile_frames
+    from tests.support import take_order
+
+    settings.REALTIME_HEADS_INTERVAL = 3600  # only the gap fill may heal here
+    client = await ws.connect("dispatch-gangnam")
+    assert (await client.subscribe("deliveries:gangnam"))["type"] == "subscribed"
+    demo = demo_tx
+    before = stats.sample()
+    original = outbox.publish
+    monkeypatch.setattr(outbox, "publish", lambda events: True)  # committed, never published
+    await in_thread(take_order, demo)
+    monkeypatch.setattr(outbox, "publish", original)
+    await in_thread(publish_reconcile_frames)
+    reconcile = await client.recv()
+    assert reconcile["type"] == "reconcile" and reconcile["head"] == 1
+    await in_thread(take_order, demo)
+    assert [e["seq"] for e in await client.events(2)] == [1, 2]
+    after = stats.sample()
+    assert after["reconcile_mismatches"] - before["reconcile_mismatches"] == 1
+    assert after["gap_repairs"] - before["gap_repairs"] == 1
