@@ -1,14 +1,15 @@
 """The Celery application: the worker runs domain tasks, beat runs the periodic ones.
 
 Both heart-beat into presence (realtime.presence.ThreadHeartbeat), so the ops monitor shows
-their health, CPU and memory, and flags one that stops.
+their health, CPU and memory, and flags one that stops. A task's log lines carry its id in the
+request-id field (core.log_context), as a request's do.
 """
 
 import atexit
 import os
 
 from celery import Celery
-from celery.signals import beat_init, worker_ready, worker_shutdown
+from celery.signals import beat_init, task_postrun, task_prerun, worker_ready, worker_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bros.settings")
 
@@ -46,3 +47,17 @@ def _worker_gone(**kwargs) -> None:
 def _beat_presence(**kwargs) -> None:
     _start_heartbeat("beat")
     atexit.register(_stop_heartbeat, "beat")  # beat has no shutdown signal
+
+
+@task_prerun.connect
+def _task_log_context(task_id=None, **kwargs) -> None:
+    from core.log_context import request_id
+
+    request_id.set(f"task-{task_id}")
+
+
+@task_postrun.connect
+def _task_log_context_end(**kwargs) -> None:
+    from core.log_context import request_id
+
+    request_id.set(None)

@@ -148,3 +148,17 @@ async def test_hub_started_by_a_connection_does_not_log_under_its_connection_id(
         while len(seen) < 2:
             await asyncio.sleep(0.01)
     assert seen == [("hook", None), ("task", None)]
+
+
+def test_log_record_of_a_celery_task_carries_the_task_id():
+    from bros.celery import _task_log_context, _task_log_context_end
+    from core.log_context import request_id
+
+    record = logging.LogRecord("realtime.tasks", logging.INFO, __file__, 1, "swept", (), None)
+    _task_log_context(task_id="abc-123")
+    try:
+        ContextFilter().filter(record)
+    finally:
+        _task_log_context_end()
+    assert record.request_id == "task-abc-123"
+    assert request_id.get() is None
