@@ -1,4 +1,4 @@
-"""`/metrics` in Prometheus's text format, and the count of API commands by outcome.
+"""`/metrics` in Prometheus's text format, and the count of commands by outcome.
 
 With PROMETHEUS_MULTIPROC_DIR set (dev.py and deployments set it: docs/running.md) every process
 of the host writes its metrics to files there and the scrape sums them, whichever process answers
@@ -20,7 +20,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client import Counter as PromCounter
 from prometheus_client.multiprocess import MultiProcessCollector
 
-COMMANDS = PromCounter("bros_commands", "HTTP API commands (POST, PUT, PATCH, DELETE) by outcome.", ["outcome"])
+COMMANDS = PromCounter(
+    "bros_commands",
+    "Commands by outcome: HTTP API POST/PUT/PATCH/DELETE (via http), WebSocket publish and position frames (via ws).",
+    ["via", "outcome"],
+)
+# A WebSocket error frame's code as a command outcome (the names HTTP statuses get above).
+FRAME_OUTCOMES = {
+    "bad_request": "invalid",
+    "too_large": "invalid",
+    "forbidden": "forbidden",
+    "unknown_stream": "not_found",
+    "rate_limited": "rate_limited",
+    "internal": "error",
+}
 
 _COMMAND_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -57,7 +70,7 @@ class CommandMetricsMiddleware:
     @staticmethod
     def _count(request, response) -> None:
         if request.method in _COMMAND_METHODS and request.path.startswith("/api/"):
-            COMMANDS.labels(command_outcome(response.status_code)).inc()
+            COMMANDS.labels("http", command_outcome(response.status_code)).inc()
 
     def __call__(self, request):
         if self.is_async:

@@ -29,6 +29,7 @@ from core import strict_input
 from core.access import access_for
 from core.access_versions import parse_version, versions_key
 from core.log_context import connection_id
+from core.metrics import COMMANDS, FRAME_OUTCOMES
 from realtime import frames, ratelimit, registry, services
 from realtime.hub import Hub, get_hub, on_hub_start
 from realtime.metrics import stats
@@ -351,6 +352,7 @@ class ProtocolConsumer(AsyncConsumer):
         self.last_seen = time.monotonic()
         text = message.get("text")
         frame_id = None
+        command = False  # a publish or an app frame (position): counted by outcome, like API commands
         try:
             if text is None:
                 raise BadFrame("bad_request", "Frames must be JSON text.")
@@ -374,12 +376,19 @@ class ProtocolConsumer(AsyncConsumer):
                 handler = ProtocolConsumer._app_frame
             if handler is None:
                 raise BadFrame("bad_request", "Unknown frame type.")
+            command = handler is ProtocolConsumer._publish or handler is ProtocolConsumer._app_frame
             await handler(self, frame, frame_id)
+            if command:
+                COMMANDS.labels("ws", "ok").inc()
         except BadFrame as bad:
+            if command:
+                COMMANDS.labels("ws", FRAME_OUTCOMES.get(bad.code, "invalid")).inc()
             self.deliver(frames.error(id=frame_id, code=bad.code, message=bad.message))
         except asyncio.CancelledError:
             raise
         except Exception:
+            if command:
+                COMMANDS.labels("ws", "error").inc()
             logger.exception("frame from %s failed", self.conn_id)
             self.deliver(frames.error(id=frame_id, code="internal", message="Something went wrong on our side."))
 

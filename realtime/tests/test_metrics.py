@@ -32,7 +32,7 @@ def scrape(client: Client | None = None, **headers) -> str:
 
 def value(text: str, name: str, **labels) -> float:
     """The value of one sample in a scrape (0 when the series is absent)."""
-    label_text = ",".join(f'{key}="{val}"' for key, val in labels.items())
+    label_text = ",".join(f'{key}="{val}"' for key, val in sorted(labels.items()))  # as the client writes them
     pattern = re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else r"(?:\{\})?") + r" (\S+)"
     found = re.search("^" + pattern + "$", text, re.M)
     return float(found.group(1)) if found else 0.0
@@ -71,10 +71,10 @@ def test_metrics_counts_api_commands_by_outcome(demo, metrics_token):
     assert (missing.status_code, invalid.status_code) == (404, 400)
     after = scrape()
     for outcome in ("not_found", "invalid"):
-        assert (
-            value(after, "bros_commands_total", outcome=outcome)
-            == value(before, "bros_commands_total", outcome=outcome) + 1
+        grew = value(after, "bros_commands_total", via="http", outcome=outcome) - value(
+            before, "bros_commands_total", via="http", outcome=outcome
         )
+        assert grew == 1, outcome
 
 
 def test_event_time_reads_the_ts_of_an_encoded_event_frame():
@@ -220,3 +220,19 @@ async def test_lost_publish_counts_one_reconcile_mismatch_then_one_gap_repair(ws
     after = stats.sample()
     assert after["reconcile_mismatches"] - before["reconcile_mismatches"] == 1
     assert after["gap_repairs"] - before["gap_repairs"] == 1
+
+
+async def test_websocket_publish_frames_count_as_commands_by_outcome(ws, metrics_token):
+    """An acked publish counts `ok`, a refused one its error's outcome; a ping is no command."""
+    client = await ws.connect("dispatch-gangnam")
+    before = await in_thread(scrape)
+    assert (await client.publish("chat:gangnam", "chat.message", {"text": "hi"}))["type"] == "ack"
+    assert (await client.publish("chat:mapo", "chat.message", {"text": "hi"}))["code"] == "forbidden"
+    assert (await client.publish("chat:gangnam", "chat.message", {"text": ""}))["code"] == "bad_request"
+    assert (await client.request({"type": "ping", "id": "x"}))["type"] == "pong"
+    after = await in_thread(scrape)
+    for outcome, n in (("ok", 1), ("forbidden", 1), ("invalid", 1), ("error", 0)):
+        grew = value(after, "bros_commands_total", via="ws", outcome=outcome) - value(
+            before, "bros_commands_total", via="ws", outcome=outcome
+        )
+        assert grew == n, outcome
