@@ -101,3 +101,16 @@ def test_ops_charts_and_rates_come_from_consecutive_samples(db, clean_presence):
     assert snapshot["charts"]["events"]["last"] == pytest.approx(5.0)
     assert snapshot["charts"]["connections"]["segments"]
     assert snapshot["last_hour"]["gap_repairs"] == 2
+
+
+def test_ops_panel_queries_do_not_grow_with_processes_or_samples(demo, clean_presence, django_assert_num_queries):
+    """The figures come from Redis: PostgreSQL sees the session, the user, its role and centers, and the timed ping."""
+    client = Client()
+    client.force_login(demo.user("hq"))
+    client.get("/ops/panel/")
+    with django_assert_num_queries(5) as few:
+        client.get("/ops/panel/")
+    for n in range(20):
+        ThreadHeartbeat(f"worker{n}", interval=15, ttl=45).beat()
+    with django_assert_num_queries(len(few.captured_queries)):
+        assert client.get("/ops/panel/").content.decode().count("<tr data-process") == 20
