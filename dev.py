@@ -36,6 +36,7 @@ PG_DIR = VAR / "pg"
 REDIS_DIR = VAR / "redis"
 DB_NAME = "bros"
 BEAT_SCHEDULE = str(VAR / "celerybeat-schedule")
+METRICS_DIR = VAR / "prometheus"  # PROMETHEUS_MULTIPROC_DIR of a run: every child writes its metrics here
 REDIS_PREFERRED_PORT = 6390
 STOP_GRACE = 10.0  # seconds a child gets between SIGTERM and SIGKILL
 
@@ -407,6 +408,14 @@ def run_step(args: list[str], env: dict[str, str], stopper: Stopper) -> int:
             forwarded_at = time.monotonic() + 5
 
 
+def fresh_metrics_dir(folder: Path) -> Path:
+    """Create the multi-process metrics folder and empty it: a new run must not add up the last one's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+    return folder
+
+
 def manage(*args: str) -> list[str]:
     return [sys.executable, "manage.py", *args]
 
@@ -436,6 +445,7 @@ def cmd_run(env: dict[str, str], stopper: Stopper) -> int:
     if not port_is_free(int(port)):
         say(f"Port {port} is in use (another dev.py run?). Stop it or set PORT=…")
         return 1
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_metrics_dir(Path(env.get("PROMETHEUS_MULTIPROC_DIR") or METRICS_DIR)))
     for step in (manage("migrate", "--noinput"), manage("seed_demo")):
         code = run_step(step, env, stopper)
         if stopper.stopping:

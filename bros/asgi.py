@@ -10,7 +10,7 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from realtime.hub import stop_hub  # noqa: E402
+from realtime.hub import get_hub, stop_hub  # noqa: E402
 from realtime.origin import SameOriginValidator  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 
@@ -29,13 +29,18 @@ def with_server_send(app):
 
 
 async def lifespan(scope, receive, send):
-    """On shutdown, stop the hub: presence forgets this process at once instead of after its TTL."""
+    """Start this process's hub at once; on shutdown stop it: presence forgets the process at once."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            get_hub()  # in presence (and on the ops page) from the start, not from the first socket
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await stop_hub()
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # drop this process's live gauges from /metrics
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(os.getpid())
             await send({"type": "lifespan.shutdown.complete"})
             return
 

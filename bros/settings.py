@@ -4,6 +4,7 @@ Production needs DATABASE_URL, REDIS_URL, SECRET_KEY and ALLOWED_HOSTS; DEBUG is
 `python3 dev.py run` sets development values and embedded services when they are unset.
 """
 
+import ipaddress
 from datetime import timedelta
 from pathlib import Path
 
@@ -42,6 +43,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "core.log_context.RequestIdMiddleware",
+    "core.metrics.CommandMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -122,6 +125,23 @@ CELERY_BEAT_SCHEDULE = {
         "task": "realtime.tasks.retry_webhooks",
         "schedule": timedelta(seconds=30),
     },
+    # Retention (docs/running.md): what would otherwise grow without bound.
+    "prune-idempotency-records": {
+        "task": "core.tasks.prune_idempotency_records",
+        "schedule": timedelta(hours=1),
+    },
+    "clear-expired-sessions": {
+        "task": "core.tasks.clear_expired_sessions",
+        "schedule": timedelta(hours=6),
+    },
+    "prune-position-samples": {
+        "task": "riders.tasks.prune_position_samples",
+        "schedule": timedelta(hours=1),
+    },
+    "prune-timeline": {
+        "task": "deliveries.tasks.prune_timeline",
+        "schedule": timedelta(hours=6),
+    },
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -162,14 +182,31 @@ DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="bros@localhost")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 ADMINS = [("Ops", addr) for addr in env.list("ADMINS", default=[])]
 
+# Structured logs (core/log_context.py): each line names its request or WebSocket connection;
+# LOG_FORMAT=json writes one JSON object per line. Error e-mails go to ADMINS, rate-limited.
+LOG_FORMAT = env("LOG_FORMAT", default="text")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"context": {"()": "core.log_context.ContextFilter"}},
+    "formatters": {
+        "text": {
+            "format": "%(asctime)s %(levelname)s %(name)s [req=%(request_id)s conn=%(connection_id)s] %(message)s"
+        },
+        "json": {"()": "core.log_context.JsonFormatter"},
+    },
     "handlers": {
-        "console": {"class": "logging.StreamHandler"},
+        "console": {
+            "class": "logging.StreamHandler",
+            "filters": ["context"],
+            "formatter": "json" if LOG_FORMAT == "json" else "text",
+        },
         "mail_admins": {
-            "class": "django.utils.log.AdminEmailHandler",
+            "class": "core.log_context.RateLimitedAdminEmailHandler",
             "level": "ERROR",
+            "filters": ["context"],
+            "per_message": env.float("ERROR_EMAIL_INTERVAL", default=600.0),
+            "per_hour": env.int("ERROR_EMAILS_PER_HOUR", default=20),
         },
     },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
@@ -192,6 +229,13 @@ LOGGING = {
 EVENT_RETENTION = timedelta(hours=env.int("EVENT_RETENTION_HOURS", default=25))
 # Chat messages live in their own table, kept this many days (unset: forever), whatever the event window.
 CHAT_RETENTION_DAYS = env.int("CHAT_RETENTION_DAYS", default=None)
+# Retention of what grows without bound (docs/running.md). Timeline entries are the audit trail:
+# kept for ever unless TIMELINE_RETENTION_DAYS is set above 0.
+IDEMPOTENCY_RETENTION = timedelta(hours=env.int("IDEMPOTENCY_RETENTION_HOURS", default=48))
+POSITION_RETENTION = timedelta(days=env.int("POSITION_RETENTION_DAYS", default=7))
+TIMELINE_RETENTION_DAYS = env.int("TIMELINE_RETENTION_DAYS", default=0)
+if min(IDEMPOTENCY_RETENTION, POSITION_RETENTION) < timedelta(hours=1):
+    raise ImproperlyConfigured("IDEMPOTENCY_RETENTION_HOURS and POSITION_RETENTION_DAYS must be at least 1.")
 # Delivery urgency thresholds (minutes) for the dispatcher board.
 SLA_UNASSIGNED_MINUTES = env.int("SLA_UNASSIGNED_MINUTES", default=5)
 SLA_DEFAULT_PROMISE_MINUTES = env.int("SLA_DEFAULT_PROMISE_MINUTES", default=50)
@@ -243,3 +287,13 @@ OSM_ATTRIBUTION = '&copy; <a href="https://www.openstreetmap.org/copyright">Open
 MAP_TILE_URL = env("MAP_TILE_URL", default=OSM_TILE_URL)
 MAP_TILE_ATTRIBUTION = env("MAP_TILE_ATTRIBUTION", default=OSM_ATTRIBUTION if MAP_TILE_URL == OSM_TILE_URL else "")
 RIDER_GPS_STALE_SECONDS = env.float("RIDER_GPS_STALE_SECONDS", default=45.0)  # greyed "last seen" after this
+
+# Ops (docs/running.md): who may scrape /metrics (a Bearer token, or client addresses/networks).
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+OPS_REFRESH_SECONDS = env.int("OPS_REFRESH_SECONDS", default=5)  # how often /ops/ polls its figures
+try:
+    METRICS_ALLOWED_IPS = [
+        ipaddress.ip_network(net, strict=False) for net in env.list("METRICS_ALLOWED_IPS", default=[])
+    ]
+except ValueError as exc:
+    raise ImproperlyConfigured(f"METRICS_ALLOWED_IPS: {exc}") from None

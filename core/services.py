@@ -9,11 +9,14 @@ and the Center admin can stay in core.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.db import transaction
 
 from core import access
 from core.exceptions import InvalidTransition, StaleVersion
-from core.models import Center
+from core.models import Center, IdempotencyRecord
+from core.retention import delete_in_batches
 
 
 @transaction.atomic
@@ -54,3 +57,8 @@ def save_center(
     center.version += 1
     center.save(update_fields=[*changed, "version"])
     return center
+
+
+def prune_idempotency_records(*, before: datetime) -> int:
+    """Forget idempotency records created before `before`: a retry that late runs afresh."""
+    return delete_in_batches(IdempotencyRecord.objects.filter(created_at__lt=before))

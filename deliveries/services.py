@@ -19,6 +19,7 @@ from django.utils import timezone
 from core import access
 from core.actors import TokenActor, actor_label, user_of
 from core.exceptions import InvalidTransition, StaleVersion
+from core.retention import delete_in_batches
 from deliveries import selectors
 from deliveries.models import Delivery, Order, Shop, Source, TimelineEntry
 from deliveries.schemas import OrderInput
@@ -606,3 +607,8 @@ def save_shop(
     if any(field in SHOP_FIELDS_SHOWN_WITH_DELIVERIES for field in changed):
         emit(_refresh_shop_deliveries(shop, renamed="name" in changed))
     return shop
+
+
+def prune_timeline(*, before: datetime) -> int:
+    """Delete timeline entries written before `before`: the audit trail, pruned only if a setting asks."""
+    return delete_in_batches(TimelineEntry.objects.filter(at__lt=before))

@@ -12,6 +12,7 @@ router = Router(tags=["ops"])
 
 class ProcessOut(Schema):
     id: str
+    kind: str  # "web" (a server process), "worker" or "beat" (Celery)
     host: str | None
     pid: int | None
     started: float | None

@@ -28,8 +28,11 @@ from redis.exceptions import RedisError
 from core import strict_input
 from core.access import access_for
 from core.access_versions import parse_version, versions_key
+from core.log_context import connection_id
+from core.metrics import COMMANDS, FRAME_OUTCOMES
 from realtime import frames, ratelimit, registry, services
 from realtime.hub import Hub, get_hub, on_hub_start
+from realtime.metrics import stats
 from realtime.presence import Presence
 from realtime.streams import UnknownStream, can_publish, can_subscribe, parse_stream
 
@@ -175,6 +178,8 @@ class ProtocolConsumer(AsyncConsumer):
         self.scope = scope
         self.base_send = send
         self.conn_id = f"{PROCESS_ID}-{next(_conn_ids)}"
+        connection_id.set(self.conn_id)  # for this connection's log lines (tasks below inherit it)
+        self.counted_role: str | None = None
         self.user = scope.get("user")
         self.access_version = 0
         self.streams: set[str] = set()
@@ -229,6 +234,8 @@ class ProtocolConsumer(AsyncConsumer):
         frame_send = self.scope.get("server_send", self.base_send)
         self.sender = FrameSender(frame_send, limit=settings.REALTIME_QUEUE_LIMIT, on_overflow=self.overflow)
         self.hub.connections.add(self)
+        self.counted_role = self.access.role or "none"
+        stats.connected(self.counted_role)
         await self._presence(
             "connect", self.conn_id, user_id=user.pk, username=user.get_username(), role=self.access.role
         )
@@ -252,6 +259,9 @@ class ProtocolConsumer(AsyncConsumer):
             logger.warning("presence %s failed for %s", method, self.conn_id, exc_info=True)
 
     async def _cleanup(self) -> None:
+        if self.counted_role is not None:
+            stats.disconnected(self.counted_role)
+            self.counted_role = None
         if self.hub is not None:
             self.hub.connections.discard(self)
             for stream in list(self.streams):
@@ -345,6 +355,7 @@ class ProtocolConsumer(AsyncConsumer):
         self.last_seen = time.monotonic()
         text = message.get("text")
         frame_id = None
+        command = False  # a publish or an app frame (position): counted by outcome, like API commands
         try:
             if text is None:
                 raise BadFrame("bad_request", "Frames must be JSON text.")
@@ -368,12 +379,19 @@ class ProtocolConsumer(AsyncConsumer):
                 handler = ProtocolConsumer._app_frame
             if handler is None:
                 raise BadFrame("bad_request", "Unknown frame type.")
+            command = handler is ProtocolConsumer._publish or handler is ProtocolConsumer._app_frame
             await handler(self, frame, frame_id)
+            if command:
+                COMMANDS.labels("ws", "ok").inc()
         except BadFrame as bad:
+            if command:
+                COMMANDS.labels("ws", FRAME_OUTCOMES.get(bad.code, "invalid")).inc()
             self.deliver(frames.error(id=frame_id, code=bad.code, message=bad.message))
         except asyncio.CancelledError:
             raise
         except Exception:
+            if command:
+                COMMANDS.labels("ws", "error").inc()
             logger.exception("frame from %s failed", self.conn_id)
             self.deliver(frames.error(id=frame_id, code="internal", message="Something went wrong on our side."))
 

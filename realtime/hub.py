@@ -19,6 +19,8 @@ Exactness, per logged stream:
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from django.conf import settings
 
 from realtime import frames, outbox
 from realtime.bus import channel_for
+from realtime.metrics import stats
 from realtime.streams import StreamName
 
 logger = logging.getLogger(__name__)
@@ -38,6 +41,8 @@ REPLAY_CHUNK = 500
 FILL_YIELD_EVERY = 20
 JOIN_BUFFER_LIMIT = 10_000
 SUBSCRIBE_TIMEOUT = 5.0
+_RECONCILE_START = '{"type":"reconcile",'
+METRICS_FLUSH_INTERVAL = 1.0  # seconds between handing the per-event counts to Prometheus
 
 _db_read = database_sync_to_async  # reads run in the thread pool, never on the event loop
 
@@ -81,6 +86,7 @@ class Feed:
 
     def deliver(self, seq: int, frame: str) -> None:
         """Hand one frame to every local subscriber; `seq` 0 is a frame outside the sequence."""
+        stats.delivered(frame, len(self.live) + len(self.joining), logged=seq > 0)
         for subscriber in self.live:
             subscriber.deliver(frame)
         if not self.joining:
@@ -97,6 +103,10 @@ class Feed:
                 subscriber.deliver(frame)
                 del self.joining[subscriber]
                 self.live.add(subscriber)
+
+
+async def _flush_metrics() -> None:
+    stats.flush()
 
 
 class Hub:
@@ -125,6 +135,7 @@ class Hub:
         self._pubsub = self._redis.pubsub()
         self.spawn(self._read_bus(), name="hub-reader")
         self.every(self.heads_interval, self.check_heads, name="hub-heads")
+        self.every(METRICS_FLUSH_INTERVAL, _flush_metrics, name="hub-metrics")
 
     def every(self, interval: float, action: Callable[[], Awaitable[object]], *, name: str) -> asyncio.Task:
         """Run `action` every `interval` seconds until the hub stops; a failure is logged, not fatal."""
@@ -209,6 +220,7 @@ class Hub:
             frames.subscribed(id=id, stream=feed.name, epoch=history.epoch, head=history.head, recovered=recovered)
         )
         if history.reset:
+            stats.reset_sent("history_expired")
             subscriber.deliver(
                 frames.reset(stream=feed.name, epoch=history.epoch, head=history.head, reason="history_expired")
             )
@@ -223,6 +235,7 @@ class Hub:
             await subscriber.wait_for_room()
             history = await read(feed.name, since=history.last_seq, epoch=history.epoch, limit=REPLAY_CHUNK)
             if history.reset:  # pruned mid-replay: vanishingly rare, but never leave a gap
+                stats.reset_sent("history_expired")
                 subscriber.deliver(
                     frames.reset(stream=feed.name, epoch=history.epoch, head=history.head, reason="history_expired")
                 )
@@ -334,6 +347,8 @@ class Hub:
         head, _, body = data.partition(b"\n")
         seq, frame = int(head), body.decode()
         if not feed.logged or seq == 0:
+            if feed.logged and frame.startswith(_RECONCILE_START):
+                self._check_reconcile(feed, frame)
             feed.deliver(0, frame)
         elif not feed.primed:
             feed.early.append((seq, frame))
@@ -357,9 +372,22 @@ class Hub:
         feed.last_seq = seq
         feed.deliver(seq, frame)
 
+    def _check_reconcile(self, feed: Feed, frame: str) -> None:
+        """Count a reconcile frame whose head is ahead of this hub (the ops monitor's mismatches).
+
+        Nothing is filled here: the heads check heals the hub within REALTIME_HEADS_INTERVAL, and the
+        clients fetch what they miss themselves (protocol §3.5). A frame that merely overtook an
+        event's publish counts too; a steady rate means publishes are being lost.
+        """
+        reconcile = json.loads(frame)
+        if feed.primed and reconcile.get("epoch") == feed.epoch and reconcile.get("head", 0) > feed.last_seq:
+            stats.reconcile_mismatch()
+
     async def _fill(self, feed: Feed, *, upto: int) -> None:
         """Deliver the events after the hub's position up to `upto`, read from history."""
         read = _db_read(outbox.read_history, thread_sensitive=False)
+        if feed.last_seq < upto:
+            stats.gap_repaired()
         while feed.last_seq < upto:
             history = await read(feed.name, since=feed.last_seq, epoch=feed.epoch, limit=REPLAY_CHUNK)
             if history.reset:
@@ -399,6 +427,7 @@ class Hub:
     def _reset(self, feed: Feed, *, epoch: str, head: int) -> None:
         """Tell every subscriber the stream's history was reset; continue from its new head."""
         feed.epoch, feed.last_seq = epoch, head
+        stats.reset_sent("history_reset")
         feed.deliver(0, frames.reset(stream=feed.name, epoch=epoch, head=head, reason="history_reset"))
 
     async def heads_of(self, names: list[str]) -> dict[str, int]:
@@ -414,10 +443,16 @@ def get_hub() -> Hub:
     hub = _hubs.get(loop)
     if hub is None:
         hub = _hubs[loop] = Hub(redis_url=settings.REDIS_URL, heads_interval=settings.REALTIME_HEADS_INTERVAL)
-        hub.start()
-        for hook in _start_hooks:
-            hook(hub)
+        # In an empty context: the hub's tasks outlive the connection that may be starting it, and
+        # must not log under its connection id (core.log_context).
+        contextvars.Context().run(_start, hub)
     return hub
+
+
+def _start(hub: Hub) -> None:
+    hub.start()
+    for hook in _start_hooks:
+        hook(hub)
 
 
 _start_hooks: list[Callable[[Hub], None]] = []

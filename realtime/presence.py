@@ -8,8 +8,14 @@ trips however many processes and connections there are.
 
 Redis layout (`<p>` is settings.REDIS_PREFIX, read at call time):
 - `<p>:presence:procs`        set of process ids
-- `<p>:presence:proc:<id>`    JSON {host, pid, started, cpu, rss}, TTL settings.REALTIME_PRESENCE_TTL
+- `<p>:presence:proc:<id>`    JSON {kind, host, pid, started, t, cpu, rss, and for a server process its
+                              running totals (realtime.metrics)}, TTL settings.REALTIME_PRESENCE_TTL
 - `<p>:presence:conns:<id>`   hash: connection id -> JSON {user, username, role, streams, since}
+- `<p>:presence:samples`      sorted set by time: each heartbeat's figures of each process, for the
+                              ops monitor's last hour (bounded by age and by SAMPLES_MAX members)
+
+Celery's worker and beat heart-beat into the same set and keys (`ThreadHeartbeat`, kind "worker" or
+"beat") with no connections, so the ops monitor sees every process the same way.
 
 A process keeps its own connections in memory as well; the heartbeat writes them back whenever
 Redis lost them (the process key expired during a stall, or a write failed), so a failed
@@ -22,6 +28,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections import Counter
 
@@ -29,6 +36,7 @@ import redis.asyncio
 from django.conf import settings
 
 from realtime.bus import REDIS_DOWN, RedisUnavailable, get_redis, redis_health
+from realtime.metrics import stats
 from realtime.streams import UnknownStream, parse_stream
 
 try:
@@ -66,8 +74,34 @@ def conns_key(process_id: str) -> str:
     return _key("conns", process_id)
 
 
+def samples_key() -> str:
+    return _key("samples")
+
+
+SAMPLES_WINDOW = 3600.0  # seconds of samples kept for the ops monitor's chart
+SAMPLES_MAX = 20_000  # a hard bound whatever the number of processes (about 80 at one per 15 s)
+
+
 def _compact(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+def _usage(process) -> dict:
+    """CPU (% of one core since the last call) and resident memory of a psutil process, if known."""
+    if process is None:
+        return {"cpu": None, "rss": None}
+    try:
+        return {"cpu": process.cpu_percent(None), "rss": process.memory_info().rss}
+    except psutil.Error:
+        return {"cpu": None, "rss": None}
+
+
+def _queue_sample(pipe, process_id: str, figures: dict, now: float) -> None:
+    """Queue one sample of a process's figures, trimming the set to the last hour and its bound."""
+    sample = {"p": process_id, **{k: v for k, v in figures.items() if k not in ("host", "started")}}
+    pipe.zadd(samples_key(), {_compact(sample): now})
+    pipe.zremrangebyscore(samples_key(), "-inf", now - SAMPLES_WINDOW)
+    pipe.zremrangebyrank(samples_key(), 0, -SAMPLES_MAX - 1)
 
 
 class Presence:
@@ -99,15 +133,25 @@ class Presence:
     def _ttl_ms(self) -> int:
         return int(self.ttl * 1000)
 
-    def _process_record(self) -> str:
-        record = {"host": self.host, "pid": self.pid, "started": round(self.started, 3), "cpu": None, "rss": None}
-        if self._process is not None:
-            try:
-                record["cpu"] = self._process.cpu_percent(None)
-                record["rss"] = self._process.memory_info().rss
-            except psutil.Error:
-                pass
-        return _compact(record)
+    def _figures(self, now: float) -> dict:
+        """This process's record: who it is, its CPU and memory, its connections and running totals."""
+        return {
+            "kind": "web",
+            "host": self.host,
+            "pid": self.pid,
+            "started": round(self.started, 3),
+            "t": round(now, 3),
+            **_usage(self._process),
+            "conns": len(self._conns),
+            **stats.sample(),
+        }
+
+    def _write_record(self, pipe) -> None:
+        """Queue this process's record (with its TTL) and a sample of it for the last hour."""
+        now = time.time()
+        figures = self._figures(now)
+        pipe.set(proc_key(self.process_id), _compact(figures), px=self._ttl_ms)
+        _queue_sample(pipe, self.process_id, figures, now)
 
     def _write_all(self, pipe) -> None:
         """Queue a rewrite of this process's hash from its in-memory connections."""
@@ -121,7 +165,7 @@ class Presence:
     async def start(self) -> None:
         """Register this process (and any connections it already holds)."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(proc_key(self.process_id), self._process_record(), px=self._ttl_ms)
+            self._write_record(pipe)
             pipe.sadd(procs_key(), self.process_id)
             self._write_all(pipe)
             await pipe.execute()
@@ -134,10 +178,10 @@ class Presence:
         """
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.exists(proc_key(self.process_id))
-            pipe.set(proc_key(self.process_id), self._process_record(), px=self._ttl_ms)
-            pipe.sadd(procs_key(), self.process_id)
             pipe.hlen(conns_key(self.process_id))
-            existed, _, _, stored = await pipe.execute()
+            self._write_record(pipe)
+            pipe.sadd(procs_key(), self.process_id)
+            existed, stored, *_ = await pipe.execute()
         if existed and stored == len(self._conns):
             return
         if not existed:
@@ -152,9 +196,12 @@ class Presence:
             return
         self._stopped = True
         self._conns.clear()
+        now = time.time()
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(proc_key(self.process_id), conns_key(self.process_id))
             pipe.srem(procs_key(), self.process_id)
+            # The last sample says it stopped on purpose: the ops monitor flags only silent deaths.
+            _queue_sample(pipe, self.process_id, {"kind": "web", "t": round(now, 3), "stopped": True}, now)
             await pipe.execute()
 
     async def connect(self, conn_id: str, *, user_id: int, username: str, role: str | None) -> None:
@@ -241,11 +288,14 @@ def presence_snapshot() -> dict:
     for process_id, record, conns in live:
         processes.append(
             {
+                **record,  # the ops monitor reads the running totals; the API shows its fields only
                 "id": process_id,
+                "kind": record.get("kind", "web"),
                 "host": record.get("host"),
                 "pid": record.get("pid"),
                 "started": record.get("started"),
                 "connections": len(conns),
+                "by_role": dict(sorted(Counter(conn.get("role") or "none" for conn in conns).items())),
                 "cpu": record.get("cpu"),
                 "rss": record.get("rss"),
             }
@@ -264,3 +314,83 @@ def presence_snapshot() -> dict:
         "by_role": dict(sorted(by_role.items())),
         "by_center": dict(sorted(by_center.items())),
     }
+
+
+class ThreadHeartbeat:
+    """Presence for a process without an event loop (Celery's worker and beat): a daemon thread.
+
+    It writes the same process record and samples as a server process, with no connections, every
+    REALTIME_PRESENCE_HEARTBEAT seconds, so the ops monitor shows the process's health, CPU and
+    memory and flags it when it stops heart-beating. A failed write is retried at the next beat.
+    """
+
+    def __init__(self, kind: str, *, interval: float | None = None, ttl: float | None = None):
+        self.kind = kind
+        self.interval = interval if interval is not None else settings.REALTIME_PRESENCE_HEARTBEAT
+        self.ttl = ttl if ttl is not None else settings.REALTIME_PRESENCE_TTL
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.process_id = f"{kind}-{self.host}-{self.pid}"
+        self.started = time.time()
+        self._process = psutil.Process() if psutil is not None else None
+        _usage(self._process)  # the first CPU reading only starts the measurement
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"presence-{kind}", daemon=True)
+
+    def start(self) -> ThreadHeartbeat:
+        self._thread.start()
+        return self
+
+    def beat(self) -> None:
+        """Write this process's record and one sample (one round trip)."""
+        now = time.time()
+        figures = {
+            "kind": self.kind,
+            "host": self.host,
+            "pid": self.pid,
+            "started": round(self.started, 3),
+            "t": round(now, 3),
+            **_usage(self._process),
+            "conns": 0,
+        }
+        with get_redis().pipeline(transaction=True) as pipe:
+            pipe.set(proc_key(self.process_id), _compact(figures), px=int(self.ttl * 1000))
+            pipe.sadd(procs_key(), self.process_id)
+            _queue_sample(pipe, self.process_id, figures, now)
+            pipe.execute()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.beat()
+            except Exception:
+                logger.warning("%s heartbeat failed; retrying in %.0f s", self.kind, self.interval, exc_info=True)
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        """Leave presence at once (a clean stop is not flagged as a silent death)."""
+        self._stop.set()
+        now = time.time()
+        try:
+            with get_redis().pipeline(transaction=True) as pipe:
+                pipe.delete(proc_key(self.process_id))
+                pipe.srem(procs_key(), self.process_id)
+                _queue_sample(pipe, self.process_id, {"kind": self.kind, "t": round(now, 3), "stopped": True}, now)
+                pipe.execute()
+        except Exception:
+            logger.warning("%s presence stop failed; its key expires by itself", self.kind, exc_info=True)
+
+
+def last_run_key(task: str) -> str:
+    return _key("last_run", task)
+
+
+def record_last_run(task: str) -> None:
+    """Note that a periodic task just ran (the ops monitor shows when reconcile last did).
+
+    During a Redis outage the note is skipped (the outage is logged once, by `redis_health`).
+    """
+    try:
+        get_redis().set(last_run_key(task), f"{time.time():.3f}")
+    except REDIS_DOWN as exc:
+        redis_health.down(exc)

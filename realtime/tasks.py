@@ -5,12 +5,15 @@ from django.conf import settings
 from django.utils import timezone
 
 from realtime import outbox, webhooks
+from realtime.presence import record_last_run
 
 
 @shared_task
 def sweep_outbox() -> int:
     """Publish events whose publish after commit never happened (a crash, a Redis outage)."""
-    return outbox.republish_unpublished()
+    published = outbox.republish_unpublished()
+    record_last_run("sweep_outbox")
+    return published
 
 
 @shared_task
@@ -27,7 +30,9 @@ def reconcile_streams() -> int:
     """Send each center stream its reconcile frame (head + entity versions), every 2 minutes."""
     from realtime.reconcile import publish_reconcile_frames
 
-    return publish_reconcile_frames()
+    sent = publish_reconcile_frames()
+    record_last_run("reconcile_streams")
+    return sent
 
 
 @shared_task

@@ -61,7 +61,10 @@ class PositionSample(models.Model):
 
     class Meta:
         ordering = ["-recorded_at"]
-        indexes = [models.Index(fields=["rider", "-recorded_at"], name="position_rider_recent")]
+        indexes = [
+            models.Index(fields=["rider", "-recorded_at"], name="position_rider_recent"),
+            models.Index(fields=["recorded_at"], name="position_recorded_at"),  # retention's delete
+        ]
 
     def __str__(self) -> str:
         return f"{self.rider} at {self.recorded_at:%H:%M:%S}"

@@ -11,9 +11,10 @@ from core.access_versions import access_changed
 from core.actors import actor_label
 from core.exceptions import InvalidTransition, StaleVersion
 from core.models import Center
+from core.retention import delete_in_batches
 from realtime.events import rider_moved_event, rider_status_event
 from realtime.outbox import emit
-from riders.models import Rider
+from riders.models import PositionSample, Rider
 from riders.positions import forget_position
 
 
@@ -127,3 +128,8 @@ def update_rider_profile(
         access_changed(rider.user_id)  # their open sockets leave the old center's streams
     emit(events)
     return rider
+
+
+def prune_position_samples(*, before) -> int:
+    """Delete GPS history recorded before `before` (riders' latest positions are on `Rider`)."""
+    return delete_in_batches(PositionSample.objects.filter(recorded_at__lt=before))

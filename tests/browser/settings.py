@@ -19,3 +19,4 @@ WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
 
 MIDDLEWARE = [*MIDDLEWARE, "tests.browser.middleware.forget_content_types"]  # noqa: F405
+OPS_REFRESH_SECONDS = 1  # the ops page polls each second, so a test sees a change well within its wait
