@@ -105,6 +105,8 @@ def pages_for(user) -> list[Page]:
         pages.append(Page("orders", "Orders"))
     if access.role == Role.HQ or (access.role == Role.DISPATCHER and access.centers):
         pages.append(Page("reports", "Reports"))
+    if access.role == Role.HQ:
+        pages.append(Page("ops", "Ops"))
     if access.role == Role.RIDER:
         pages.append(Page("rider", "My deliveries"))
     if access is not NO_ACCESS and user.is_staff:

@@ -19,7 +19,16 @@ NAV = re.compile(r'<nav class="site-nav".*?</nav>', re.S)
 LINK = re.compile(r'<a href="([^"]+)"( aria-current="page")?>([^<]+)</a>')
 
 # Pages a user might try by hand; each role may open exactly its navigation's pages among them.
-CANDIDATES = ["/dispatch/", "/dispatch/gangnam/", "/dispatch/mapo/", "/orders/", "/reports/", "/rider/", "/admin/"]
+CANDIDATES = [
+    "/dispatch/",
+    "/dispatch/gangnam/",
+    "/dispatch/mapo/",
+    "/orders/",
+    "/reports/",
+    "/ops/",
+    "/rider/",
+    "/admin/",
+]
 
 
 def nav_links(content: bytes) -> list[tuple[str, str, bool]]:
@@ -42,6 +51,7 @@ def nav_links(content: bytes) -> list[tuple[str, str, bool]]:
                 ("/dispatch/songpa/", "Songpa"),
                 ("/orders/", "Orders"),
                 ("/reports/", "Reports"),
+                ("/ops/", "Ops"),
             ],
         ),
         (
@@ -54,6 +64,7 @@ def nav_links(content: bytes) -> list[tuple[str, str, bool]]:
                 ("/dispatch/songpa/", "Songpa"),
                 ("/orders/", "Orders"),
                 ("/reports/", "Reports"),
+                ("/ops/", "Ops"),
                 ("/admin/", "Admin"),
             ],
         ),
@@ -159,7 +170,10 @@ def test_missing_page_is_the_styled_404_inside_the_shell(client, demo):
     assert response.status_code == 404
     assert response.content.decode().count("<h1") == 1
     assert "Page not found" in response.content.decode()
-    assert nav_links(response.content) == [("/dispatch/gangnam/", "Gangnam board", False)]
+    assert nav_links(response.content) == [
+        ("/dispatch/gangnam/", "Gangnam board", False),
+        ("/reports/", "Reports", False),
+    ]
 
 
 def test_the_api_keeps_its_json_refusals(client, demo):

@@ -32,6 +32,7 @@ PAGES = [
     ("callcenter", "/orders/", 200),
     ("hq", "/reports/", 200),
     ("dispatch-gangnam", "/reports/", 200),
+    ("hq", "/ops/", 200),
     ("rider-gangnam-01", "/rider/", 200),
     ("dispatch-gangnam", "/dispatch/mapo/", 403),
     ("dispatch-gangnam", "/no-such-page/", 404),
