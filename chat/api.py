@@ -11,6 +11,7 @@ from ninja import Field, Query, Router, Schema
 
 from chat import selectors, services
 from core.api_auth import caller_of
+from core.api_errors import ANY, WITH_BODY, errors
 from realtime.api import readable_stream
 from realtime.streams import StreamName
 
@@ -69,13 +70,13 @@ def _chat_stream(request, stream: str) -> StreamName:
     return name
 
 
-@router.get("/chat/rooms", response=RoomsOut)
+@router.get("/chat/rooms", response={200: RoomsOut, **errors(*ANY, 403)})
 def rooms(request):
     """The caller's center rooms and possible direct conversations, each with its unread count."""
     return {"rooms": selectors.rooms_for(_user_of(request))}
 
 
-@router.get("/chat/{stream}/messages", response=PageOut)
+@router.get("/chat/{stream}/messages", response={200: PageOut, **errors(*ANY, 403, 404, 422)})
 def messages(
     request,
     stream: str,
@@ -88,7 +89,7 @@ def messages(
     return {"stream": str(name), "messages": frames, "more": more}
 
 
-@router.post("/chat/{stream}/read", response=ReadOut)
+@router.post("/chat/{stream}/read", response={200: ReadOut, **errors(*WITH_BODY, 403, 404)})
 def read(request, stream: str, payload: ReadIn):
     """Mark the stream read up to `seq`; the caller's other tabs get `chat.unread` on `user:<id>`."""
     user = _user_of(request)

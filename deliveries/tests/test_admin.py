@@ -17,6 +17,8 @@ from django.utils import timezone
 from deliveries import services
 from deliveries.models import Delivery, Order, Source, TimelineEntry
 from realtime.models import Event
+from realtime.services import publish_event
+from realtime.streams import parse_stream
 from riders.admin import RiderForm
 from riders.models import PositionSample, Rider
 from riders.services import set_rider_duty
@@ -91,6 +93,10 @@ def one_of_each(demo):
     order = take_order(demo)
     PositionSample.objects.create(rider=demo.rider(), lat=37.5, lng=127.03, recorded_at=timezone.now())
     Group.objects.create(name="Night shift")
+    chat = {"text": "Rain on Teheran-ro", "client_msg_id": "admin-test"}
+    publish_event(
+        actor=demo.user("dispatch-gangnam"), stream=parse_stream("chat:gangnam"), event="chat.message", data=chat
+    )
     return order
 
 
