@@ -6,7 +6,7 @@ import pytest
 from playwright.sync_api import expect
 
 from . import test_board as board
-from .test_board import live, shot
+from .test_board import live, shot, take_order
 
 browse = board.browse  # the board tests' fixture: a logged-in page on the live server
 
@@ -20,14 +20,19 @@ def figure(page, name: str):
 
 
 def test_ops_page_shows_a_new_connection_live_and_its_departure(browse, demo_tx):
-    """HQ watches /ops/; a dispatcher opens the gangnam board: connections, center and role counts go up, then down."""
+    """HQ watches /ops/; a dispatcher opens a gangnam order: connections, center and role counts go up, then down.
+
+    An order page holds exactly one socket (the board has a second one, the chat panel's, opened
+    when the browser is idle), so the counts are exact.
+    """
+    delivery = take_order(demo_tx)
     ops = browse("hq", OPS)
     assert ops.response.status == 200
     expect(ops.locator("h1")).to_have_text("Operations")
     expect(figure(ops, "connections")).to_have_text("0")
     expect(figure(ops, "postgres-ms")).to_contain_text("ms")
 
-    dispatcher = browse("dispatch-gangnam", "/dispatch/gangnam/")
+    dispatcher = browse("dispatch-gangnam", f"/orders/{delivery.order_id}/")
     live(dispatcher)
     expect(figure(ops, "connections")).to_have_text("1")
     expect(ops.locator("[data-center=gangnam]")).to_have_text("1")

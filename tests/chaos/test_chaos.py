@@ -118,6 +118,9 @@ async def test_chaos_redis_restart_during_traffic(chaos):
     await db(age_events)(STREAMS, dict.fromkeys(STREAMS, 0), timedelta(seconds=10))
     chaos.notes["published late by the sweep"] = swept = await db(sweep)()
     assert swept > 0 and await db(unpublished)(STREAMS) == 0
+    # A marker published before a process subscribed again (its back-off grows while Redis is away)
+    # would never reach its clients: wait until both processes listen on the stream's channel.
+    await wait_for(lambda: channel_subscribers(DELIVERIES) >= 2, 20, "both processes subscribed again")
     marker = await bus_marker(DELIVERIES)
     await asyncio.gather(*(client.saw(marker) for client in clients))
     counts = await chaos.finish()
@@ -125,6 +128,14 @@ async def test_chaos_redis_restart_during_traffic(chaos):
     # Presence lived only in the lost Redis: the processes' heartbeats write their connections back.
     await wait_for(lambda: presence_snapshot()["connections"] == 4, 10, "presence rebuilt after the restart")
     assert all(client.connections == 1 for client in clients)  # and nobody was disconnected
+
+
+def channel_subscribers(stream: str) -> int:
+    """How many connections (one per server process) listen on the stream's bus channel."""
+    from realtime.bus import channel_for, get_redis
+
+    [(_, count)] = get_redis().pubsub_numsub(channel_for(stream))
+    return count
 
 
 def age_events(streams, after: dict[str, int], by: timedelta) -> int:
