@@ -5,12 +5,13 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.db.models import Count, Q
 
-from chat.access import STAFF, dm_stream
+from chat.access import STAFF, dm_stream, room_writers
 from chat.models import ChatMessage, ChatRead
 from core.access import Access, Role, access_for
 from core.models import Center
 from realtime.events import ChatMessageData
 from realtime.outbox import format_ts
+from realtime.streams import parse_stream
 
 PAGE = 50  # messages shown on entering a room; older pages are as long
 MAX_PAGE = 200
@@ -123,7 +124,7 @@ def rooms_for(user) -> list[dict]:
             "stream": f"chat:{code}",
             "kind": "center",
             "title": names.get(code, code),
-            "can_write": access.role != Role.CALLCENTER,
+            "can_write": room_writers(access, parse_stream(f"chat:{code}")),
             "peer": None,
         }
         for code in codes
