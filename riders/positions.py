@@ -389,17 +389,9 @@ def rider_position(rider, *, center_code: str) -> dict | None:
         raw = get_redis().hget(_key("latest", center_code), str(rider.pk))
     except REDIS_DOWN as exc:
         redis_health.down(exc)
-        if rider.last_lat is not None and rider.last_lng is not None and rider.last_position_at is not None:
-            return {
-                "rider": rider.pk,
-                "lat": rider.last_lat,
-                "lng": rider.last_lng,
-                "accuracy": rider.last_accuracy,
-                "heading": None,
-                "speed": None,
-                "ts": format_ts(rider.last_position_at),
-            }
-        return None
+        if rider.last_lat is None or rider.last_lng is None or rider.last_position_at is None:
+            return None
+        return _stored(rider.pk, rider.last_lat, rider.last_lng, rider.last_accuracy, rider.last_position_at)
     redis_health.up()
     return json.loads(raw) if raw else None
 
@@ -420,10 +412,20 @@ def stored_positions(center_code: str) -> list[dict]:
         .order_by("pk")
         .values_list("pk", "last_lat", "last_lng", "last_accuracy", "last_position_at")
     )
-    return [
-        {"rider": pk, "lat": lat, "lng": lng, "accuracy": accuracy, "heading": None, "speed": None, "ts": format_ts(at)}
-        for pk, lat, lng, accuracy, at in rows
-    ]
+    return [_stored(*row) for row in rows]
+
+
+def _stored(pk: int, lat: float, lng: float, accuracy: float | None, at: datetime) -> dict:
+    """A position stored on a rider row, in the protocol's shape (heading and speed are not stored)."""
+    return {
+        "rider": pk,
+        "lat": lat,
+        "lng": lng,
+        "accuracy": accuracy,
+        "heading": None,
+        "speed": None,
+        "ts": format_ts(at),
+    }
 
 
 def positions_snapshot_frame(center_code: str, *, now: datetime | None = None) -> str:
