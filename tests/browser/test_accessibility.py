@@ -119,3 +119,18 @@ def test_order_page_live_cancelled_and_with_cancel_dialog_has_no_serious_violati
     page = browse("callcenter", f"/orders/{cancelled.order_id}/")
     expect(page.locator("#cancel-banner")).to_be_visible()
     assert blocking_violations(page) == ""
+
+
+def test_chat_panel_open_with_messages_has_no_serious_violation(browse, demo_tx):
+    """The chat panel, open on the board with a message in the room and on the rider's phone page."""
+    dispatcher = browse("dispatch-gangnam")
+    dispatcher.click("#chat-toggle")
+    expect(dispatcher.locator("#chat-room-title")).to_have_text("# Gangnam")
+    dispatcher.fill("#chat-input", "Rain on Teheran-ro: expect delays")
+    dispatcher.click("#chat-send")
+    expect(dispatcher.locator("#chat-messages li")).to_have_count(1)
+    assert blocking_violations(dispatcher) == ""
+    rider = browse("rider-gangnam-01", "/rider/")
+    rider.set_viewport_size({"width": 360, "height": 740})
+    expect(rider.locator("#chat-messages li")).to_have_count(1)
+    assert blocking_violations(rider) == ""
