@@ -52,9 +52,10 @@ function newId() {
   return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 12)}`;
 }
 
-async function api(path, { method = "GET", body, headers = {} } = {}) {
+async function api(path, { method = "GET", body, headers = {}, keepalive = false } = {}) {
   const response = await fetch(`${API}${path}`, {
     method,
+    keepalive,
     credentials: "same-origin",
     headers: {
       Accept: "application/json",
@@ -357,16 +358,26 @@ function openRoom(stream) {
 }
 
 let readTimer = null;
+let readSoon = null; // the room whose read position waits for the timer
 function markReadSoon(room) {
   if (!isSeen(room) || !room.loaded) return;
   clearTimeout(readTimer);
+  readSoon = room;
   readTimer = setTimeout(() => markRead(room), 300);
 }
 
-async function markRead(room) {
+// Leaving the page (reload, navigation) before the timer fires still saves what was read.
+function flushRead() {
+  if (!readSoon) return;
+  clearTimeout(readTimer);
+  markRead(readSoon, { keepalive: true });
+}
+
+async function markRead(room, { keepalive = false } = {}) {
+  if (readSoon === room) readSoon = null;
   const seq = room.frames.length ? room.frames[room.frames.length - 1].seq : 0;
   if (seq <= room.lastRead && room.unread === 0) return;
-  const result = await api(`/chat/${encodeURIComponent(room.stream)}/read`, { method: "POST", body: { seq } });
+  const result = await api(`/chat/${encodeURIComponent(room.stream)}/read`, { method: "POST", body: { seq }, keepalive });
   if (!result.ok) return;
   room.unread = result.data.unread;
   room.lastRead = result.data.last_read;
@@ -588,5 +599,6 @@ if (panel) {
     const room = state.rooms.get(state.current);
     if (room && !document.hidden) markReadSoon(room);
   });
+  window.addEventListener("pagehide", flushRead);
   whenIdle(start); // the badges need the rooms even while the panel is closed
 }
