@@ -1,19 +1,75 @@
-"""uvicorn's sans-I/O WebSocket protocol, with one change: a client that stopped reading is cut off.
-
-When the consumer gives up on a laggard (4001) it returns from the ASGI app without a close frame
-having been written, because the transport is not writable. uvicorn then calls
-`transport.close()`, which waits for the write buffer to drain — forever, if the client never
-reads again — and keeps the socket and megabytes of buffered frames. Here such a transport is
-aborted instead (after a short grace, if a close frame did get queued). Run uvicorn with
+"""uvicorn's sans-I/O WebSocket protocol, tuned for fan-out. Run uvicorn with
 `--ws realtime.uvicorn_protocol:WebSocketProtocol`.
+
+Two changes to uvicorn's class:
+
+- **One event, one frame.** Server frames are not masked, so the bytes of an event's text frame
+  are the same for every socket. The hub hands the same `str` object to each subscriber, so the
+  frame is built once (the last one is kept) and each socket's `send` is a single
+  `transport.write`, where uvicorn would encode the text, build and serialize a frame and join its
+  output per socket. For that, per-message compression is never negotiated: it would make each
+  socket's bytes different and cost a deflate per socket per event, and our frames are small
+  JSON (socket.io, which we replace, turns it off by default too).
+- **A client that stopped reading is cut off.** When the consumer gives up on a laggard (4001) it
+  returns from the ASGI app without a close frame having been written, because the transport is
+  not writable. uvicorn then calls `transport.close()`, which waits for the write buffer to drain —
+  forever, if the client never reads again — and keeps the socket and megabytes of buffered
+  frames. Here such a transport is aborted instead (after a short grace, if a close frame did get
+  queued).
 """
 
+from __future__ import annotations
+
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 
 CLOSE_GRACE = 2.0  # seconds for a queued close frame to reach a client that reads
 
 
+class _LastFrame:
+    """The wire bytes of the last text frame built: one event is sent to every socket in a row."""
+
+    text: str | None = None
+    data: bytes = b""
+
+    @classmethod
+    def of(cls, text: str) -> bytes:
+        if text is not cls.text:
+            cls.data = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+            cls.text = text
+        return cls.data
+
+
+def text_frame(text: str) -> bytes:
+    """The bytes of an unmasked, unfragmented, uncompressed text frame carrying `text`."""
+    return _LastFrame.of(text)
+
+
 class WebSocketProtocol(WebSocketsSansIOProtocol):
+    def __init__(self, config, *args, **kwargs) -> None:
+        config.ws_per_message_deflate = False  # read by WebSocket protocols only; see above
+        super().__init__(config, *args, **kwargs)
+
+    async def send(self, message) -> None:
+        # The open, writable, uncompressed case of uvicorn's `websocket.send`, minus the per-socket
+        # framing; everything else (handshake, close, a paused or closing transport) is uvicorn's.
+        if (
+            message["type"] == "websocket.send"
+            and self.handshake_complete
+            and not self.close_sent
+            and not self.disconnected
+            and self.initial_response is None
+            and self.writable.is_set()
+            and self.conn.state is State.OPEN
+            and not self.conn.extensions
+        ):
+            text = message.get("text")
+            if text is not None:
+                self.transport.write(text_frame(text))
+                return
+        await super().send(message)
+
     async def run_asgi(self) -> None:
         await super().run_asgi()
         if self.transport.get_write_buffer_size() == 0:

@@ -96,3 +96,21 @@ async def test_ping_is_answered_with_pong(server, cookie, ws_clients):
     client = await ws_clients(server, cookie)
     await client.send({"type": "ping", "id": "k1"})
     await client.expect("pong", id="k1")
+
+
+async def test_uvicorn_frames_are_uncompressed_even_for_a_client_offering_compression(live_servers, cookie, ws_clients):
+    """Every socket gets the same bytes for an event (framed once), so permessage-deflate is never
+    negotiated; the client (which offers it) still reads every frame, multi-byte text included."""
+    (server,) = await asyncio.to_thread(live_servers, 1, kind="uvicorn")
+    clients = [await ws_clients(server, cookie) for _ in range(3)]
+    for client in clients:
+        assert "permessage-deflate" in client.ws.request.headers["Sec-WebSocket-Extensions"]
+        assert "Sec-WebSocket-Extensions" not in client.ws.response.headers
+        await client.subscribe(DELIVERIES)
+    (order,) = await db(create_orders)(1)
+    for client in clients:
+        (event,) = await client.events(DELIVERIES, 1)
+        assert event["data"]["id"] == order.delivery.pk
+    for client in clients:
+        await client.send({"type": "ping", "id": "배달"})
+        await client.expect("pong", id="배달")
