@@ -15,7 +15,8 @@ Two changes to uvicorn's class:
   not writable. uvicorn then calls `transport.close()`, which waits for the write buffer to drain —
   forever, if the client never reads again — and keeps the socket and megabytes of buffered
   frames. Here such a transport is aborted instead (after a short grace, if a close frame did get
-  queued).
+  queued), and one closed as too slow or silent (4001, 4002) is released after that grace even
+  when its buffer drained.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ def text_frame(text: str) -> bytes:
     return _LastFrame.of(text)
 
 
+# The consumer's close codes for a client that does not read (4001) or answers nothing (4002)
+# (realtime.consumers.CLOSE_TOO_SLOW / CLOSE_IDLE): such a client will not answer our close frame.
+UNRESPONSIVE_CLOSE_CODES = frozenset({4001, 4002})
+
+
 class WebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, config, *args, **kwargs) -> None:
         config.ws_per_message_deflate = False  # read by WebSocket protocols only; see above
@@ -72,15 +78,21 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def run_asgi(self) -> None:
         await super().run_asgi()
-        if self.transport.get_write_buffer_size() == 0:
-            return
         if not self.close_sent:
-            self.transport.abort()
-        else:
-            # The close frame is queued behind frames the client is not reading: give it a
-            # moment to drain, then cut the connection if nothing moved.
-            self.loop.call_later(CLOSE_GRACE, self._abort_if_stuck)
+            if self.transport.get_write_buffer_size() > 0:
+                self.transport.abort()
+            return
+        sent = self.conn.close_sent
+        unresponsive = sent is not None and sent.code in UNRESPONSIVE_CLOSE_CODES
+        if unresponsive or self.transport.get_write_buffer_size() > 0:
+            # Give a queued close frame a moment to drain, then release the connection rather
+            # than wait out uvicorn's 10 s close timeout for an answer that will not come.
+            self.loop.call_later(CLOSE_GRACE, self._release)
 
-    def _abort_if_stuck(self) -> None:
+    def _release(self) -> None:
+        if self.transport.is_closing():
+            return
         if self.transport.get_write_buffer_size() > 0:
-            self.transport.abort()
+            self.transport.abort()  # nothing moved: the close frame never left
+        else:
+            self.transport.close()  # the close frame is out: FIN now

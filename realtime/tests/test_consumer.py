@@ -994,3 +994,11 @@ async def test_slow_client_is_closed_with_4001_while_a_reading_client_gets_every
     assert await reader.seqs_until(BROADCAST, 50) == list(range(1, 51))
     assert await slow.closed() == 4001
     assert await reader.alive()
+
+
+def test_the_uvicorn_protocol_releases_exactly_the_consumers_unresponsive_closes():
+    """The protocol class cannot import the consumer (it loads before Django): its copy of the close
+    codes for clients that will not answer a close frame must stay the consumer's."""
+    from realtime import consumers, uvicorn_protocol
+
+    assert {consumers.CLOSE_TOO_SLOW, consumers.CLOSE_IDLE} == uvicorn_protocol.UNRESPONSIVE_CLOSE_CODES
