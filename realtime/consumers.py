@@ -35,6 +35,7 @@ from realtime.hub import Hub, get_hub, on_hub_start
 from realtime.metrics import stats
 from realtime.presence import Presence
 from realtime.streams import UnknownStream, can_publish, can_subscribe, parse_stream
+from realtime.uvicorn_protocol import WRITE_TEXT
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +107,11 @@ class FrameSender:
     slowly) does a writer task take over, finishing that send and draining the queue behind it.
     """
 
-    def __init__(self, send, *, limit: int, on_overflow):
+    def __init__(self, send, *, limit: int, on_overflow, write_now=None):
         self._send = send
+        # The server's synchronous write (realtime.uvicorn_protocol's scope extension), if it has
+        # one: True when the frame went out, False when `send` must take it.
+        self._write_now = write_now
         self._queue: deque[str] = deque()
         self._limit = limit
         self._on_overflow = on_overflow
@@ -128,6 +132,9 @@ class FrameSender:
             self._queue.append(frame)
             if len(self._queue) > self._limit // 2:
                 self._room.clear()
+            return True
+        if self._write_now is not None and self._write_now(frame):
+            self.frames_sent += 1
             return True
         coroutine = self._send({"type": "websocket.send", "text": frame})
         try:
@@ -232,7 +239,12 @@ class ProtocolConsumer(AsyncConsumer):
         # Frames go straight to the server's send (bros.asgi.with_server_send); accept and close
         # keep going through the middleware stack.
         frame_send = self.scope.get("server_send", self.base_send)
-        self.sender = FrameSender(frame_send, limit=settings.REALTIME_QUEUE_LIMIT, on_overflow=self.overflow)
+        self.sender = FrameSender(
+            frame_send,
+            limit=settings.REALTIME_QUEUE_LIMIT,
+            on_overflow=self.overflow,
+            write_now=self.scope.get("extensions", {}).get(WRITE_TEXT),
+        )
         self.hub.connections.add(self)
         self.counted_role = self.access.role or "none"
         stats.connected(self.counted_role)

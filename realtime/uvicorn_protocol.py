@@ -26,6 +26,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 CLOSE_GRACE = 2.0  # seconds for a queued close frame to reach a client that reads
+WRITE_TEXT = "bros.websocket.write_text"  # the scope extension: `write_text(text) -> bool`
 
 
 class _LastFrame:
@@ -57,12 +58,21 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         config.ws_per_message_deflate = False  # read by WebSocket protocols only; see above
         super().__init__(config, *args, **kwargs)
 
-    async def send(self, message) -> None:
-        # The open, writable, uncompressed case of uvicorn's `websocket.send`, minus the per-socket
-        # framing; everything else (handshake, close, a paused or closing transport) is uvicorn's.
+    def handle_connect(self, event) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # none when the handshake was refused
+        if scope is not None:
+            scope["extensions"][WRITE_TEXT] = self.write_text
+
+    def write_text(self, text: str) -> bool:
+        """Write a text frame now if the socket is open and writable; False: go through `send`.
+
+        The ASGI `send` costs a message dict, a coroutine and its StopIteration per socket per
+        event; the consumer's FrameSender calls this instead (the `bros.websocket.write_text`
+        scope extension) and falls back to `send` when it answers False.
+        """
         if (
-            message["type"] == "websocket.send"
-            and self.handshake_complete
+            self.handshake_complete
             and not self.close_sent
             and not self.disconnected
             and self.initial_response is None
@@ -70,10 +80,15 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             and self.conn.state is State.OPEN
             and not self.conn.extensions
         ):
-            text = message.get("text")
-            if text is not None:
-                self.transport.write(text_frame(text))
-                return
+            self.transport.write(text_frame(text))
+            return True
+        return False
+
+    async def send(self, message) -> None:
+        # The open, writable, uncompressed case of uvicorn's `websocket.send`, minus the per-socket
+        # framing; everything else (handshake, close, a paused or closing transport) is uvicorn's.
+        if message["type"] == "websocket.send" and (text := message.get("text")) is not None and self.write_text(text):
+            return
         await super().send(message)
 
     async def run_asgi(self) -> None:

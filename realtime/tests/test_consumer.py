@@ -980,6 +980,37 @@ async def test_frame_sender_sends_frames_in_order():
     await sender.stop()
 
 
+async def test_frame_sender_writes_at_once_through_the_servers_write_and_keeps_order_when_it_pushes_back():
+    """With the server's synchronous write (the uvicorn protocol's extension) frames skip `send`;
+    once the socket pushes back, `send` takes over and later frames queue behind it, in order."""
+    wire, waiting = [], asyncio.Event()
+    writable = True
+
+    def write_now(text):
+        if writable:
+            wire.append(text)
+        return writable
+
+    async def send(message):  # the server's send: waits while the socket is not writable
+        await waiting.wait()
+        wire.append(message["text"])
+
+    sender = FrameSender(send, limit=10, on_overflow=lambda reason: None, write_now=write_now)
+    assert sender.put("a") and sender.put("b")
+    assert wire == ["a", "b"] and sender.frames_sent == 2  # no task, no `send`
+    writable = False
+    assert sender.put("c")  # `send` waits with it
+    writable = True
+    assert sender.put("d")  # writable again, but "c" is still waiting: "d" queues behind it
+    assert wire == ["a", "b"]
+    waiting.set()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert wire == ["a", "b", "c", "d"] and sender.frames_sent == 4
+    assert sender.put("e") and wire[-1] == "e"  # the writer is done: straight to the wire again
+    await sender.stop()
+
+
 async def test_slow_client_is_closed_with_4001_while_a_reading_client_gets_everything(ws, settings):
     """A client that stops reading is closed with 4001 once its queue is full; a reader of the stream misses nothing."""
     settings.REALTIME_QUEUE_LIMIT = 5

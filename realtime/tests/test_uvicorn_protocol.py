@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from uvicorn.config import Config
+from uvicorn.server import ServerState
 from websockets.frames import Opcode
 from websockets.protocol import Protocol, Side, State
 
-from realtime.uvicorn_protocol import text_frame
+from realtime.uvicorn_protocol import WebSocketProtocol, text_frame
 
 # Payload lengths around the frame header's three size encodings (7-bit, 16-bit, 64-bit).
 LENGTHS = [0, 1, 125, 126, 127, 65535, 65536, 70000]
@@ -42,3 +46,71 @@ def test_one_event_is_framed_once_for_all_its_sockets():
     other = text_frame('{"type":"event","stream":"deliveries:gangnam","seq":8}')
     assert other != first
     assert text_frame("".join(["{", event[1:]])) == first  # an equal text built anew: same bytes
+
+
+class Transport:
+    """Enough of an asyncio transport for the protocol: records what is written."""
+
+    def __init__(self):
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+
+HANDSHAKE = (
+    b"GET /ws/v1/ HTTP/1.1\r\nHost: bros.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+)
+
+
+async def open_protocol():
+    """A protocol past its handshake; the ASGI app only records its scope and waits."""
+    scopes = []
+
+    async def app(scope, receive, send):
+        scopes.append(scope)
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        await asyncio.Event().wait()
+
+    config = Config(app=app, interface="asgi3", ws_per_message_deflate=True, lifespan="off")
+    config.load()
+    protocol = WebSocketProtocol(config, ServerState(), {})
+    transport = Transport()
+    protocol.connection_made(transport)
+    protocol.data_received(HANDSHAKE)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    return protocol, transport, scopes[0]
+
+
+async def test_the_scope_offers_a_synchronous_write_of_one_frame_per_event_and_no_compression():
+    protocol, transport, scope = await open_protocol()
+    assert transport.written[0].startswith(b"HTTP/1.1 101")
+    assert b"permessage-deflate" not in transport.written[0]  # offered by the client, not accepted
+    write = scope["extensions"]["bros.websocket.write_text"]
+    assert write('{"type":"pong"}') is True
+    assert transport.written[-1] == text_frame('{"type":"pong"}')
+    protocol.pause_writing()  # the transport's buffer is full: the ASGI send must wait instead
+    assert write('{"type":"pong"}') is False
+    protocol.resume_writing()
+    protocol.conn.send_close(4001)  # closing (as the consumer does for a laggard)
+    protocol.close_sent = True
+    assert write('{"type":"pong"}') is False
+    for task in protocol.tasks:
+        task.cancel()
