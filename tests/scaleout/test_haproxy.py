@@ -89,7 +89,7 @@ def connections_by_pid() -> dict[int, int]:
 
 
 async def test_haproxy_spreads_clients_and_the_clients_of_a_killed_process_resume_through_it(chaos, haproxy):
-    """30 clients spread over 3 processes by HAProxy; one SIGKILLed mid-commands: its clients resume, none lose."""
+    """30 clients spread over 3 processes by HAProxy; one SIGKILLed mid-commands: its clients resume, nothing lost."""
     servers = await chaos.servers(3, **QUIET)
     proxy = await asyncio.to_thread(haproxy, servers)
     clients = await chaos.clients_on([[proxy]] * CLIENTS, STREAMS)  # HTTP and WebSocket through HAProxy only
