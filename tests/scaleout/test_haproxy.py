@@ -1,145 +1,24 @@
-"""Scale-out (issue 13): HAProxy, running the shipped `deploy/haproxy.cfg`, in front of three uvicorn
-processes started with the production command line. Clients spread over all three; a command sent
-through HAProxy reaches every client; one process is SIGKILLed during steady commands, its clients
-reconnect through HAProxy to the survivors and resume with `since`/`epoch`, and every event
-committed meanwhile arrives exactly once, in order (the chaos suite's invariants, `Scenario.finish`).
+"""Scale-out (issue 13) behind HAProxy running the shipped `deploy/haproxy.cfg` (its variables
+pointing at three uvicorn processes started with the production command line): the scenario of
+`tests/scaleout/scenario.py`, with HAProxy's own view (admin socket) checked against the processes'.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
-import uuid
 
 import pytest
 
-from realtime.presence import presence_snapshot
-from tests.chaos.conftest import database_heads
-from tests.chaos.test_chaos import STREAMS, chaos_shop, order_body, wait_for
-from tests.live.conftest import db, http_json
+from tests.chaos.test_chaos import wait_for
+from tests.scaleout.scenario import QUIET, spread_kill_and_resume
 
 pytestmark = pytest.mark.scaleout
-
-CLIENTS = 30
-# No server pings (so no heads in them, and no idle timeout within the test): a client cannot heal a
-# gap from a ping's heads, so what it gets is what the processes deliver, live or by resume.
-QUIET = {"REALTIME_PING_INTERVAL": 600, "REALTIME_IDLE_TIMEOUT": 600}
-
-
-class HttpCommands:
-    """Orders created over the HTTP API through HAProxy (every other one cancelled), until stopped.
-
-    Each command carries an `Idempotency-Key` and is sent again with the same key after a 5xx or a
-    broken connection (protocol §5.3): a request caught by the SIGKILL is retried, never doubled.
-    """
-
-    def __init__(self, proxy, cookie: str, shop_id: int):
-        self.proxy, self.cookie, self.shop_id = proxy, cookie, shop_id
-        self.commands = 0
-        self.retries = 0
-        self._stop = threading.Event()
-        self._task: asyncio.Future | None = None
-
-    def _post(self, path: str, body: dict) -> dict:
-        key = uuid.uuid4().hex
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                status, answer = http_json(
-                    self.proxy, "POST", path, body=body, cookie=self.cookie, headers={"Idempotency-Key": key}
-                )
-            except OSError as exc:
-                status, answer = None, repr(exc)
-            if status in (200, 201):
-                self.commands += 1
-                return answer
-            assert status is None or status >= 500, f"POST {path} refused: {status} {answer}"
-            assert time.monotonic() < deadline, f"POST {path} kept failing: {status} {answer}"
-            self.retries += 1
-            time.sleep(0.1)
-
-    def _run(self) -> None:
-        n = 0
-        while not self._stop.is_set():
-            order = self._post("/api/v1/orders", order_body(self.shop_id, n))
-            if n % 2:
-                self._post(f"/api/v1/orders/{order['id']}/cancel", {"reason": "scale-out", "version": order["version"]})
-            n += 1
-
-    def start(self) -> HttpCommands:
-        self._task = asyncio.ensure_future(asyncio.to_thread(self._run))
-        return self
-
-    async def wait_for(self, commands: int, timeout: float = 30) -> None:
-        async with asyncio.timeout(timeout):
-            while self.commands < commands:
-                if self._task.done():
-                    self._task.result()  # it failed: say why
-                await asyncio.sleep(0.02)
-
-    async def stop(self) -> None:
-        self._stop.set()
-        await self._task
-
-
-def connections_by_pid() -> dict[int, int]:
-    """Live WebSocket connections per server process, as each process reports them in presence."""
-    return {int(p["pid"]): p["connections"] for p in presence_snapshot()["processes"] if p["kind"] == "web"}
 
 
 async def test_haproxy_spreads_clients_and_the_clients_of_a_killed_process_resume_through_it(chaos, haproxy):
     """30 clients spread over 3 processes by HAProxy; one SIGKILLed mid-commands: its clients resume, nothing lost."""
     servers = await chaos.servers(3, **QUIET)
-    proxy = await asyncio.to_thread(haproxy, servers)
-    clients = await chaos.clients_on([[proxy]] * CLIENTS, STREAMS)  # HTTP and WebSocket through HAProxy only
-
-    # Spread: every process holds some of the sockets, and what HAProxy sent to each process is
-    # what that process reports in presence.
-    pids = {server.pid for server in servers}
-    await wait_for(lambda: sum(connections_by_pid().values()) == CLIENTS, 10, "every socket in presence")
-    spread = await asyncio.to_thread(connections_by_pid)
-    assert set(spread) == pids and all(spread.values()), spread
-    assert await asyncio.to_thread(proxy.sessions) == spread
-    chaos.notes["sockets per process"] = sorted(spread.values())
-
-    # A command through HAProxy reaches every client, live on its socket.
-    caller = await chaos.cookie("callcenter")
-    shop_id = (await db(chaos_shop)()).pk
-    before = await db(database_heads)(STREAMS)
-    order = order_body(shop_id, -1)
-    status, _ = await asyncio.to_thread(http_json, proxy, "POST", "/api/v1/orders", body=order, cookie=caller)
-    assert status == 201
-    assert await db(database_heads)(STREAMS) == {stream: head + 1 for stream, head in before.items()}
-    await chaos.check_clients(clients)
-    for client in clients:
-        assert [(view.received, view.fetched) for view in client.views.values()] == [(1, 0)] * len(STREAMS)
-
-    # SIGKILL one process during steady commands sent through HAProxy.
-    killed, *survivors = servers
-    commands = HttpCommands(proxy, caller, shop_id).start()
-    await commands.wait_for(10)
-    await asyncio.to_thread(killed.kill)
-    await commands.wait_for(commands.commands + 20)
-    await commands.stop()
-    await asyncio.gather(*(client.wait_connected() for client in clients))
-    chaos.notes["commands through HAProxy"] = f"{commands.commands + 1} ({commands.retries} retried with their key)"
-
-    # Every event committed before, during and after the outage arrived exactly once, in order.
-    counts = await chaos.finish()
-    assert (counts["resets"], counts["fetched"]) == (0, 0), counts  # all on sockets: live, or replayed on resume
-
-    # The killed process's clients, and only they, reconnected: through HAProxy, to the survivors.
-    reconnected = [client for client in clients if client.connections > 1]
-    assert len(reconnected) == spread[killed.pid], (len(reconnected), spread)
-    assert all(client.connections == 2 for client in reconnected)
-    alive = {server.pid for server in survivors}
-
-    def survivors_hold_everyone() -> bool:
-        now = connections_by_pid()
-        return sum(now.get(pid, 0) for pid in alive) == CLIENTS
-
-    await wait_for(survivors_hold_everyone, 10, "the survivors to hold every socket")
-    sessions = await asyncio.to_thread(proxy.sessions)
-    assert sessions[killed.pid] == 0 and sum(sessions[pid] for pid in alive) == CLIENTS, sessions
+    proxy = await asyncio.to_thread(haproxy, servers)  # returns once its /healthz checks find all three up
+    await spread_kill_and_resume(chaos, proxy, servers, balancer_sessions=proxy.sessions)
+    killed = servers[0]
     await wait_for(lambda: proxy.status()[killed.pid].startswith("DOWN"), 10, "HAProxy's check to mark it down")
