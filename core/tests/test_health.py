@@ -6,6 +6,7 @@ import socket
 
 import pytest
 from django.conf import settings as django_settings
+from django.test import AsyncClient
 
 pytestmark = pytest.mark.django_db
 
@@ -35,7 +36,9 @@ async def test_healthz_stays_up_naming_redis_down_when_redis_is_unreachable(asyn
 
 
 async def test_healthz_refuses_other_methods_than_get_and_head(async_client):
-    """A POST is 405; HEAD answers like GET, without a body."""
-    assert (await async_client.post("/healthz")).status_code == 405
+    """A POST (even without a CSRF token) or a DELETE is 405; HEAD answers like GET, without a body."""
+    strict = AsyncClient(enforce_csrf_checks=True)
+    assert (await strict.post("/healthz")).status_code == 405
+    assert (await strict.delete("/healthz")).status_code == 405
     head = await async_client.head("/healthz")
     assert head.status_code == 200 and head.content == b""
