@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import redis
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
@@ -30,6 +30,11 @@ REDIS_TIMEOUT = 1.0
 
 _probes: dict[str, redis.Redis] = {}
 _probes_lock = threading.Lock()
+
+# The probes' own threads: a hung service holds at most one of them per check (see `_probe`), never
+# the event loop's default executor, which the hub's reads use.
+_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="healthz")
+_in_flight: dict[str, Future] = {}  # touched only from the event loop's thread
 
 
 def _redis_probe() -> redis.Redis:
@@ -61,9 +66,18 @@ def _redis_answers() -> bool:
         return False
 
 
-async def _probe(check, timeout: float) -> str:
+async def _probe(name: str, check, timeout: float) -> str:
+    """Run `check` in a probe thread for at most `timeout` seconds: "ok" if it answered True.
+
+    While the previous run of the same check still hangs, the answer is "down" at once: a balancer
+    checking every second must not pile up threads behind a service that does not answer.
+    """
+    previous = _in_flight.get(name)
+    if previous is not None and not previous.done():
+        return "down"
+    _in_flight[name] = future = _executor.submit(check)
     try:
-        answered = await asyncio.wait_for(sync_to_async(check, thread_sensitive=False)(), timeout)
+        answered = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
     except TimeoutError:
         answered = False
     return "ok" if answered else "down"
@@ -75,6 +89,6 @@ async def _probe(check, timeout: float) -> str:
 async def healthz(request):
     """Answer 200 while PostgreSQL answers (naming Redis's state too), else 503."""
     db, redis_state = await asyncio.gather(
-        _probe(_database_answers, DATABASE_TIMEOUT), _probe(_redis_answers, REDIS_TIMEOUT)
+        _probe("db", _database_answers, DATABASE_TIMEOUT), _probe("redis", _redis_answers, REDIS_TIMEOUT)
     )
     return JsonResponse({"db": db, "redis": redis_state}, status=200 if db == "ok" else 503)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import threading
 
 import pytest
 from django.conf import settings as django_settings
@@ -42,3 +44,28 @@ async def test_healthz_refuses_other_methods_than_get_and_head(async_client):
     assert (await strict.delete("/healthz")).status_code == 405
     head = await async_client.head("/healthz")
     assert head.status_code == 200 and head.content == b""
+
+
+async def test_healthz_answers_down_at_once_while_the_last_database_probe_still_hangs(async_client, monkeypatch):
+    """A hung PostgreSQL: 503 after the probe's timeout, then 503 at once while that probe hangs (no pile-up)."""
+    from core import health
+
+    release, calls = threading.Event(), []
+
+    def hanging_database() -> bool:
+        calls.append(1)
+        release.wait(10)
+        return True
+
+    monkeypatch.setattr(health, "_database_answers", hanging_database)
+    monkeypatch.setattr(health, "DATABASE_TIMEOUT", 0.2)
+    try:
+        first = await async_client.get("/healthz")
+        second = await async_client.get("/healthz")
+    finally:
+        release.set()
+    assert (first.status_code, first.json()["db"]) == (503, "down")
+    assert (second.status_code, second.json()["db"]) == (503, "down")
+    assert len(calls) == 1  # the second check did not start another probe behind the hung one
+    await asyncio.wrap_future(health._in_flight["db"])
+    assert (await async_client.get("/healthz")).json() == {"db": "ok", "redis": "ok"}
