@@ -91,6 +91,11 @@ class Balancer(LiveServer):
     def status(self) -> dict[int, str]:
         return {self.names[name].pid: row["status"] for name, row in self.stats().items()}
 
+    def checked_up(self) -> bool:
+        """Whether every server is up by a passed health check (a `GET /healthz` answered 200)."""
+        states = [(row["status"], row["check_status"], row["check_code"]) for row in self.stats().values()]
+        return states == [("UP", "L7OK", "200")] * 3
+
 
 @pytest.fixture
 def haproxy(request):
@@ -131,8 +136,8 @@ def haproxy(request):
             if not balancer.alive():
                 raise RuntimeError(f"haproxy exited with {process.returncode}:\n{balancer.log()}")
             with contextlib.suppress(OSError):
-                status = balancer.status()
-                if sorted(status.values()) == ["UP"] * 3:
+                status = {name: (row["status"], row["check_status"]) for name, row in balancer.stats().items()}
+                if balancer.checked_up():
                     return balancer
             time.sleep(0.1)
         raise TimeoutError(f"haproxy did not find every server up in {READY_TIMEOUT}s: {status}\n{balancer.log()}")
@@ -155,7 +160,9 @@ def haproxy(request):
 
 @dataclass(eq=False)
 class TlsBalancer(LiveServer):
-    """nginx as clients see it: `https://` and `wss://` on its TLS port."""
+    """nginx as clients see it: `https://` and `wss://` on its TLS port (`http_port`: its plain one)."""
+
+    http_port: int = 0
 
     @property
     def base_url(self) -> str:
@@ -227,8 +234,7 @@ def nginx(request, monkeypatch):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        balancer = TlsBalancer("nginx", https_port, process, log_path, {})
-        balancer.http_port = http_port
+        balancer = TlsBalancer("nginx", https_port, process, log_path, {}, http_port=http_port)
         started.append(balancer)
         deadline = time.monotonic() + READY_TIMEOUT
         last = None
