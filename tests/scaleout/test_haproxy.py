@@ -12,7 +12,8 @@ import pytest
 from tests.chaos.test_chaos import wait_for
 from tests.scaleout.scenario import QUIET, spread_kill_and_resume
 
-pytestmark = pytest.mark.scaleout
+# Three servers, a balancer and 30 clients start on a machine the rest of the suite loads too.
+pytestmark = [pytest.mark.scaleout, pytest.mark.timeout(300)]
 
 
 async def test_haproxy_spreads_clients_and_the_clients_of_a_killed_process_resume_through_it(chaos, haproxy):

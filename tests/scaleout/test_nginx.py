@@ -12,7 +12,8 @@ import pytest
 
 from tests.scaleout.scenario import QUIET, spread_kill_and_resume
 
-pytestmark = pytest.mark.scaleout
+# Three servers, a balancer and 30 clients start on a machine the rest of the suite loads too.
+pytestmark = [pytest.mark.scaleout, pytest.mark.timeout(300)]
 
 
 def plain_http_answer(port: int) -> tuple[int, str | None]:
