@@ -373,22 +373,29 @@ class Server:
         return [p.pid for p in self.procs if p.alive()]
 
 
+# What production runs (README's process list, dev.py's web process): BROS's WebSocket protocol
+# class (uvicorn's sans-I/O one plus the cut-off of clients that stopped reading) and the lifespan.
+PRODUCTION_WS = "realtime.uvicorn_protocol:WebSocketProtocol"
+STOCK_WS = "websockets-sansio"  # the textbook variant, and a --ref tree older than the protocol class
+
+
+def uvicorn_argv(ws: str, *, lifespan: bool) -> list[str]:
+    argv = [str(VENV_BIN / "uvicorn"), "--ws", ws, "--host", HOST, "--log-level", "warning", "--no-access-log"]
+    return [*argv, "--lifespan", "on"] if lifespan else argv
+
+
+def bros_ws(root: Path) -> str:
+    """The production `--ws` class when the tree has it (a --ref tree may predate it)."""
+    return PRODUCTION_WS if (root / "realtime" / "uvicorn_protocol.py").exists() else STOCK_WS
+
+
 async def start_server(variant: str, port: int, logdir: Path, extra_env: dict) -> Server:
-    uvicorn = [
-        str(VENV_BIN / "uvicorn"),
-        "--ws",
-        "websockets-sansio",
-        "--host",
-        HOST,
-        "--log-level",
-        "warning",
-        "--no-access-log",
-    ]
+    uvicorn = uvicorn_argv(STOCK_WS, lifespan=False)
     if variant in ("bros-uvicorn", "bros-uvicorn-2p", "bros-uvicorn-w2"):
         count = 2 if variant == "bros-uvicorn-2p" else 1
         procs, ports = [], []
         for i in range(count):
-            argv = [*uvicorn, "--port", str(port + i), "bros.asgi:application"]
+            argv = [*uvicorn_argv(bros_ws(REPO), lifespan=True), "--port", str(port + i), "bros.asgi:application"]
             if variant == "bros-uvicorn-w2":
                 argv += ["--workers", "2"]
             procs.append(Proc(f"{variant}#{i}", argv, env=extra_env, log_path=logdir / f"{variant}-{i}.log"))
