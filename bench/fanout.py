@@ -1522,38 +1522,46 @@ def server_cores(row: dict) -> str:
     return f"cpu {cores}, 2 procs share it" if procs == 2 else f"cpu {cores} alone"
 
 
+def variant_figures(runs: list[dict]) -> dict:
+    """A variant's figures over its runs (see the summary table)."""
+    max_steps = [max(r["steps"], key=lambda x: x["delivered_per_s"]) for r in runs if r["steps"]]
+    every_step = [x for r in runs for x in [r["fixed"], *r["steps"]] if x]
+    return {
+        "connect_s": spread(r["connect"]["wall_s"] for r in runs),
+        "connect_p99": spread(r["connect"]["p99_ms"] for r in runs),
+        "rss_kb": spread(r["connect"].get("rss_per_conn_kb") for r in runs),
+        "idle_cpu": spread((r["connect"].get("idle_cpu_pct") or {}).get("server") for r in runs),
+        "us": spread(r["fixed"]["us_per_delivery"] for r in runs if r.get("fixed")),
+        "fixed_lost": sum(r["fixed"]["lost"] + r["fixed"]["extra"] for r in runs if r.get("fixed")),
+        "fixed_ok": all(r["fixed"]["passed"] for r in runs if r.get("fixed")),
+        "sustained": spread(r["sustained_per_s"] for r in runs) if any(r["steps"] for r in runs) else None,
+        "max": spread(x["delivered_per_s"] for x in max_steps),
+        "core_at_max": spread(
+            (x["cpu_pct"].get("server_core") or x["cpu_pct"]["server"]) for x in max_steps if x.get("cpu_pct")
+        ),
+        "client_core": max((x["cpu_pct"].get("client_core") or 0 for x in every_step), default=None),
+        "client_over": sum(1 for x in every_step if x["cpu_pct"].get("client_core_over")),
+        "steps": len(every_step),
+        "other": spread(x["cpu_pct"].get("other") for x in every_step),
+    }
+
+
 def summary_rows(sel: list[dict]) -> list[list]:
     """One line per variant over its runs: median [min-max] of every figure, ratios vs socket.io."""
     by_variant: dict[str, list[dict]] = {}
     for r in sel:
         by_variant.setdefault(r["variant"], []).append(r)
 
-    def figures(runs: list[dict]) -> dict:
-        max_steps = [max(r["steps"], key=lambda x: x["delivered_per_s"]) for r in runs if r["steps"]]
-        every_step = [x for r in runs for x in [r["fixed"], *r["steps"]] if x]
-        return {
-            "connect_s": spread(r["connect"]["wall_s"] for r in runs),
-            "connect_p99": spread(r["connect"]["p99_ms"] for r in runs),
-            "rss_kb": spread(r["connect"].get("rss_per_conn_kb") for r in runs),
-            "idle_cpu": spread((r["connect"].get("idle_cpu_pct") or {}).get("server") for r in runs),
-            "us": spread(r["fixed"]["us_per_delivery"] for r in runs if r.get("fixed")),
-            "fixed_lost": sum(r["fixed"]["lost"] + r["fixed"]["extra"] for r in runs if r.get("fixed")),
-            "fixed_ok": all(r["fixed"]["passed"] for r in runs if r.get("fixed")),
-            "sustained": spread(r["sustained_per_s"] for r in runs) if any(r["steps"] for r in runs) else None,
-            "max": spread(x["delivered_per_s"] for x in max_steps),
-            "core_at_max": spread(
-                (x["cpu_pct"].get("server_core") or x["cpu_pct"]["server"]) for x in max_steps if x.get("cpu_pct")
-            ),
-            "client_core": max((x["cpu_pct"].get("client_core") or 0 for x in every_step), default=None),
-            "client_over": sum(1 for x in every_step if x["cpu_pct"].get("client_core_over")),
-            "steps": len(every_step),
-            "other": spread(x["cpu_pct"].get("other") for x in every_step),
-        }
-
-    stats = {v: figures(runs) for v, runs in by_variant.items()}
+    stats = {v: variant_figures(runs) for v, runs in by_variant.items()}
     sio = stats.get("socketio")
     body = []
     for v, f in stats.items():
+
+        def vs_sio(key: str, f=f, v=v) -> str:
+            if v == "socketio":
+                return "1 (reference)"
+            return fmt_ratio(f[key], sio[key]) if sio else "-"
+
         first = by_variant[v][0]
         clients = (
             "-"
@@ -1571,10 +1579,11 @@ def summary_rows(sel: list[dict]) -> list[list]:
                 fmt_spread(f["rss_kb"], ".1f"),
                 fmt_spread(f["idle_cpu"], ".1f"),
                 fmt_spread(f["us"], ".1f") + ("" if f["fixed_ok"] else f" (NOT sustained: lost {f['fixed_lost']})"),
-                fmt_ratio(f["us"], sio["us"]) if sio else "-",
+                vs_sio("us"),
                 fmt_spread(f["sustained"], ".0f"),
+                vs_sio("sustained"),
                 fmt_spread(f["max"], ".0f"),
-                fmt_ratio(f["max"], sio["max"]) if sio else "-",
+                vs_sio("max"),
                 fmt_spread(f["core_at_max"], ".0f"),
                 clients,
                 fmt_spread(f["other"], ".0f"),
@@ -1582,6 +1591,34 @@ def summary_rows(sel: list[dict]) -> list[list]:
         )
     return body
 
+
+def before_after_rows(sel: list[dict]) -> list[list]:
+    """`bros-uvicorn` now vs each `bros-uvicorn@REF` of the same interleaved run: now / before."""
+    now = [r for r in sel if r["variant"] == "bros-uvicorn"]
+    refs = sorted({r["variant"] for r in sel if split_variant(r["variant"])[1]})
+    if not now or not refs:
+        return []
+    cur = variant_figures(now)
+    body = []
+    for v in refs:
+        before = variant_figures([r for r in sel if r["variant"] == v])
+        body.append(
+            [
+                split_variant(v)[1],
+                *(fmt_ratio(cur[key], before[key]) for key in ("us", "sustained", "max", "connect_s", "rss_kb")),
+            ]
+        )
+    return body
+
+
+BEFORE_AFTER_HEADERS = [
+    "ref (before)",
+    "us/deliv now / before",
+    "sustained now / before",
+    "max now / before",
+    "connect storm now / before",
+    "RSS per conn now / before",
+]
 
 SUMMARY_HEADERS = [
     "variant",
@@ -1594,6 +1631,7 @@ SUMMARY_HEADERS = [
     "fixed-rate srv CPU us/deliv",
     "us/deliv x sio",
     "sustained deliv/s",
+    "sustained x sio",
     "max deliv/s",
     "max x sio",
     "srv core % at max",
@@ -1616,6 +1654,12 @@ def report(rows: list[dict]) -> str:
             f"Pinning: {sel[0].get('pinning', 'not recorded')}. A ratio (variant / socket.io) is called only "
             f"when the two spreads do not overlap.\n\n" + table(SUMMARY_HEADERS, summary_rows(sel))
         )
+        before_after = before_after_rows(sel)
+        if before_after:
+            parts.append(
+                f"### before vs after, N = {n}: this tree's bros-uvicorn / the ref's (medians; called as above)\n\n"
+                + table(BEFORE_AFTER_HEADERS, before_after)
+            )
     for n in sorted({r["n"] for r in tp}):
         sel = [r for r in tp if r["n"] == n and r["steps"]]
         if not sel:
