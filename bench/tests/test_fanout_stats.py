@@ -1,6 +1,15 @@
 """The fan-out benchmark's verdict logic: median and spread over runs, and when a ratio is called."""
 
-from bench.fanout import fmt_ratio, fmt_spread, ratio_call, spread, with_refs
+from bench.fanout import (
+    SUMMARY_HEADERS,
+    before_after_rows,
+    fmt_ratio,
+    fmt_spread,
+    ratio_call,
+    spread,
+    summary_rows,
+    with_refs,
+)
 
 
 def test_spread_is_the_median_and_range_of_the_measured_runs():
@@ -41,3 +50,50 @@ def test_ref_variants_run_right_after_the_current_bros_uvicorn():
     assert order == ["bros-uvicorn", "bros-uvicorn@main~3", "bros-uvicorn@abc123", "bros-daphne", "socketio"]
     assert with_refs(["socketio"], ["v1"]) == ["socketio"]
     assert with_refs(["socketio"], ["v1"], always=True) == ["socketio", "bros-uvicorn@v1"]
+
+
+def run_row(variant: str, rep: int, us: float, max_per_s: float, *, pinned: bool = True) -> dict:
+    """One throughput session as the runner records it (only the fields the tables read)."""
+    step = {
+        "delivered_per_s": max_per_s,
+        "cpu_pct": {"server": 95.0, "server_core": 99.0, "client_core": 30.0, "client_core_over": False, "other": 5.0},
+    }
+    fixed = {
+        "us_per_delivery": us,
+        "lost": 0,
+        "extra": 0,
+        "passed": True,
+        "rate": 2.0,
+        "cpu_pct": {"client_core": 85.0 if rep == 2 else 10.0, "client_core_over": rep == 2, "other": 3.0},
+    }
+    return {
+        "scenario": "throughput",
+        "variant": variant,
+        "n": 1000,
+        "rep": rep,
+        "pinned": pinned,
+        "connect": {"wall_s": 10.0, "p99_ms": 900.0, "rss_per_conn_kb": 37.0, "server_cpus_allowed": ["1"]},
+        "fixed": fixed,
+        "steps": [step],
+        "sustained_per_s": max_per_s * 0.8,
+    }
+
+
+def test_before_vs_after_divides_this_tree_by_the_ref_and_calls_only_separated_spreads():
+    rows = [run_row("bros-uvicorn", i, us, 20000.0 + i) for i, us in enumerate([20.0, 21.0, 22.0])]
+    rows += [run_row("bros-uvicorn@main", i, us, 20000.0 + i) for i, us in enumerate([40.0, 41.0, 44.0])]
+    [(ref, us, sustained, max_, connect, rss)] = before_after_rows(rows)
+    assert ref == "main"
+    assert us == "0.51"  # 21 / 41, spreads [20-22] and [40-44] apart
+    assert max_ == "(1.00) not called (spreads overlap)"
+    assert rss == "(1.00) not called (spreads overlap)"
+
+
+def test_the_summary_flags_client_overload_and_names_a_shared_server_core():
+    rows = [run_row("bros-uvicorn-2p", i, 30.0, 15000.0) for i in range(3)]
+    [line] = summary_rows(rows)
+    assert line[0] == "BROS hub, uvicorn 2 procs (2 ports) (shares a core)"
+    assert line[1] == "cpu 1, 2 procs share it"
+    assert line[SUMMARY_HEADERS.index("client core (all steps)")] == "max 85%: OVER 80% in 1/6 steps"
+    unpinned = summary_rows([run_row("bros-uvicorn", 0, 30.0, 15000.0, pinned=False)])[0]
+    assert unpinned[:2] == ["BROS hub, uvicorn 1 proc", "not pinned"]
