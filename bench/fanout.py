@@ -1,8 +1,16 @@
 """Fan-out benchmark: BROS (uvicorn, 2 processes, daphne) vs the textbook Channels pattern vs socket.io.
 
-    .venv/bin/python bench/fanout.py                      # the full suite (~15 min on 2 cores)
-    .venv/bin/python bench/fanout.py --quick              # small N: check the harness (~2 min)
+    .venv/bin/python bench/fanout.py                      # the full suite, every variant 3 times (long)
+    .venv/bin/python bench/fanout.py --quick              # N=1000, one run, short steps: check the harness
+    .venv/bin/python bench/fanout.py --scenarios throughput --variants bros-uvicorn,socketio --ref main
     .venv/bin/python bench/fanout.py --scenarios burst --variants bros-uvicorn,socketio
+
+Trustworthy by construction (issue 13; docs/benchmarks.md, "How to run"): the BROS servers run
+production's command line; with >= 2 cores each server under test is pinned alone on the last core
+and everything else (this runner, load clients, publishers, Redis, PostgreSQL) on the others
+(--pin, --pin-services); every variant runs --repeat times, interleaved, and the summary shows
+median [min-max] and calls a ratio only when the spreads do not overlap; --ref GIT_REF adds
+`bros-uvicorn@GIT_REF` to the same run.
 
 Everything runs on loopback; every loop is bounded in time and count and stops by itself. The
 runner starts each server variant itself, logs in (BROS), starts load-client processes
@@ -12,7 +20,9 @@ process it started (also on Ctrl-C). Results: a table per scenario on stdout and
 `bench/results/fanout-<time>.jsonl`. See docs/benchmarks.md.
 
 Scenarios
-- throughput: N clients on one stream; the publish rate is raised step by step (x2, then bisected)
+- fixed: per N and variant: connect storm (time, p99), RSS per idle connection, idle server CPU, and
+  one step at --fixed-deliveries per second: server CPU us per delivery.
+- throughput: the same, then the publish rate is raised step by step (x2, then bisected)
   until a step fails. A step passes if no message is lost, no duplicate arrives, the
   broadcast-to-last-client p99 is under 250 ms and the publisher kept its rate. Reported:
   sustained deliveries/s (best passing step) and the max delivered/s seen in any step.
