@@ -1908,8 +1908,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--repeat",
         type=int,
-        default=3,
-        help="runs of every variant, interleaved (A B C A B C ...); tables: median [min-max]",
+        default=None,
+        help="runs of every variant, interleaved (A B C A B C ...): 3 (--quick: 1); tables: median [min-max]",
     )
     p.add_argument(
         "--pin",
@@ -1965,11 +1965,12 @@ def parse_args(argv=None):
     args.bros_env = dict(item.split("=", 1) for item in args.bros_env)
     if args.quick:
         args.sizes = [1000] if args.sizes == [1000, 5000] else args.sizes
-        args.repeat = 1
+        args.repeat = 1 if args.repeat is None else args.repeat
         args.burst_clients, args.rooms, args.room_size, args.rooms_rate, args.rooms_seconds = 100, 20, 5, 100, 5
         args.slow_clients, args.slow_seconds, args.slow_baseline_seconds = 100, 8, 3
         args.max_steps, args.step_seconds, args.fixed_seconds, args.idle_seconds = 3, 2, 4, 1
         args.min_events = 4
+    args.repeat = 3 if args.repeat is None else args.repeat
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
     if not re.fullmatch(r"[A-Za-z0-9_]+", args.db):
