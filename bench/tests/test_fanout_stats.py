@@ -72,7 +72,14 @@ def run_row(variant: str, rep: int, us: float, max_per_s: float, *, pinned: bool
         "n": 1000,
         "rep": rep,
         "pinned": pinned,
-        "connect": {"wall_s": 10.0, "p99_ms": 900.0, "rss_per_conn_kb": 37.0, "server_cpus_allowed": ["1"]},
+        "connect": {
+            "n": 1000,
+            "connected": 1000,
+            "wall_s": 10.0,
+            "p99_ms": 900.0,
+            "rss_per_conn_kb": 37.0,
+            "server_cpus_allowed": ["1"],
+        },
         "fixed": fixed,
         "steps": [step],
         "sustained_per_s": max_per_s * 0.8,
@@ -97,3 +104,13 @@ def test_the_summary_flags_client_overload_and_names_a_shared_server_core():
     assert line[SUMMARY_HEADERS.index("client core (all steps)")] == "max 85%: OVER 80% in 1/6 steps"
     unpinned = summary_rows([run_row("bros-uvicorn", 0, 30.0, 15000.0, pinned=False)])[0]
     assert unpinned[:2] == ["BROS hub, uvicorn 1 proc", "not pinned"]
+
+
+def test_a_storm_that_ended_in_refusals_gives_no_storm_time_and_says_so():
+    refused = run_row("bros-uvicorn@old", 0, 30.0, 15000.0)
+    refused["connect"].update(connected=0, wall_s=3.5, p99_ms=None, rss_per_conn_kb=None)
+    refused["fixed"].update(passed=False, us_per_delivery=None)
+    ok = run_row("bros-uvicorn@old", 1, 30.0, 15000.0)
+    line = summary_rows([refused, ok])[0]
+    assert line[SUMMARY_HEADERS.index("connect storm s")] == "10.00 (clients missing in 1/2 runs)"
+    assert line[SUMMARY_HEADERS.index("fixed-rate srv CPU us/deliv")] == "30.0 (NOT sustained in 1/2 runs)"
