@@ -60,9 +60,14 @@ def run_row(variant: str, rep: int, us: float, max_per_s: float, *, pinned: bool
     }
     fixed = {
         "us_per_delivery": us,
+        "received": 20000,
         "lost": 0,
         "extra": 0,
-        "passed": True,
+        "seq_dups": 0,
+        "open": 1000,
+        "clients": 1000,
+        "pub_rate": 2.0,
+        "last_client_p99_ms": 400.0,
         "rate": 2.0,
         "cpu_pct": {"client_core": 85.0 if rep == 2 else 10.0, "client_core_over": rep == 2, "other": 3.0},
     }
@@ -109,8 +114,18 @@ def test_the_summary_flags_client_overload_and_names_a_shared_server_core():
 def test_a_storm_that_ended_in_refusals_gives_no_storm_time_and_says_so():
     refused = run_row("bros-uvicorn@old", 0, 30.0, 15000.0)
     refused["connect"].update(connected=0, wall_s=3.5, p99_ms=None, rss_per_conn_kb=None)
-    refused["fixed"].update(passed=False, us_per_delivery=None)
+    refused["fixed"].update(received=0, us_per_delivery=None)
     ok = run_row("bros-uvicorn@old", 1, 30.0, 15000.0)
     line = summary_rows([refused, ok])[0]
     assert line[SUMMARY_HEADERS.index("connect storm s")] == "10.00 (clients missing in 1/2 runs)"
-    assert line[SUMMARY_HEADERS.index("fixed-rate srv CPU us/deliv")] == "30.0 (NOT sustained in 1/2 runs)"
+    assert line[SUMMARY_HEADERS.index("fixed-rate srv CPU us/deliv")] == "30.0 (NOT kept up in 1/2 runs)"
+
+
+def test_a_fixed_rate_step_is_kept_up_when_all_arrived_on_rate_however_slow():
+    line = summary_rows([run_row("bros-daphne", 0, 80.0, 9000.0)])[0]  # p99 400 ms: slow, but kept up
+    assert line[SUMMARY_HEADERS.index("fixed-rate srv CPU us/deliv")] == "80.0"
+    assert line[SUMMARY_HEADERS.index("fixed-rate last-client p99 ms")] == "400"
+    lossy = run_row("bros-daphne", 0, 80.0, 9000.0)
+    lossy["fixed"]["lost"] = 3
+    line = summary_rows([lossy])[0]
+    assert line[SUMMARY_HEADERS.index("fixed-rate srv CPU us/deliv")] == "80.0 (NOT kept up in 1/1 runs)"
