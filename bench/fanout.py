@@ -1068,15 +1068,22 @@ class Runner:
             f.write(json.dumps(row, separators=(",", ":")) + "\n")
 
     async def wait_quiet(self) -> float:
-        """Machine CPU use (% of all cores) before a session: other users' work on this shared machine."""
+        """Machine CPU use (% of all cores) before a session: other users' work on this shared machine.
+
+        When pinned, the server's core must be quiet too: that is the core the next server gets.
+        """
         deadline = time.monotonic() + self.args.quiet_wait
         while True:
-            busy = await asyncio.to_thread(psutil.cpu_percent, 2.0)
-            if busy < self.args.quiet_below or time.monotonic() > deadline:
-                if busy >= self.args.quiet_below:
-                    log(f"  the machine is still {busy:.0f}% busy with other work: going on (noise)")
+            per_cpu = await asyncio.to_thread(psutil.cpu_percent, 2.0, True)
+            busy = sum(per_cpu) / len(per_cpu)
+            server_core = per_cpu[min(PIN.server)] if PIN.on and min(PIN.server) < len(per_cpu) else None
+            worst = max(busy, server_core or 0.0)
+            what = f"machine {busy:.0f}%" + (f", server core {server_core:.0f}%" if server_core is not None else "")
+            if worst < self.args.quiet_below or time.monotonic() > deadline:
+                if worst >= self.args.quiet_below:
+                    log(f"  still busy with other work ({what}): going on (noise)")
                 return busy
-            log(f"  machine {busy:.0f}% busy with other work: waiting")
+            log(f"  busy with other work ({what}): waiting")
 
     def next_port(self) -> int:
         self.port += 10
