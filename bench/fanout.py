@@ -1,8 +1,16 @@
 """Fan-out benchmark: BROS (uvicorn, 2 processes, daphne) vs the textbook Channels pattern vs socket.io.
 
-    .venv/bin/python bench/fanout.py                      # the full suite (~15 min on 2 cores)
-    .venv/bin/python bench/fanout.py --quick              # small N: check the harness (~2 min)
+    .venv/bin/python bench/fanout.py                      # the full suite, every variant 3 times (long)
+    .venv/bin/python bench/fanout.py --quick              # N=1000, one run, short steps: check the harness
+    .venv/bin/python bench/fanout.py --scenarios throughput --variants bros-uvicorn,socketio --ref main
     .venv/bin/python bench/fanout.py --scenarios burst --variants bros-uvicorn,socketio
+
+Trustworthy by construction (issue 13; docs/benchmarks.md, "How to run"): the BROS servers run
+production's command line; with >= 2 cores each server under test is pinned alone on the last core
+and everything else (this runner, load clients, publishers, Redis, PostgreSQL) on the others
+(--pin, --pin-services); every variant runs --repeat times, interleaved, and the summary shows
+median [min-max] and calls a ratio only when the spreads do not overlap; --ref GIT_REF adds
+`bros-uvicorn@GIT_REF` to the same run.
 
 Everything runs on loopback; every loop is bounded in time and count and stops by itself. The
 runner starts each server variant itself, logs in (BROS), starts load-client processes
@@ -12,7 +20,9 @@ process it started (also on Ctrl-C). Results: a table per scenario on stdout and
 `bench/results/fanout-<time>.jsonl`. See docs/benchmarks.md.
 
 Scenarios
-- throughput: N clients on one stream; the publish rate is raised step by step (x2, then bisected)
+- fixed: per N and variant: connect storm (time, p99), RSS per idle connection, idle server CPU, and
+  one step at --fixed-deliveries per second: server CPU us per delivery.
+- throughput: the same, then the publish rate is raised step by step (x2, then bisected)
   until a step fails. A step passes if no message is lost, no duplicate arrives, the
   broadcast-to-last-client p99 is under 250 ms and the publisher kept its rate. Reported:
   sustained deliveries/s (best passing step) and the max delivered/s seen in any step.
@@ -26,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import datetime as dt
 import itertools
@@ -36,6 +47,7 @@ import re
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -64,6 +76,7 @@ BASE_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 
+SHARED_CORE = {"bros-uvicorn-2p", "bros-uvicorn-w2"}  # two server processes on the one server core when pinned
 VARIANTS = ["bros-uvicorn", "bros-uvicorn-2p", "bros-daphne", "textbook-uvicorn", "socketio"]
 OPTIONAL_VARIANTS = ["bros-uvicorn-w2"]  # uvicorn --workers 2 on one port (kernel spreads accepts)
 LABELS = {
@@ -89,10 +102,21 @@ class Proc:
     registry: list[Proc] = []
 
     def __init__(
-        self, name: str, argv: list[str], *, env: dict | None = None, log_path: Path | None = None, pipes: bool = False
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        env: dict | None = None,
+        log_path: Path | None = None,
+        pipes: bool = False,
+        cwd: Path = REPO,
+        cpus: set[int] | None = None,
     ):
         self.name = name
-        self.argv = argv
+        # Pinned before exec (taskset), so every thread and child the process makes inherits it.
+        self.argv = [*taskset(cpus), *argv]
+        self.cwd = cwd
+        self.cpus = cpus
         self.env = {**os.environ, **BASE_ENV, **(env or {})}
         self.log_path = log_path
         self.pipes = pipes
@@ -103,7 +127,7 @@ class Proc:
         self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv,
-            cwd=str(REPO),
+            cwd=str(self.cwd),
             env=self.env,
             stdin=asyncio.subprocess.PIPE if self.pipes else subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE if self.pipes else self._log,
@@ -170,6 +194,134 @@ class Proc:
             if p.proc is not None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(p.proc.pid, signal.SIGKILL)
+
+
+# -- CPU pinning --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pinning:
+    """Which cores the servers under test get, and which everything else gets (None: not pinned)."""
+
+    server: set[int] | None = None
+    rest: set[int] | None = None
+    services: str = "not pinned"
+
+    @property
+    def on(self) -> bool:
+        return self.server is not None
+
+    def describe(self) -> str:
+        if not self.on:
+            return "not pinned"
+        return (
+            f"servers under test on cpu {cpu_list(self.server)}; harness, load clients and publishers on cpu "
+            f"{cpu_list(self.rest)}; Redis/PostgreSQL: {self.services}"
+        )
+
+
+PIN = Pinning()
+
+
+def cpu_list(cpus: set[int] | None) -> str:
+    return ",".join(str(c) for c in sorted(cpus or ()))
+
+
+def taskset(cpus: set[int] | None) -> list[str]:
+    return ["taskset", "-c", cpu_list(cpus)] if cpus else []
+
+
+def plan_pinning(enabled: bool) -> Pinning:
+    """The last core of this process's affinity for the server under test, the others for the rest."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not enabled or len(cpus) < 2 or not shutil.which("taskset"):
+        return Pinning()
+    return Pinning(server={cpus[-1]}, rest=set(cpus[:-1]))
+
+
+def tasks_of(pid: int) -> list[int]:
+    """The thread ids of a process (affinity is per thread)."""
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+def allowed_cpus(pids: list[int]) -> list[str]:
+    """Every distinct CPU set the threads of these processes (and their children) may run on."""
+    seen = set()
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+                for tid in tasks_of(proc.pid):
+                    with contextlib.suppress(OSError):
+                        seen.add(cpu_list(os.sched_getaffinity(tid)))
+    return sorted(seen)
+
+
+class ServicePins:
+    """Redis (:6379) and PostgreSQL moved to the non-server cores for the run, and put back at exit.
+
+    Reversible: the original affinity of every thread touched is recorded and restored; PostgreSQL
+    backends forked during the run inherit the postmaster's pinned set, so at exit every postgres
+    process not recorded gets the postmaster's original set.
+    """
+
+    def __init__(self):
+        self.original: dict[int, set[int]] = {}
+        self.postgres_default: set[int] | None = None
+
+    @staticmethod
+    def targets() -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {"redis": [], "postgres": []}
+        for p in psutil.process_iter(["name", "username", "cmdline"]):
+            try:
+                cmd = " ".join(p.info["cmdline"] or [])
+                if (p.info["name"] or "").startswith("redis-server") and ":6379" in cmd:
+                    out["redis"].append(p.pid)
+                elif p.info["username"] == "postgres" and (p.info["name"] or "").startswith("postgres"):
+                    out["postgres"].append(p.pid)
+            except psutil.Error:
+                pass
+        return out
+
+    def pin(self, cpus: set[int]) -> str:
+        found = self.targets()
+        if not found["redis"] and not found["postgres"]:
+            return "not pinned (no redis-server :6379 / postgres processes found)"
+        try:
+            for pids in found.values():
+                for pid in pids:
+                    for tid in tasks_of(pid):
+                        with contextlib.suppress(ProcessLookupError):
+                            before = os.sched_getaffinity(tid)
+                            os.sched_setaffinity(tid, cpus)
+                            self.original.setdefault(tid, before)
+        except PermissionError as exc:
+            self.restore()
+            return f"not pinned ({exc})"
+        postmaster = min(found["postgres"], default=None)
+        if postmaster is not None:
+            self.postgres_default = self.original.get(postmaster)
+        atexit.register(self.restore)
+        return (
+            f"pinned to cpu {cpu_list(cpus)} for the run ({len(found['redis'])} redis-server, "
+            f"{len(found['postgres'])} postgres processes; restored at exit)"
+        )
+
+    def restore(self) -> None:
+        original, self.original = self.original, {}
+        for tid, cpus in original.items():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, cpus)
+        if self.postgres_default:
+            for pid in self.targets()["postgres"]:
+                for tid in tasks_of(pid):
+                    if tid not in original:
+                        with contextlib.suppress(OSError):
+                            os.sched_setaffinity(tid, self.postgres_default)
+        if original:
+            log(f"Redis/PostgreSQL affinity restored ({len(original)} threads)")
 
 
 # -- small HTTP client (readiness, login) ------------------------------------------------------------
@@ -258,9 +410,9 @@ async def login(port: int, username: str = "hq", password: str = "demo") -> str:
 # -- setup ---------------------------------------------------------------------------------------------
 
 
-def run_checked(argv: list[str], env: dict | None = None) -> str:
+def run_checked(argv: list[str], env: dict | None = None, cwd: Path = REPO) -> str:
     out = subprocess.run(
-        argv, cwd=str(REPO), env={**os.environ, **BASE_ENV, **(env or {})}, capture_output=True, text=True, timeout=300
+        argv, cwd=str(cwd), env={**os.environ, **BASE_ENV, **(env or {})}, capture_output=True, text=True, timeout=300
     )
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{out.stdout}\n{out.stderr}")
@@ -268,13 +420,14 @@ def run_checked(argv: list[str], env: dict | None = None) -> str:
 
 
 def prepare(args) -> None:
-    """Idempotent: the bros_bench database, migrations, demo data, static manifest, npm packages."""
-    log("setup: database bros_bench, migrate, seed_demo, collectstatic")
+    """Idempotent: the benchmark's database, migrations, demo data, static manifest, npm packages."""
+    log(f"setup: database {args.db}, migrate, seed_demo, collectstatic")
     import psycopg
+    from psycopg import sql
 
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        if not conn.execute("select 1 from pg_database where datname = 'bros_bench'").fetchone():
-            conn.execute("create database bros_bench")
+        if not conn.execute("select 1 from pg_database where datname = %s", [args.db]).fetchone():
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(args.db)))
     run_checked([PYTHON, "manage.py", "migrate", "--noinput"])
     run_checked([PYTHON, "manage.py", "seed_demo", "--force"])
     # The rooms scenario's streams are deliveries:room-NNN: streams of unknown centers are refused.
@@ -317,15 +470,40 @@ def clean_redis() -> None:
     r.close()
 
 
-def code_fingerprint() -> dict:
+def code_fingerprint(root: Path = REPO, commit: str | None = None) -> dict:
     """What BROS code a server started with: the tree changes while others work in it."""
     import hashlib
 
     digest = hashlib.sha1()
-    for path in sorted([*(REPO / "realtime").glob("*.py"), REPO / "bros" / "asgi.py", REPO / "bros" / "settings.py"]):
+    for path in sorted([*(root / "realtime").glob("*.py"), root / "bros" / "asgi.py", root / "bros" / "settings.py"]):
         digest.update(path.name.encode() + path.read_bytes())
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=str(REPO), capture_output=True, text=True)
-    return {"git": head.stdout.strip(), "realtime_sha1": digest.hexdigest()[:12]}
+    if commit is None:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=str(REPO), capture_output=True, text=True)
+        commit = head.stdout.strip()
+    return {"git": commit, "realtime_sha1": digest.hexdigest()[:12]}
+
+
+def export_ref(ref: str) -> tuple[str, Path]:
+    """The tracked files of git `ref` in a new folder under /tmp (as bench/board/run.py --compare-ref does).
+
+    Its `bench/` is replaced by this harness's, so the publisher and textbook code are the same for
+    every variant and only the server code differs. Removed at exit by the caller.
+    """
+    import tempfile
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    folder = Path(tempfile.mkdtemp(prefix=f"bros-fanout-{commit[:8]}-"))
+    archive = subprocess.Popen(["git", "archive", "--format=tar", commit], cwd=REPO, stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", str(folder)], stdin=archive.stdout, check=True)
+    archive.stdout.close()
+    if archive.wait() != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise RuntimeError(f"git archive {commit} failed")
+    shutil.rmtree(folder / "bench", ignore_errors=True)
+    shutil.copytree(BENCH, folder / "bench", ignore=shutil.ignore_patterns("results", "node_modules", "__pycache__"))
+    return commit, folder
 
 
 def machine_facts() -> dict:
@@ -368,41 +546,69 @@ class Server:
     ports: list[int]
     kind: str  # bros | textbook | sio
     cookie: str | None = None
+    ws: str | None = None  # uvicorn's --ws
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs if p.alive()]
 
 
-async def start_server(variant: str, port: int, logdir: Path, extra_env: dict) -> Server:
-    uvicorn = [
-        str(VENV_BIN / "uvicorn"),
-        "--ws",
-        "websockets-sansio",
-        "--host",
-        HOST,
-        "--log-level",
-        "warning",
-        "--no-access-log",
-    ]
-    if variant in ("bros-uvicorn", "bros-uvicorn-2p", "bros-uvicorn-w2"):
-        count = 2 if variant == "bros-uvicorn-2p" else 1
+# What production runs (README's process list, dev.py's web process): BROS's WebSocket protocol
+# class (uvicorn's sans-I/O one plus the cut-off of clients that stopped reading) and the lifespan.
+PRODUCTION_WS = "realtime.uvicorn_protocol:WebSocketProtocol"
+STOCK_WS = "websockets-sansio"  # the textbook variant, and a --ref tree older than the protocol class
+
+
+def uvicorn_argv(ws: str, *, lifespan: bool) -> list[str]:
+    argv = [str(VENV_BIN / "uvicorn"), "--ws", ws, "--host", HOST, "--log-level", "warning", "--no-access-log"]
+    return [*argv, "--lifespan", "on"] if lifespan else argv
+
+
+def bros_ws(root: Path) -> str:
+    """The production `--ws` class when the tree has it (a --ref tree may predate it)."""
+    return PRODUCTION_WS if (root / "realtime" / "uvicorn_protocol.py").exists() else STOCK_WS
+
+
+def split_variant(variant: str) -> tuple[str, str | None]:
+    """`bros-uvicorn@REF` -> ("bros-uvicorn", "REF"); a plain variant has no ref."""
+    base, _, ref = variant.partition("@")
+    return base, (ref or None)
+
+
+def variant_label(variant: str, pinned: bool = False) -> str:
+    base, ref = split_variant(variant)
+    label = LABELS[base] + (f" @ {ref}" if ref else "")
+    if pinned and base in SHARED_CORE:
+        label += " (shares a core)"
+    return label
+
+
+async def start_server(variant: str, port: int, logdir: Path, extra_env: dict, root: Path = REPO) -> Server:
+    """Start a variant's server(s) from the tree at `root` (this one, or a --ref export), pinned if asked."""
+    base, _ = split_variant(variant)
+    cpus = PIN.server
+    uvicorn = uvicorn_argv(STOCK_WS, lifespan=False)
+    slug = variant.replace("@", "-at-").replace("/", "_")
+    if base in ("bros-uvicorn", "bros-uvicorn-2p", "bros-uvicorn-w2"):
+        count = 2 if base == "bros-uvicorn-2p" else 1
         procs, ports = [], []
         for i in range(count):
-            argv = [*uvicorn, "--port", str(port + i), "bros.asgi:application"]
-            if variant == "bros-uvicorn-w2":
+            argv = [*uvicorn_argv(bros_ws(root), lifespan=True), "--port", str(port + i), "bros.asgi:application"]
+            if base == "bros-uvicorn-w2":
                 argv += ["--workers", "2"]
-            procs.append(Proc(f"{variant}#{i}", argv, env=extra_env, log_path=logdir / f"{variant}-{i}.log"))
+            log_path = logdir / f"{slug}-{i}.log"
+            procs.append(Proc(f"{variant}#{i}", argv, env=extra_env, log_path=log_path, cwd=root, cpus=cpus))
             ports.append(port + i)
         server = Server(variant, procs, ports, "bros")
-    elif variant == "bros-daphne":
+    elif base == "bros-daphne":
         argv = [str(VENV_BIN / "daphne"), "-b", HOST, "-p", str(port), "-v", "0", "bros.asgi:application"]
-        proc = Proc(variant, argv, env=extra_env, log_path=logdir / f"{variant}.log")
+        proc = Proc(variant, argv, env=extra_env, log_path=logdir / f"{slug}.log", cwd=root, cpus=cpus)
         server = Server(variant, [proc], [port], "bros")
-    elif variant == "textbook-uvicorn":
+    elif base == "textbook-uvicorn":
         argv = [*uvicorn, "--port", str(port), "bench.textbook:application"]
         env = {"DJANGO_SETTINGS_MODULE": "bench.textbook_settings", **extra_env}
-        server = Server(variant, [Proc(variant, argv, env=env, log_path=logdir / f"{variant}.log")], [port], "textbook")
-    elif variant == "socketio":
+        proc = Proc(variant, argv, env=env, log_path=logdir / f"{slug}.log", cpus=cpus)
+        server = Server(variant, [proc], [port], "textbook")
+    elif base == "socketio":
         argv = [
             "node",
             str(BENCH / "socketio" / "server.js"),
@@ -413,9 +619,10 @@ async def start_server(variant: str, port: int, logdir: Path, extra_env: dict) -
             "--key",
             SIO_KEY,
         ]
-        server = Server(variant, [Proc(variant, argv, log_path=logdir / f"{variant}.log")], [port], "sio")
+        server = Server(variant, [Proc(variant, argv, log_path=logdir / f"{slug}.log", cpus=cpus)], [port], "sio")
     else:
         raise ValueError(variant)
+    server.ws = bros_ws(root) if base.startswith("bros-uvicorn") else (STOCK_WS if "uvicorn" in base else None)
     for p in server.procs:
         await p.start()
     for p, prt in zip(server.procs, server.ports, strict=True):
@@ -431,9 +638,10 @@ async def start_server(variant: str, port: int, logdir: Path, extra_env: dict) -
     return server
 
 
-async def start_publisher(kind: str, logdir: Path, variant: str) -> Proc:
+async def start_publisher(kind: str, logdir: Path, variant: str, root: Path = REPO) -> Proc:
     if kind == "bros":
-        argv = [PYTHON, str(BENCH / "publish_bros.py")]
+        # The tree's own outbox code; a --ref export carries this harness's bench/ (see export_ref).
+        argv = [PYTHON, str(root / "bench" / "publish_bros.py")]
         env = {}
     elif kind == "textbook":
         argv = [PYTHON, "-m", "bench.textbook", "publish"]
@@ -441,8 +649,9 @@ async def start_publisher(kind: str, logdir: Path, variant: str) -> Proc:
     else:
         argv = ["node", str(BENCH / "socketio" / "publish.js"), "--redis", BASE_ENV["REDIS_URL"], "--key", SIO_KEY]
         env = {}
+    slug = variant.replace("@", "-at-").replace("/", "_")
     proc = await Proc(
-        f"publisher-{variant}", argv, env=env, log_path=logdir / f"publisher-{variant}.log", pipes=True
+        f"publisher-{variant}", argv, env=env, log_path=logdir / f"publisher-{slug}.log", pipes=True, cwd=root
     ).start()
     await proc.read(timeout=60)
     return proc
@@ -476,16 +685,28 @@ def client_spec(server: Server, index: int, room: str, rcvbuf: int | None = None
 # -- measurement ----------------------------------------------------------------------------------------
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_stat_cpu(pid: int) -> float | None:
+    """utime + stime of one process from /proc/<pid>/stat, in seconds (all its threads)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(b")") + 2 :].split()  # after "pid (comm) ": state is field 3
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
+
+
 def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds of these processes and their children (/proc/<pid>/stat)."""
     total = 0.0
     for pid in pids:
         try:
-            proc = psutil.Process(pid)
-            for p in [proc, *proc.children(recursive=True)]:
-                t = p.cpu_times()
-                total += t.user + t.system
+            tree = [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
         except psutil.Error:
-            pass
+            continue
+        total += sum(proc_stat_cpu(p) or 0.0 for p in tree)
     return total
 
 
@@ -502,6 +723,7 @@ def rss_mb(pids: list[int]) -> float:
 
 
 def service_pids() -> dict[str, list[int]]:
+    db = BASE_ENV["DATABASE_URL"].rsplit("/", 1)[1]
     out: dict[str, list[int]] = {"redis": [], "postgres": []}
     for p in psutil.process_iter(["name", "username", "cmdline"]):
         try:
@@ -509,7 +731,7 @@ def service_pids() -> dict[str, list[int]]:
             cmd = " ".join(p.info["cmdline"] or [])
             if name.startswith("redis-server") and "6379" in cmd:
                 out["redis"].append(p.pid)
-            elif p.info["username"] == "postgres" and "bros_bench" in cmd:
+            elif p.info["username"] == "postgres" and f" {db} " in f" {cmd} ":
                 out["postgres"].append(p.pid)  # this benchmark's backends only
         except psutil.Error:
             pass
@@ -531,29 +753,64 @@ def cpu_snapshot(server: Server, workers: list[Proc], publisher: Proc | None) ->
         "server": cpu_seconds(server.pids()),
         "clients": cpu_seconds([w.pid for w in workers if w.alive()]),
         "publisher": cpu_seconds([publisher.pid]) if publisher else 0.0,
+        "harness": proc_stat_cpu(os.getpid()) or 0.0,
         "redis": _cpu_by_pid(services["redis"]),
         "postgres": _cpu_by_pid(services["postgres"]),
         "machine": _machine_busy(),
+        "clients_each": {w.pid: proc_stat_cpu(w.pid) or 0.0 for w in workers if w.alive()},
+        "percpu": _percpu_busy(),
         "t": time.monotonic(),
     }
 
 
+PROCESS_KEYS = ("server", "clients", "publisher", "harness", "redis", "postgres")
+CLIENT_CORE_LIMIT = 80.0  # % of a core: above it the load clients may be what limits a step
+
+
 def cpu_pct(a: dict, b: dict) -> dict:
-    """CPU use between two snapshots in % of one core (the machine figure too: 200 % = both cores busy)."""
+    """CPU use between two snapshots in % of one core (the machine figure too: 200 % = both cores busy).
+
+    Also: `cpu_busy` per CPU (from /proc/stat), `server_core` (the pinned server core's busy %),
+    and `client_core`, how busy the load clients' side is: the busiest client process (each runs
+    one event loop) or the clients, publisher and harness together spread over their cores,
+    whichever is higher. `client_core_over` flags a step where it passed CLIENT_CORE_LIMIT.
+    """
     wall = b["t"] - a["t"]
+    if wall <= 0:
+        return {}
     out = {}
-    for key in a:
-        if key == "t":
-            continue
+    for key in (*PROCESS_KEYS, "machine"):
         if isinstance(a[key], dict):
             used = sum(b[key][pid] - a[key][pid] for pid in b[key] if pid in a[key]) + sum(
                 b[key][pid] for pid in b[key] if pid not in a[key] and b[key][pid] < wall
             )
         else:
             used = b[key] - a[key]
-        out[key] = round(100 * used / wall, 1) if wall > 0 else None
+        out[key] = round(100 * used / wall, 1)
     # Whatever else ran on the machine meanwhile (other users' tests, servers): noise to report.
-    out["other"] = round(out["machine"] - sum(v for k, v in out.items() if k != "machine"), 1)
+    out["other"] = round(out["machine"] - sum(out[k] for k in PROCESS_KEYS), 1)
+    each = [
+        100 * (b["clients_each"][pid] - a["clients_each"][pid]) / wall
+        for pid in b["clients_each"]
+        if pid in a["clients_each"]
+    ]
+    busy = {
+        cpu: round(100 * (b["percpu"][cpu] - a["percpu"][cpu]) / wall, 1) for cpu in b["percpu"] if cpu in a["percpu"]
+    }
+    out["cpu_busy"] = busy
+    rest_cores = len(PIN.rest) if PIN.on else (os.cpu_count() or 1)
+    spread = (out["clients"] + out["publisher"] + out["harness"]) / rest_cores
+    out["client_core"] = round(max([spread, *each]), 1)
+    out["client_core_over"] = out["client_core"] > CLIENT_CORE_LIMIT
+    out["server_core"] = busy.get(min(PIN.server)) if PIN.on else None
+    return out
+
+
+def _percpu_busy() -> dict[int, float]:
+    """Busy seconds per CPU (/proc/stat)."""
+    out = {}
+    for cpu, t in enumerate(psutil.cpu_times(percpu=True)):
+        out[cpu] = t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0) + getattr(t, "steal", 0)
     return out
 
 
@@ -708,6 +965,9 @@ class Session:
             "msg_p50_ms": _ms(hist_percentile(hist, 50)),
             "msg_p99_ms": _ms(hist_percentile(hist, 99)),
             "cpu_pct": cpu_pct(cpu0, cpu1),
+            "server_cpu_s": round(cpu1["server"] - cpu0["server"], 3),
+            # Server CPU time per message the clients received: the steadiest figure of a step.
+            "us_per_delivery": round((cpu1["server"] - cpu0["server"]) / received * 1e6, 2) if received else None,
             "server_rss_mb": round(rss_mb(self.server.pids()), 1),
         }
         result["passed"] = bool(
@@ -797,7 +1057,8 @@ class Runner:
         self.logdir.mkdir()
         self.out_path = Path(args.out) if args.out else self.outdir / f"fanout-{stamp}.jsonl"
         self.rows: list[dict] = []
-        self.burst_done: set[str] = set()
+        self.burst_done: set[tuple[str, int]] = set()
+        self.refs: dict[str, tuple[str, Path]] = {}  # --ref: ref -> (commit, exported tree)
         self.port = args.port_base
 
     def record(self, row: dict) -> None:
@@ -807,15 +1068,22 @@ class Runner:
             f.write(json.dumps(row, separators=(",", ":")) + "\n")
 
     async def wait_quiet(self) -> float:
-        """Machine CPU use (% of all cores) before a session: other users' work on this shared machine."""
+        """Machine CPU use (% of all cores) before a session: other users' work on this shared machine.
+
+        When pinned, the server's core must be quiet too: that is the core the next server gets.
+        """
         deadline = time.monotonic() + self.args.quiet_wait
         while True:
-            busy = await asyncio.to_thread(psutil.cpu_percent, 2.0)
-            if busy < self.args.quiet_below or time.monotonic() > deadline:
-                if busy >= self.args.quiet_below:
-                    log(f"  the machine is still {busy:.0f}% busy with other work: going on (noise)")
+            per_cpu = await asyncio.to_thread(psutil.cpu_percent, 2.0, True)
+            busy = sum(per_cpu) / len(per_cpu)
+            server_core = per_cpu[min(PIN.server)] if PIN.on and min(PIN.server) < len(per_cpu) else None
+            worst = max(busy, server_core or 0.0)
+            what = f"machine {busy:.0f}%" + (f", server core {server_core:.0f}%" if server_core is not None else "")
+            if worst < self.args.quiet_below or time.monotonic() > deadline:
+                if worst >= self.args.quiet_below:
+                    log(f"  still busy with other work ({what}): going on (noise)")
                 return busy
-            log(f"  machine {busy:.0f}% busy with other work: waiting")
+            log(f"  busy with other work ({what}): waiting")
 
     def next_port(self) -> int:
         self.port += 10
@@ -839,9 +1107,11 @@ class Runner:
             if variant == "textbook-uvicorn":
                 clean_redis()
             env = {**(self.args.bros_env if variant.startswith("bros-") else {}), **(extra_env or {})}
-            code = code_fingerprint()
-            server = await start_server(variant, self.next_port(), self.logdir, env)
-            publisher = await start_publisher(server.kind, self.logdir, variant)
+            _, ref = split_variant(variant)
+            root = self.refs[ref][1] if ref else REPO
+            code = code_fingerprint(root, self.refs[ref][0][:12] if ref else None)
+            server = await start_server(variant, self.next_port(), self.logdir, env, root)
+            publisher = await start_publisher(server.kind, self.logdir, variant, root)
             names = room_names(server.kind, rooms)
             per_room = max(1, n // rooms)
             room_of = [min(i // per_room, rooms - 1) for i in range(n)]
@@ -860,6 +1130,7 @@ class Runner:
                 workers.append(w)
             if before_connect is not None:
                 await before_connect(server)
+            rss_before = rss_mb(server.pids())
             t0 = time.monotonic()
             cpu0 = cpu_snapshot(server, workers, publisher)
             answers = await asyncio.gather(
@@ -882,6 +1153,12 @@ class Runner:
             wall = time.monotonic() - t0
             connect_cpu = cpu_pct(cpu0, cpu_snapshot(server, workers, publisher))
             times = sorted(t for a in answers for t in a["times"])
+            connected = sum(a["connected"] for a in answers)
+            # N sockets connected and subscribed, nothing published: the server's idle cost.
+            idle0 = cpu_snapshot(server, workers, publisher)
+            await asyncio.sleep(self.args.idle_seconds)
+            idle_cpu = cpu_pct(idle0, cpu_snapshot(server, workers, publisher))
+            rss_idle = rss_mb(server.pids())
             connect = {
                 "n": n,
                 "connected": sum(a["connected"] for a in answers),
@@ -894,6 +1171,13 @@ class Runner:
                 "cpu_pct": connect_cpu,
                 "background_cpu_pct": background,
                 "code": code,
+                "ws": server.ws,
+                "server_cpus_allowed": allowed_cpus(server.pids()),
+                "clients_cpus_allowed": allowed_cpus([w.pid for w in workers]),
+                "rss_before_mb": round(rss_before, 1),
+                "rss_idle_mb": round(rss_idle, 1),
+                "rss_per_conn_kb": round((rss_idle - rss_before) * 1024 / connected, 1) if connected else None,
+                "idle_cpu_pct": idle_cpu,
             }
             sess = Session(variant, server, publisher, workers, names, room_of, connect=connect)
             if slow_index is not None:  # connected later by the scenario, reading paused at once
@@ -902,7 +1186,10 @@ class Runner:
             log(
                 f"  {variant}: {connect['connected']}/{n} connected in {connect['wall_s']} s "
                 f"({connect['per_s']}/s, p99 {connect['p99_ms']} ms), "
-                f"failed {connect['failed']} {connect['errors'] or ''} cpu {connect_cpu}"
+                f"failed {connect['failed']} {connect['errors'] or ''} cpu {connect_cpu}; "
+                f"RSS {connect['rss_before_mb']} -> {connect['rss_idle_mb']} MB idle "
+                f"({connect['rss_per_conn_kb']} kB/conn), idle server CPU {idle_cpu.get('server')}%; "
+                f"server cpus {connect['server_cpus_allowed']}, clients {connect['clients_cpus_allowed']}"
             )
             yield sess
         finally:
@@ -919,14 +1206,27 @@ class Runner:
 
     # -- scenarios ---------------------------------------------------------------------------------
 
-    async def throughput(self, variant: str, n: int) -> dict:
+    async def fixed_step(self, s: Session, variant: str, n: int) -> dict:
+        """One step at the fixed rate every variant sustains: server CPU µs per delivery, steadily."""
+        a = self.args
+        rate = a.fixed_deliveries / n
+        count = max(a.min_events, int(round(rate * a.fixed_seconds)))
+        r = await s.step(rate=rate, count=count, mode=a.bros_publish if s.server.kind == "bros" else None)
+        self.log_step(variant, f"N={n} fixed", r)
+        log(f"  {variant}: fixed rate {rate:g} events/s -> server CPU {r['us_per_delivery']} us per delivery")
+        return r
+
+    async def throughput(self, variant: str, n: int, rep: int = 0, ramp: bool = True) -> dict:
+        """Connect storm, idle RSS, the fixed-rate step, then (ramp) the rate raised until a step fails."""
         a = self.args
         base = a.start_rate.get(n, max(0.5, 4000 / n))
         async with self.session(variant, n, 1) as s:
+            fixed = await self.fixed_step(s, variant, n)
+            await asyncio.sleep(a.settle)
             steps, best, fail = [], None, None
             rate = base
             tried = 0
-            while tried < a.max_steps:
+            while ramp and tried < a.max_steps:
                 tried += 1
                 count = max(a.min_events, int(round(rate * a.step_seconds)))
                 mode = a.bros_publish if s.server.kind == "bros" else None
@@ -968,7 +1268,12 @@ class Runner:
                 "scenario": "throughput",
                 "variant": variant,
                 "n": n,
+                "rep": rep,
+                "ramp": ramp,
+                "pinned": PIN.on,
+                "pinning": PIN.describe(),
                 "connect": s.connect,
+                "fixed": fixed,
                 "sustained_per_s": best["delivered_per_s"] if best else 0.0,
                 "sustained_rate": best["rate"] if best else None,
                 "sustained_step": best,
@@ -976,19 +1281,24 @@ class Runner:
                 "steps": steps,
             }
             self.record(row)
-            if "burst" in a.scenarios and n == a.burst_clients and variant in a.burst_variants:
+            if (
+                "burst" in a.scenarios
+                and n == a.burst_clients
+                and variant in a.burst_variants
+                and (variant, rep) not in self.burst_done
+            ):
                 # The burst reuses these connections when they are all still open (saves a connect storm).
                 await asyncio.sleep(a.settle)
                 prog = await s.all_workers({"cmd": "progress"})
                 if sum(p["open"] for p in prog) == n:
-                    await self.burst_steps(s, variant)
+                    await self.burst_steps(s, variant, rep)
             return row
 
-    async def burst(self, variant: str) -> list[dict]:
+    async def burst(self, variant: str, rep: int = 0) -> list[dict]:
         async with self.session(variant, self.args.burst_clients, 1) as s:
-            return await self.burst_steps(s, variant)
+            return await self.burst_steps(s, variant, rep)
 
-    async def burst_steps(self, s: Session, variant: str) -> list[dict]:
+    async def burst_steps(self, s: Session, variant: str, rep: int = 0) -> list[dict]:
         a = self.args
         rows = []
         modes = a.burst_modes if s.server.kind == "bros" else [None]
@@ -998,6 +1308,8 @@ class Runner:
             row = {
                 "scenario": "burst",
                 "variant": variant,
+                "rep": rep,
+                "pinned": PIN.on,
                 "n": len(s.room_of),
                 "mode": mode,
                 "connect": s.connect,
@@ -1006,10 +1318,10 @@ class Runner:
             self.record(row)
             rows.append(row)
             await asyncio.sleep(a.settle)
-        self.burst_done.add(variant)
+        self.burst_done.add((variant, rep))
         return rows
 
-    async def rooms(self, variant: str) -> list[dict]:
+    async def rooms(self, variant: str, rep: int = 0) -> list[dict]:
         a = self.args
         rows = []
         n = a.rooms * a.room_size
@@ -1025,6 +1337,8 @@ class Runner:
                 row = {
                     "scenario": "rooms",
                     "variant": variant,
+                    "rep": rep,
+                    "pinned": PIN.on,
                     "n": n,
                     "rooms": a.rooms,
                     "mode": mode,
@@ -1040,7 +1354,7 @@ class Runner:
                 await asyncio.sleep(a.settle)
         return rows
 
-    async def slow(self, variant: str) -> dict:
+    async def slow(self, variant: str, rep: int = 0) -> dict:
         a = self.args
         env = {"REALTIME_QUEUE_LIMIT": str(a.slow_queue_limit)} if a.slow_queue_limit else {}
         async with self.session(variant, a.slow_clients, 1, slow_index=a.slow_clients - 1, extra_env=env) as s:
@@ -1064,6 +1378,8 @@ class Runner:
             row = {
                 "scenario": "slow",
                 "variant": variant,
+                "rep": rep,
+                "pinned": PIN.on,
                 "n": a.slow_clients,
                 "connect": s.connect,
                 "baseline": base,
@@ -1116,7 +1432,9 @@ class Runner:
             f"last-client p50/p99 {r['last_client_p50_ms']}/{r['last_client_p99_ms']} ms "
             f"cpu srv {r['cpu_pct']['server']}% cli {r['cpu_pct']['clients']}% pub {r['cpu_pct']['publisher']}% "
             f"redis {r['cpu_pct']['redis']}% pg {r['cpu_pct']['postgres']}% other {r['cpu_pct']['other']}% "
-            f"rss {r['server_rss_mb']} MB "
+            f"server core {r['cpu_pct'].get('server_core')}% client core {r['cpu_pct'].get('client_core')}%"
+            f"{' (CLIENTS OVER ' + str(CLIENT_CORE_LIMIT) + '%)' if r['cpu_pct'].get('client_core_over') else ''} "
+            f"rss {r['server_rss_mb']} MB {r['us_per_delivery']} us/deliv "
             f"{'PASS' if r['passed'] else 'fail'}"
         )
 
@@ -1172,15 +1490,229 @@ def median(values: list[float]) -> float | None:
     return values[len(values) // 2] if values else None
 
 
+# -- median, spread and when a ratio is called ------------------------------------------------------------
+
+
+def spread(values) -> dict | None:
+    """Median and min-max of the runs' figures (None values, i.e. not measured, left out)."""
+    vals = sorted(v for v in values if v is not None)
+    if not vals:
+        return None
+    return {"median": statistics.median(vals), "min": vals[0], "max": vals[-1], "n": len(vals)}
+
+
+def fmt_spread(sp: dict | None, spec: str = ".1f") -> str:
+    if sp is None:
+        return "-"
+    mid = format(sp["median"], spec)
+    return mid if sp["n"] == 1 else f"{mid} [{format(sp['min'], spec)}-{format(sp['max'], spec)}]"
+
+
+def overlap(a: dict, b: dict) -> bool:
+    return a["min"] <= b["max"] and b["min"] <= a["max"]
+
+
+def ratio_call(a: dict | None, b: dict | None) -> tuple[float | None, str]:
+    """Median of a / median of b, and whether the ratio may be called: only when the two spreads
+    (min-max over at least 2 runs each) do not overlap; otherwise the difference is within the noise."""
+    if a is None or b is None or not b["median"]:
+        return None, "-"
+    ratio = a["median"] / b["median"]
+    if a["n"] < 2 or b["n"] < 2:
+        return ratio, "not called (1 run)"
+    return ratio, "not called (spreads overlap)" if overlap(a, b) else "called"
+
+
+def fmt_ratio(a: dict | None, b: dict | None) -> str:
+    ratio, verdict = ratio_call(a, b)
+    if ratio is None:
+        return "-"
+    return f"{ratio:.2f}" if verdict == "called" else f"({ratio:.2f}) {verdict}"
+
+
+def server_cores(row: dict) -> str:
+    allowed = (row.get("connect") or {}).get("server_cpus_allowed")
+    if not row.get("pinned") or not allowed:
+        return "not pinned"
+    procs = 2 if split_variant(row["variant"])[0] in SHARED_CORE else 1
+    cores = "/".join(allowed)
+    return f"cpu {cores}, 2 procs share it" if procs == 2 else f"cpu {cores} alone"
+
+
+def kept_up(step: dict) -> bool:
+    """A fixed-rate step the server kept up with: everything delivered once, the publisher on rate,
+    nobody closed. (Latency is shown beside it, not part of this: the fixed rate measures cost.)"""
+    return bool(
+        step["received"]
+        and step["lost"] == 0
+        and step["extra"] == 0
+        and step["seq_dups"] == 0
+        and step["open"] == step["clients"]
+        and (step["pub_rate"] or 0) >= 0.95 * step["rate"]
+    )
+
+
+def variant_figures(runs: list[dict]) -> dict:
+    """A variant's figures over its runs (see the summary table).
+
+    The connect storm, RSS and idle figures count only runs where every client connected: a storm
+    that ended in refusals is not a storm time. Failed runs are counted and shown instead.
+    """
+    max_steps = [max(r["steps"], key=lambda x: x["delivered_per_s"]) for r in runs if r["steps"]]
+    every_step = [x for r in runs for x in [r["fixed"], *r["steps"]] if x]
+    complete = [r for r in runs if r["connect"]["connected"] == r["connect"]["n"]]
+    return {
+        "connect_s": spread(r["connect"]["wall_s"] for r in complete),
+        "connect_p99": spread(r["connect"]["p99_ms"] for r in complete),
+        "connect_failed": len(runs) - len(complete),
+        "rss_kb": spread(r["connect"].get("rss_per_conn_kb") for r in complete),
+        "idle_cpu": spread((r["connect"].get("idle_cpu_pct") or {}).get("server") for r in complete),
+        "us": spread(r["fixed"]["us_per_delivery"] for r in runs if r.get("fixed")),
+        "fixed_failed": sum(1 for r in runs if r.get("fixed") and not kept_up(r["fixed"])),
+        "fixed_p99": spread(r["fixed"]["last_client_p99_ms"] for r in runs if r.get("fixed")),
+        "sustained": spread(r["sustained_per_s"] for r in runs) if any(r["steps"] for r in runs) else None,
+        "max": spread(x["delivered_per_s"] for x in max_steps),
+        "core_at_max": spread(
+            (x["cpu_pct"].get("server_core") or x["cpu_pct"]["server"]) for x in max_steps if x.get("cpu_pct")
+        ),
+        "client_core": max((x["cpu_pct"].get("client_core") or 0 for x in every_step), default=None),
+        "client_over": sum(1 for x in every_step if x["cpu_pct"].get("client_core_over")),
+        "steps": len(every_step),
+        "other": spread(x["cpu_pct"].get("other") for x in every_step),
+    }
+
+
+def summary_rows(sel: list[dict]) -> list[list]:
+    """One line per variant over its runs: median [min-max] of every figure, ratios vs socket.io."""
+    by_variant: dict[str, list[dict]] = {}
+    for r in sel:
+        by_variant.setdefault(r["variant"], []).append(r)
+
+    stats = {v: variant_figures(runs) for v, runs in by_variant.items()}
+    sio = stats.get("socketio")
+    body = []
+    for v, f in stats.items():
+
+        def vs_sio(key: str, f=f, v=v) -> str:
+            if v == "socketio":
+                return "1 (reference)"
+            return fmt_ratio(f[key], sio[key]) if sio else "-"
+
+        first = by_variant[v][0]
+        clients = (
+            "-"
+            if f["client_core"] is None
+            else f"max {f['client_core']:.0f}%: "
+            + (f"OVER {CLIENT_CORE_LIMIT:.0f}% in {f['client_over']}/{f['steps']} steps" if f["client_over"] else "ok")
+        )
+        body.append(
+            [
+                variant_label(v, first.get("pinned", False)),
+                server_cores(first),
+                len(by_variant[v]),
+                fmt_spread(f["connect_s"], ".2f")
+                + (
+                    f" (clients missing in {f['connect_failed']}/{len(by_variant[v])} runs)"
+                    if f["connect_failed"]
+                    else ""
+                ),
+                fmt_spread(f["connect_p99"], ".0f"),
+                fmt_spread(f["rss_kb"], ".1f"),
+                fmt_spread(f["idle_cpu"], ".1f"),
+                fmt_spread(f["us"], ".1f")
+                + (f" (NOT kept up in {f['fixed_failed']}/{len(by_variant[v])} runs)" if f["fixed_failed"] else ""),
+                vs_sio("us"),
+                fmt_spread(f["fixed_p99"], ".0f"),
+                fmt_spread(f["sustained"], ".0f"),
+                vs_sio("sustained"),
+                fmt_spread(f["max"], ".0f"),
+                vs_sio("max"),
+                fmt_spread(f["core_at_max"], ".0f"),
+                clients,
+                fmt_spread(f["other"], ".0f"),
+            ]
+        )
+    return body
+
+
+def before_after_rows(sel: list[dict]) -> list[list]:
+    """`bros-uvicorn` now vs each `bros-uvicorn@REF` of the same interleaved run: now / before."""
+    now = [r for r in sel if r["variant"] == "bros-uvicorn"]
+    refs = sorted({r["variant"] for r in sel if split_variant(r["variant"])[1]})
+    if not now or not refs:
+        return []
+    cur = variant_figures(now)
+    body = []
+    for v in refs:
+        before = variant_figures([r for r in sel if r["variant"] == v])
+        body.append(
+            [
+                split_variant(v)[1],
+                *(fmt_ratio(cur[key], before[key]) for key in ("us", "sustained", "max", "connect_s", "rss_kb")),
+            ]
+        )
+    return body
+
+
+BEFORE_AFTER_HEADERS = [
+    "ref (before)",
+    "us/deliv now / before",
+    "sustained now / before",
+    "max now / before",
+    "connect storm now / before",
+    "RSS per conn now / before",
+]
+
+SUMMARY_HEADERS = [
+    "variant",
+    "server cores",
+    "runs",
+    "connect storm s",
+    "connect p99 ms",
+    "RSS kB / idle conn",
+    "idle srv CPU %",
+    "fixed-rate srv CPU us/deliv",
+    "us/deliv x sio",
+    "fixed-rate last-client p99 ms",
+    "sustained deliv/s",
+    "sustained x sio",
+    "max deliv/s",
+    "max x sio",
+    "srv core % at max",
+    "client core (all steps)",
+    "other load %",
+]
+
+
 def report(rows: list[dict]) -> str:
     parts = []
     tp = [r for r in rows if r["scenario"] == "throughput"]
     for n in sorted({r["n"] for r in tp}):
-        sel = [r for r in tp if r["n"] == n]
-        sio = next((r for r in sel if r["variant"] == "socketio"), None)
-        sio_us = median([us_per_delivery(x) for x in sio["steps"]]) if sio else None
+        sel = [r for r in tp if r["n"] == n and r.get("fixed") is not None]
+        if not sel:
+            continue
+        fixed = sel[0]["fixed"]
+        parts.append(
+            f"### summary, N = {n}: median [min-max] over runs\n\n"
+            f"Fixed rate: {fixed['rate']:g} events/s to {n} clients ({fixed['rate'] * n:g} deliveries/s). "
+            f"Pinning: {sel[0].get('pinning', 'not recorded')}. A ratio (variant / socket.io) is called only "
+            f"when the two spreads do not overlap.\n\n" + table(SUMMARY_HEADERS, summary_rows(sel))
+        )
+        before_after = before_after_rows(sel)
+        if before_after:
+            parts.append(
+                f"### before vs after, N = {n}: this tree's bros-uvicorn / the ref's (medians; called as above)\n\n"
+                + table(BEFORE_AFTER_HEADERS, before_after)
+            )
+    for n in sorted({r["n"] for r in tp}):
+        sel = [r for r in tp if r["n"] == n and r["steps"]]
+        if not sel:
+            continue
+        sio_of_run = {r.get("rep", 0): r for r in sel if r["variant"] == "socketio"}
         body = []
         for r in sel:
+            sio = sio_of_run.get(r.get("rep", 0))  # ratios within one run of the interleaved order
+            sio_us = median([us_per_delivery(x) for x in sio["steps"]]) if sio else None
             b = r["sustained_step"] or {}
             ratio = (r["sustained_per_s"] / sio["sustained_per_s"]) if sio and sio["sustained_per_s"] else None
             ratio_max = (r["max_per_s"] / sio["max_per_s"]) if sio and sio["max_per_s"] else None
@@ -1188,7 +1720,8 @@ def report(rows: list[dict]) -> str:
             other = median([(x.get("cpu_pct") or {}).get("other") for x in r["steps"]])
             body.append(
                 [
-                    LABELS[r["variant"]],
+                    variant_label(r["variant"], r.get("pinned", False)),
+                    r.get("rep", 0) + 1,
                     f"{r['connect']['connected']} in {r['connect']['wall_s']} s",
                     f"{r['sustained_per_s']:.0f}",
                     fmt(r["sustained_rate"], ".1f"),
@@ -1206,10 +1739,11 @@ def report(rows: list[dict]) -> str:
                 ]
             )
         parts.append(
-            f"### throughput, N = {n}, one stream\n\n"
+            f"### throughput ramp, N = {n}, one stream, each run\n\n"
             + table(
                 [
                     "variant",
+                    "run",
                     "connected",
                     "sustained deliv/s",
                     "at events/s",
@@ -1234,7 +1768,8 @@ def report(rows: list[dict]) -> str:
             continue
         body = [
             [
-                LABELS[r["variant"]],
+                variant_label(r["variant"], r.get("pinned", False)),
+                r.get("rep", 0) + 1,
                 r.get("mode") or "-",
                 r["clients"],
                 r["published"],
@@ -1250,6 +1785,7 @@ def report(rows: list[dict]) -> str:
                 r["last_client_max_ms"],
                 r["cpu_pct"]["server"],
                 r["cpu_pct"].get("other"),
+                r["cpu_pct"].get("client_core"),
                 "yes" if r["lost"] == 0 and r["extra"] == 0 else "NO",
             ]
             for r in sel
@@ -1259,6 +1795,7 @@ def report(rows: list[dict]) -> str:
             + table(
                 [
                     "variant",
+                    "run",
                     "publish",
                     "clients",
                     "events",
@@ -1274,6 +1811,7 @@ def report(rows: list[dict]) -> str:
                     "max ms",
                     "srv CPU %",
                     "other load %",
+                    "client core %",
                     "zero loss",
                 ],
                 body,
@@ -1287,7 +1825,8 @@ def report(rows: list[dict]) -> str:
             sc = r["slow_client"][0] if r["slow_client"] else {}
             body.append(
                 [
-                    LABELS[r["variant"]],
+                    variant_label(r["variant"], r.get("pinned", False)),
+                    r.get("rep", 0) + 1,
                     b["lost"],
                     b["last_client_p99_ms"],
                     w["lost"],
@@ -1305,6 +1844,7 @@ def report(rows: list[dict]) -> str:
             + table(
                 [
                     "variant",
+                    "run",
                     "baseline lost",
                     "baseline p99 ms",
                     "others lost",
@@ -1397,58 +1937,140 @@ def parse_args(argv=None):
     p.add_argument("--profile-rate", type=float, default=8, help="profile: events/s")
     p.add_argument("--profile-seconds", type=float, default=15, help="profile: seconds of steady stream")
     p.add_argument("--port-base", type=int, default=9300)
-    p.add_argument("--quick", action="store_true", help="small sizes to check the harness")
+    p.add_argument("--db", default="bros_bench", help="PostgreSQL database of the run (created when missing)")
+    p.add_argument("--redis-url", default=BASE_ENV["REDIS_URL"], help="Redis of the run (keys under brosbench*)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="runs of every variant, interleaved (A B C A B C ...): 3 (--quick: 1); tables: median [min-max]",
+    )
+    p.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="servers under test alone on the last core, everything else on the others (needs >= 2 cores and taskset)",
+    )
+    p.add_argument(
+        "--pin-services",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --pin: redis-server :6379 and PostgreSQL on the non-server cores for the run (restored at exit)",
+    )
+    p.add_argument(
+        "--ref",
+        action="append",
+        default=[],
+        metavar="GIT_REF",
+        help="also run bros-uvicorn from the tree at GIT_REF as variant bros-uvicorn@GIT_REF (repeatable, comma list)",
+    )
+    p.add_argument(
+        "--fixed-deliveries",
+        type=float,
+        default=2000,
+        help="the fixed-rate step: deliveries/s (events/s = this / N); low enough for every variant on one core",
+    )
+    p.add_argument("--fixed-seconds", type=float, default=10, help="length of the fixed-rate step")
+    p.add_argument("--idle-seconds", type=float, default=3, help="idle wait after the connect storm (idle CPU, RSS)")
+    p.add_argument("--quick", action="store_true", help="N=1000, one run, short steps: checks the harness")
     p.add_argument("--skip-setup", action="store_true")
     p.add_argument("--out", default=None)
     p.add_argument("--report", metavar="JSONL", help="only print the tables of an earlier results file")
     args = p.parse_args(argv)
     args.scenarios = [s for s in args.scenarios.split(",") if s]
+    for scen in args.scenarios:
+        if scen not in ("throughput", "fixed", "burst", "rooms", "slow", "profile"):
+            p.error(f"unknown scenario {scen}")
     args.variants = [v for v in args.variants.split(",") if v]
     for v in args.variants:
         if v not in VARIANTS + OPTIONAL_VARIANTS:
             p.error(f"unknown variant {v}")
+    args.refs = [r for item in args.ref for r in item.split(",") if r]
+    for ref in args.refs:
+        if "@" in ref or "," in ref:
+            p.error(f"--ref {ref}: a git ref without '@'")
+    args.variants = with_refs(args.variants, args.refs, always=True)
     args.sizes = [int(x) for x in args.sizes.split(",") if x]
     for name in ("burst_variants", "rooms_variants", "slow_variants"):
-        chosen = [v for v in getattr(args, name).split(",") if v]
+        chosen = with_refs([v for v in getattr(args, name).split(",") if v], args.refs)
         setattr(args, name, [v for v in args.variants if v in chosen or getattr(args, name) == "all"])
     args.start_rate = {int(k): float(v) for k, v in (x.split(":") for x in args.start_rate.split(",") if x)}
     args.burst_modes = [m for m in args.burst_modes.split(",") if m]
     args.bros_env = dict(item.split("=", 1) for item in args.bros_env)
     if args.quick:
-        args.sizes = [100, 300] if args.sizes == [1000, 5000] else args.sizes
-        args.start_rate = {100: 20, 300: 10}
+        args.sizes = [1000] if args.sizes == [1000, 5000] else args.sizes
+        args.repeat = 1 if args.repeat is None else args.repeat
         args.burst_clients, args.rooms, args.room_size, args.rooms_rate, args.rooms_seconds = 100, 20, 5, 100, 5
         args.slow_clients, args.slow_seconds, args.slow_baseline_seconds = 100, 8, 3
-        args.max_steps, args.step_seconds = 3, 3
+        args.max_steps, args.step_seconds, args.fixed_seconds, args.idle_seconds = 3, 2, 4, 1
+        args.min_events = 4
+    args.repeat = 3 if args.repeat is None else args.repeat
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
+    if not re.fullmatch(r"[A-Za-z0-9_]+", args.db):
+        p.error("--db: letters, digits and _ only")
+    BASE_ENV["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{args.db}"
+    BASE_ENV["REDIS_URL"] = args.redis_url
     return args
 
 
-async def main_async(args) -> int:
+def with_refs(variants: list[str], refs: list[str], always: bool = False) -> list[str]:
+    """The list with `bros-uvicorn@REF` right after `bros-uvicorn` (or at the end when `always`)."""
+    extra = [f"bros-uvicorn@{ref}" for ref in refs]
+    if "bros-uvicorn" in variants:
+        i = variants.index("bros-uvicorn") + 1
+        return variants[:i] + [v for v in extra if v not in variants] + variants[i:]
+    return variants + [v for v in extra if v not in variants] if always else variants
+
+
+async def main_async(args, refs: dict) -> int:
     runner = Runner(args)
     facts = machine_facts()
-    runner.record({"scenario": "meta", "argv": sys.argv[1:], "facts": facts, "bros_env": args.bros_env})
+    runner.record(
+        {
+            "scenario": "meta",
+            "argv": sys.argv[1:],
+            "facts": facts,
+            "bros_env": args.bros_env,
+            "pinning": PIN.describe(),
+            "refs": {ref: commit for ref, (commit, _) in refs.items()},
+            "fixed_deliveries": args.fixed_deliveries,
+            "repeat": args.repeat,
+        }
+    )
     log(f"machine: {facts}")
     log(f"results: {runner.out_path}; server logs: {runner.logdir}")
     started = time.monotonic()
+    runner.refs = refs
+    log(f"pinning: {PIN.describe()}")
+    for n in args.sizes:
+        log(f"fixed rate at N={n}: {args.fixed_deliveries / n:g} events/s = {args.fixed_deliveries:g} deliveries/s")
     try:
-        if "throughput" in args.scenarios:
+        # Interleaved: every variant once, then every variant again (A B C A B C ...), so slow drifts
+        # of the shared machine spread over all variants instead of favouring one.
+        if "throughput" in args.scenarios or "fixed" in args.scenarios:
+            ramp = "throughput" in args.scenarios
             for n in args.sizes:
-                for v in args.variants:
-                    log(f"throughput N={n}: {v}")
-                    await run_guarded(runner, "throughput", v, runner.throughput(v, n))
-        if "burst" in args.scenarios:
-            for v in args.burst_variants:
-                if v not in runner.burst_done:
-                    log(f"burst: {v}")
-                    await run_guarded(runner, "burst", v, runner.burst(v))
-        if "rooms" in args.scenarios:
-            for v in args.rooms_variants:
-                log(f"rooms: {v}")
-                await run_guarded(runner, "rooms", v, runner.rooms(v))
-        if "slow" in args.scenarios:
-            for v in args.slow_variants:
-                log(f"slow: {v}")
-                await run_guarded(runner, "slow", v, runner.slow(v))
+                for rep in range(args.repeat):
+                    for v in args.variants:
+                        log(f"{'throughput' if ramp else 'fixed'} N={n} run {rep + 1}/{args.repeat}: {v}")
+                        await run_guarded(runner, "throughput", v, runner.throughput(v, n, rep, ramp))
+        for rep in range(args.repeat):
+            if "burst" in args.scenarios:
+                for v in args.burst_variants:
+                    if (v, rep) not in runner.burst_done:
+                        log(f"burst run {rep + 1}/{args.repeat}: {v}")
+                        await run_guarded(runner, "burst", v, runner.burst(v, rep))
+        for rep in range(args.repeat):
+            if "rooms" in args.scenarios:
+                for v in args.rooms_variants:
+                    log(f"rooms run {rep + 1}/{args.repeat}: {v}")
+                    await run_guarded(runner, "rooms", v, runner.rooms(v, rep))
+        for rep in range(args.repeat):
+            if "slow" in args.scenarios:
+                for v in args.slow_variants:
+                    log(f"slow run {rep + 1}/{args.repeat}: {v}")
+                    await run_guarded(runner, "slow", v, runner.slow(v, rep))
         if "profile" in args.scenarios:
             for v in args.variants:
                 if v.startswith("bros-"):
@@ -1487,12 +2109,34 @@ def main(argv=None) -> int:
         return 2
     if not args.skip_setup:
         prepare(args)
+    refs: dict[str, tuple[str, Path]] = {}
+    services = ServicePins()
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt  # unwind: kill the children, restore affinities, remove ref trees
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
-        return asyncio.run(main_async(args))
+        for ref in args.refs:
+            commit, root = export_ref(ref)
+            refs[ref] = (commit, root)
+            log(f"--ref {ref} = {commit[:12]}, exported to {root}; collectstatic there")
+            run_checked([PYTHON, "manage.py", "collectstatic", "--noinput"], cwd=root)
+        plan = plan_pinning(args.pin)
+        PIN.server, PIN.rest = plan.server, plan.rest
+        if PIN.on:
+            os.sched_setaffinity(0, PIN.rest)  # the harness; its clients and publishers inherit it
+            PIN.services = services.pin(PIN.rest) if args.pin_services else "not pinned (--no-pin-services)"
+        elif args.pin:
+            log(f"not pinning: {len(os.sched_getaffinity(0))} core(s) available or no taskset")
+        return asyncio.run(main_async(args, refs))
     except KeyboardInterrupt:
         return 130
     finally:
         Proc.kill_all_sync()
+        services.restore()
+        for _, root in refs.values():
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

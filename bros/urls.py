@@ -5,6 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from bros.api import api
+from core.health import healthz
 from core.metrics import metrics_view
 from deliveries import views as delivery_views
 from realtime import testpage as realtime_testpage
@@ -24,6 +25,7 @@ urlpatterns = [
     path("api/v1/", api.urls),
     path("admin/", admin.site.urls),
     path("metrics", metrics_view, name="metrics"),
+    path("healthz", healthz, name="healthz"),
     path("ops/", realtime_views.ops_page, name="ops"),
     path("ops/panel/", realtime_views.ops_panel, name="ops-panel"),
     path("dev/realtime-test/", realtime_testpage.view, name="realtime-test-page"),

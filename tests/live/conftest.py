@@ -290,9 +290,19 @@ def server_tcp_state(server: LiveServer, client_port: int) -> str | None:
 # -- HTTP -------------------------------------------------------------------------------------------
 
 
-def http_json(server: LiveServer, method: str, path: str, *, body=None, cookie: str | None = None, csrf=True):
-    """Call the server's HTTP API with a session (and a CSRF token on writes); return (status, json)."""
-    headers = {"Accept": "application/json", "Origin": server.origin, "Referer": server.base_url + "/"}
+def http_json(
+    server: LiveServer, method: str, path: str, *, body=None, cookie: str | None = None, csrf=True, headers=None
+):
+    """Call the server's HTTP API with a session (and a CSRF token on writes); return (status, json).
+
+    `headers` are added to the request (e.g. an `Idempotency-Key`).
+    """
+    headers = {
+        "Accept": "application/json",
+        "Origin": server.origin,
+        "Referer": server.base_url + "/",
+        **(headers or {}),
+    }
     cookies = []
     if cookie:
         cookies.append(f"{django_settings.SESSION_COOKIE_NAME}={cookie}")
