@@ -55,6 +55,7 @@ def source_for(actor) -> str:
 
 
 def _record(delivery, *, actor, via, source, action, from_status="", to_status="", detail=None) -> None:
+    """Write a timeline entry for a change already made to `delivery` (its version already bumped)."""
     TimelineEntry.objects.create(
         delivery=delivery,
         actor=user_of(actor),
@@ -64,6 +65,7 @@ def _record(delivery, *, actor, via, source, action, from_status="", to_status="
         from_status=from_status,
         to_status=to_status,
         detail=detail or {},
+        version=delivery.version,
     )
 
 
