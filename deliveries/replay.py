@@ -21,7 +21,16 @@ from django.utils import timezone
 from core.models import Center
 from deliveries.board import WINDOW_MAX
 from deliveries.models import Delivery, Source, TimelineEntry
-from deliveries.selectors import BOARD_RANGES, BoardFilter, BoardSource, board_counts, board_window
+from deliveries.selectors import (
+    BOARD_RANGES,
+    URGENCY_LATE,
+    URGENCY_NOT_PICKED_UP,
+    URGENCY_UNASSIGNED,
+    BoardFilter,
+    BoardSource,
+    board_counts,
+    board_window,
+)
 from riders.models import PositionSample
 from riders.suggestions import gps_stale_seconds
 
@@ -30,6 +39,12 @@ EVENTS_BEFORE = timedelta(minutes=30)  # the event list: what happened in the ha
 EVENTS_SHOWN = 50
 POSITION_WINDOW = timedelta(minutes=5)  # a rider without a sample in the 5 minutes up to T is not on the map
 ASSIGNMENT_ACTIONS = ("assigned", "reassigned", "unassigned")  # the entries that set or clear the rider
+# The board shows urgency by colour only; a table row written out for screen readers and print says it.
+URGENCY_LABELS = {
+    URGENCY_LATE: "Late",
+    URGENCY_NOT_PICKED_UP: "Not picked up by ready time",
+    URGENCY_UNASSIGNED: "Unassigned too long",
+}
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,10 @@ class ReplayRow:
     @property
     def status_label(self) -> str:
         return Delivery.Status(self.status).label
+
+    @property
+    def urgency_label(self) -> str:
+        return URGENCY_LABELS.get(self.urgency, "")
 
 
 @dataclass(frozen=True)

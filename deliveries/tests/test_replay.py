@@ -8,6 +8,7 @@ from datetime import date, datetime, time, timedelta
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 from django.utils import timezone
 
 from core.exceptions import CommandRefused
@@ -309,3 +310,202 @@ def test_replay_at_each_moment_equals_the_live_board_captured_then(demo, clock):
     assert {row[4] for rows, _ in captured.values() for row in rows} >= {0, 3}
     for (moment, board), live in captured.items():
         assert replayed_board(center, moment, board) == live, (moment, board)
+
+
+# ---- the page and its fragments ---------------------------------------------------------------
+
+
+def iso(at: datetime) -> str:
+    return at.isoformat()
+
+
+@pytest.fixture
+def reassigned_and_delivered(demo, clock):
+    """Gangnam: one order reassigned then delivered (10:00–10:30), one ordered at 11:00; now is 12:00."""
+    r1, r2 = on_duty(demo, 1, 2)
+    d = order(demo, clock, "10:00")
+    step(clock, "10:05", services.assign_delivery, delivery_id=d.pk, rider_id=r1.pk)
+    step(clock, "10:10", services.assign_delivery, delivery_id=d.pk, rider_id=r2.pk)
+    step(clock, "10:20", services.pick_up_delivery, delivery_id=d.pk)
+    step(clock, "10:30", services.deliver_delivery, delivery_id=d.pk)
+    later = order(demo, clock, "11:00")
+    clock.at("12:00")
+    return d, later, r1, r2
+
+
+def test_replay_page_shows_the_board_rows_counts_and_events_at_the_chosen_moment(
+    client, demo, clock, reassigned_and_delivered
+):
+    """The GET form's day and time pick the moment: the row as it was, the counts, what happened before it."""
+    d, later, r1, _ = reassigned_and_delivered
+    client.force_login(demo.user("dispatch-gangnam"))
+    response = client.get(reverse("dispatch-replay", args=["gangnam"]), {"date": DAY.isoformat(), "time": "10:07"})
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert f'id="replay-delivery-{d.pk}"' in html and 'data-status="assigned"' in html
+    assert f'data-rider="{r1.pk}"' in html
+    assert f'id="replay-delivery-{later.pk}"' not in html
+    assert 'data-count="assigned">Assigned <span class="n">1</span>' in html
+    assert 'data-action="assigned"' in html and 'data-action="reassigned"' not in html
+    assert response.context["offset_seconds"] == (local("10:07") - response.context["span_start"]).total_seconds()
+
+
+def test_replay_page_defaults_to_an_hour_ago(client, demo, clock, reassigned_and_delivered):
+    """With no moment asked for, the page shows the board an hour before now (11:00 at noon)."""
+    d, later, _, _ = reassigned_and_delivered
+    client.force_login(demo.user("hq"))
+    response = client.get(reverse("dispatch-replay", args=["gangnam"]))
+    assert response.status_code == 200
+    assert response.context["at"] == local("11:00")
+    assert [row.id for row in response.context["state"].rows] == [later.pk, d.pk]
+
+
+def test_replay_fragment_answers_the_moment_t_for_htmx(client, demo, clock, reassigned_and_delivered):
+    """`at/?t=` renders only the moment: the delivery picked up at 10:25, with the events up to then."""
+    d, *_ = reassigned_and_delivered
+    client.force_login(demo.user("dispatch-gangnam"))
+    response = client.get(reverse("replay-at", args=["gangnam"]), {"t": iso(local("10:25"))}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert html.lstrip().startswith('<div id="replay-at"')
+    assert 'data-status="picked_up"' in html and 'data-action="picked_up"' in html
+    assert "<html" not in html
+
+
+def test_replay_delivery_timeline_stops_at_the_moment(client, demo, clock, reassigned_and_delivered):
+    """A delivery's timeline at 10:12 lists its creation and both assignments, not the pick-up or delivery."""
+    d, *_ = reassigned_and_delivered
+    client.force_login(demo.user("dispatch-gangnam"))
+    response = client.get(reverse("replay-delivery", args=["gangnam", d.pk]), {"t": iso(local("10:12"))})
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "<strong>reassigned</strong>" in html and "<strong>picked_up</strong>" not in html
+    assert "Assigned</span>" in html
+
+
+def test_replay_page_shows_a_delivery_timeline_without_javascript(client, demo, clock, reassigned_and_delivered):
+    """A row's link (`?t=…&delivery=…`) reloads the page with that delivery's timeline up to the moment."""
+    d, *_ = reassigned_and_delivered
+    client.force_login(demo.user("dispatch-gangnam"))
+    response = client.get(reverse("dispatch-replay", args=["gangnam"]), {"t": iso(local("10:06")), "delivery": d.pk})
+    html = response.content.decode()
+    assert response.context["selected"].delivery.pk == d.pk
+    assert "<strong>assigned</strong>" in html and "<strong>reassigned</strong>" not in html
+
+
+def test_replay_delivery_of_another_center_or_not_yet_created_is_not_found(
+    client, demo, clock, reassigned_and_delivered
+):
+    """Another center's delivery, or one created after the moment, is a 404, not its timeline."""
+    d, later, *_ = reassigned_and_delivered
+    client.force_login(demo.user("dispatch-mapo"))
+    assert client.get(reverse("replay-delivery", args=["mapo", d.pk]), {"t": iso(local("10:12"))}).status_code == 404
+    client.force_login(demo.user("dispatch-gangnam"))
+    url = reverse("replay-delivery", args=["gangnam", later.pk])
+    assert client.get(url, {"t": iso(local("10:12"))}).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ({"t": "yesterday"}, "Enter the moment as a date and time"),
+        ({"t": "2026-13-45T99:00"}, "Enter the moment as a date and time"),
+        ({"t": "1999-12-31T10:00"}, "Choose a moment from 2000-01-01 on."),
+        ({"t": "\x00"}, "Enter the moment as a date and time"),
+        ({}, "Enter the moment as a date and time"),
+    ],
+)
+def test_replay_fragment_refuses_a_bad_moment_with_a_message(client, demo, clock, query, message):
+    """A `t` that is not a moment BROS could have recorded is a 400 saying what to type, never a 500."""
+    client.force_login(demo.user("dispatch-gangnam"))
+    response = client.get(reverse("replay-at", args=["gangnam"]), query)
+    assert response.status_code == 400
+    assert message in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ({"date": "15/01/2026", "time": "10:00"}, "Enter a day as YYYY-MM-DD."),
+        ({"date": "2026-01-15", "time": "25:00"}, "Enter a time as HH:MM or HH:MM:SS."),
+        ({"date": "2026-01-15", "time": "10:00+09:00"}, "Enter a time as HH:MM or HH:MM:SS."),
+        ({"date": "0001-01-01", "time": "00:00"}, "Choose a moment from 2000-01-01 on."),
+    ],
+)
+def test_replay_page_refuses_a_bad_day_or_time_beside_the_form(client, demo, clock, query, message):
+    """The page keeps what was typed, marks the fields and says why (400)."""
+    client.force_login(demo.user("dispatch-gangnam"))
+    response = client.get(reverse("dispatch-replay", args=["gangnam"]), query)
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert message in html and 'aria-invalid="true"' in html
+    assert f'value="{query["date"]}"' in html
+
+
+def test_replay_of_a_moment_still_to_come_shows_now_and_says_so(client, demo, clock, reassigned_and_delivered):
+    """A moment in the future is clamped to now, with a notice."""
+    client.force_login(demo.user("dispatch-gangnam"))
+    response = client.get(reverse("replay-at", args=["gangnam"]), {"t": "2099-01-01T00:00"})
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert f'data-at="{local("12:00").isoformat()}"' in html
+    assert "That moment has not happened yet: showing now (12:00:00)." in html
+
+
+REPLAY_PATHS = [
+    "/dispatch/{c}/replay/",
+    "/dispatch/{c}/replay/at/?t=2026-01-15T10:00",
+    "/dispatch/{c}/replay/deliveries/1/?t=2026-01-15T10:00",
+]
+
+
+@pytest.mark.parametrize("path", REPLAY_PATHS)
+@pytest.mark.parametrize(
+    ("username", "center"),
+    [
+        ("dispatch-gangnam", "mapo"),
+        ("dispatch-gangnam", "nowhere"),
+        ("callcenter", "gangnam"),
+        ("rider-gangnam-01", "gangnam"),
+    ],
+)
+def test_replay_refuses_whoever_may_not_dispatch_the_center(client, demo, username, center, path):
+    """As on the board: another center's dispatcher, call-center staff, riders and unknown centers get the 403."""
+    client.force_login(demo.user(username))
+    response = client.get(path.format(c=center))
+    assert response.status_code == 403
+    assert "You do not dispatch this center." in response.content.decode()
+
+
+@pytest.mark.parametrize("path", REPLAY_PATHS)
+def test_replay_sends_anonymous_users_to_login(client, db, path):
+    """Every replay URL asks an anonymous visitor to log in."""
+    response = client.get(path.format(c="gangnam"))
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("login"))
+
+
+def test_board_links_to_its_replay(client, demo):
+    """The board's header has a Replay link to the same center's replay."""
+    client.force_login(demo.user("dispatch-gangnam"))
+    html = client.get(reverse("dispatch-board", args=["gangnam"])).content.decode()
+    assert f'href="{reverse("dispatch-replay", args=["gangnam"])}"' in html
+
+
+def test_replay_fragment_query_count_does_not_grow_with_the_deliveries(client, demo, clock):
+    """The moment fragment takes as many queries for 30 deliveries as for 1."""
+    (r1,) = on_duty(demo, 1)
+    client.force_login(demo.user("dispatch-gangnam"))
+    url = reverse("replay-at", args=["gangnam"])
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(url, {"t": iso(clock.now)}).status_code == 200
+        return len(captured)
+
+    d = order(demo, clock, "10:00")
+    step(clock, "10:00", services.assign_delivery, delivery_id=d.pk, rider_id=r1.pk)
+    few = queries()
+    for n in range(1, 30):
+        order(demo, clock, f"10:{n:02d}")
+    assert queries() == few
