@@ -135,11 +135,12 @@ def replay_page(request, center: str):
         "raw_date": local.date().isoformat(),
         "raw_time": f"{local:%H:%M:%S}",
         "span_start": start,
+        "span_end": end,
         "span_seconds": int((end - start).total_seconds()),
         "offset_seconds": int((at - start).total_seconds()),
         "selected": _selected(request, center_obj, at),
     }
-    context["config"] |= {"span_start": start.isoformat(), "at": at.isoformat()}
+    context["config"] |= {"span_start": start.isoformat(), "at": at.isoformat(), "time_zone": settings.TIME_ZONE}
     return render(request, "deliveries/replay.html", context)
 
 

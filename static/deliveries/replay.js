@@ -17,7 +17,22 @@ let inFlight = false;
 let wanted = null; // the latest moment asked for while a request was running: fetched next
 let playing = null;
 
-const pad = (n) => String(n).padStart(2, "0");
+// Moments are written in the deployment's time zone (as the server writes them), whatever the browser's.
+const zoned = new Intl.DateTimeFormat("en-CA", {
+  timeZone: config.time_zone,
+  year: "numeric",
+  month: "2-digit",
+  day: "2-digit",
+  hour: "2-digit",
+  minute: "2-digit",
+  second: "2-digit",
+  hourCycle: "h23",
+});
+
+function localParts(date) {
+  const p = Object.fromEntries(zoned.formatToParts(date).map((part) => [part.type, part.value]));
+  return { day: `${p.year}-${p.month}-${p.day}`, time: `${p.hour}:${p.minute}:${p.second}` };
+}
 
 function momentAt(offsetSeconds) {
   return new Date(spanStart + offsetSeconds * 1000);
@@ -82,8 +97,7 @@ document.body.addEventListener("htmx:afterSwap", (event) => {
   if (event.detail.target.id === "replay-at" || event.detail.elt?.id === "replay-at") {
     showError("");
     const moment = document.getElementById("replay-at");
-    const at = new Date(moment.dataset.at);
-    scrubber.setAttribute("aria-valuetext", `${pad(at.getHours())}:${pad(at.getMinutes())}:${pad(at.getSeconds())}`);
+    scrubber.setAttribute("aria-valuetext", localParts(new Date(moment.dataset.at)).time);
     drawRiders();
   }
 });
@@ -98,11 +112,11 @@ document.addEventListener("click", (event) => {
   openTimeline(selected, t).then(() => timeline.focus());
 });
 
-// The day and time fields follow the scrubber (local time of this browser; the form submits them as typed).
+// The day and time fields follow the scrubber, so "Show" (or a reload) keeps the moment.
 function showMoment(offsetSeconds) {
-  const at = momentAt(offsetSeconds);
-  dateInput.value = `${at.getFullYear()}-${pad(at.getMonth() + 1)}-${pad(at.getDate())}`;
-  timeInput.value = `${pad(at.getHours())}:${pad(at.getMinutes())}:${pad(at.getSeconds())}`;
+  const { day, time } = localParts(momentAt(offsetSeconds));
+  dateInput.value = day;
+  timeInput.value = time;
 }
 
 scrubber.addEventListener("input", () => {
