@@ -17,8 +17,10 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 
+from core import strict_input
 from core.models import Center
 from deliveries import replay
+from deliveries.selectors import MAX_ID
 from deliveries.views import board_center
 
 FIRST_DAY = date(2000, 1, 1)  # before BROS existed; bounds the moments so no arithmetic overflows
@@ -145,11 +147,15 @@ def replay_page(request, center: str):
 
 
 def _selected(request, center: Center, at: datetime) -> replay.DeliveryAt | None:
-    """The delivery whose timeline the page shows (`delivery`, from a row's link without JavaScript)."""
-    text = request.GET.get("delivery", "")
-    if not text.isascii() or not text.isdigit() or len(text) > 18:
+    """The delivery whose timeline the page shows (`delivery`, from a row's link without JavaScript).
+
+    Anything but an id of this center's delivery that existed at `at` shows no timeline.
+    """
+    try:
+        delivery_id = strict_input.whole_number(request.GET.get("delivery", ""), maximum=MAX_ID)
+    except strict_input.StrictInputError:
         return None
-    return replay.delivery_at(center, int(text), at)
+    return replay.delivery_at(center, delivery_id, at)
 
 
 @login_required

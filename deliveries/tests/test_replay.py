@@ -288,22 +288,21 @@ def run_shift(demo, clock, *, seed: int, steps: int, capture_every: int, boards:
     return captured
 
 
-SHIFT_BOARDS = [
-    BoardFilter(),
-    BoardFilter(sort="newest", range="12h"),
-    BoardFilter(statuses=("waiting", "assigned")),
-    BoardFilter(unassigned=True),
-    BoardFilter(late_only=True, range="24h"),
-]
-
-
 def test_replay_at_each_moment_equals_the_live_board_captured_then(demo, clock):
     """During a simulated shift the live board is captured at many moments; the replay of each is identical."""
-    captured = run_shift(demo, clock, seed=14, steps=240, capture_every=12, boards=SHIFT_BOARDS)
+    boards = [
+        BoardFilter(),
+        BoardFilter(sort="newest", range="12h"),
+        BoardFilter(statuses=("waiting", "assigned")),
+        BoardFilter(unassigned=True),
+        BoardFilter(rider=demo.rider("gangnam", 2).pk),
+        BoardFilter(late_only=True, range="24h"),
+    ]
+    captured = run_shift(demo, clock, seed=14, steps=240, capture_every=12, boards=boards)
     clock.at("23:59")  # replayed afterwards, when every delivery has moved on
     center = demo.center()
 
-    assert len(captured) == 20 * len(SHIFT_BOARDS)
+    assert len(captured) == 20 * len(boards)
     assert any(rows for rows, _ in captured.values())
     statuses_seen = {row[1] for rows, _ in captured.values() for row in rows}
     assert statuses_seen == set(Delivery.Status.values), "the shift should pass through every status"
@@ -391,6 +390,16 @@ def test_replay_page_shows_a_delivery_timeline_without_javascript(client, demo, 
     html = response.content.decode()
     assert response.context["selected"].delivery.pk == d.pk
     assert "<strong>assigned</strong>" in html and "<strong>reassigned</strong>" not in html
+
+
+@pytest.mark.parametrize("delivery", ["abc", "²", "-1", "99999999999999999999999", ""])
+def test_replay_page_ignores_a_delivery_that_is_not_an_id(client, demo, clock, reassigned_and_delivered, delivery):
+    """A `delivery` that is not a delivery id shows the page without a timeline, not an error."""
+    client.force_login(demo.user("dispatch-gangnam"))
+    query = {"t": iso(local("10:06")), "delivery": delivery}
+    response = client.get(reverse("dispatch-replay", args=["gangnam"]), query)
+    assert response.status_code == 200
+    assert response.context["selected"] is None
 
 
 def test_replay_delivery_of_another_center_or_not_yet_created_is_not_found(

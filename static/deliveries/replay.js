@@ -143,9 +143,12 @@ playButton.addEventListener("click", () => {
   let position = Number(scrubber.value);
   playing = setInterval(() => {
     position = Math.min(position + (speed() * TICK_MS) / 1000, Number(scrubber.max));
-    scrubber.value = Math.floor(position);
-    showMoment(Number(scrubber.value));
-    load(Number(scrubber.value));
+    if (Math.floor(position) !== Number(scrubber.value)) {
+      // At 1× a second takes four ticks: ask for each second once.
+      scrubber.value = Math.floor(position);
+      showMoment(Number(scrubber.value));
+      load(Number(scrubber.value));
+    }
     if (position >= Number(scrubber.max)) stop();
   }, TICK_MS);
 });

@@ -13,6 +13,7 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from deliveries import services
+from riders.models import PositionSample
 from riders.services import set_rider_duty
 
 from . import test_board as board
@@ -40,6 +41,10 @@ def past_shift(demo_tx, monkeypatch):
 
     rider = demo_tx.rider("gangnam", 1)
     set_rider_duty(actor=None, rider_id=rider.pk, on_duty=True)
+    for minute in range(1, 21, 2):  # sampled positions, as `riders.positions` stores them
+        PositionSample.objects.create(
+            rider=rider, lat=37.50 + minute / 1000, lng=127.03, recorded_at=base + timedelta(minutes=minute)
+        )
     a = take_order(demo_tx)
     at(5)
     services.assign_delivery(actor=None, delivery_id=a.pk, rider_id=rider.pk)
@@ -98,14 +103,16 @@ def test_replay_scrubs_plays_and_opens_a_timeline_up_to_the_moment(far_browser, 
     expect(row_a).to_have_attribute("data-status", "delivered")
     expect(row_b).to_have_attribute("data-status", "waiting")
     expect(page.locator("#replay-events li[data-action=delivered]")).to_have_count(1)
+    expect(page.locator(f".riders li[data-rider='{rider.pk}']")).to_contain_text(rider.name)
     end = timezone.localtime(base + timedelta(minutes=20))  # the deployment's time zone, not the browser's
     expect(page.locator("#replay-date")).to_have_value(end.date().isoformat())
     expect(page.locator("#replay-time")).to_have_value(end.strftime("%H:%M:%S"))
     shot(page, "replay-end")
 
-    page.keyboard.press("Home")  # the shift's first record: A just ordered
+    page.keyboard.press("Home")  # the shift's first record: A just ordered, no position yet
     expect(row_a).to_have_attribute("data-status", "waiting")
     expect(row_b).to_have_count(0)
+    expect(page.get_by_text("No rider sent a position in the 5 minutes before this moment.")).to_be_visible()
 
     page.get_by_label("60×").check()
     page.get_by_role("button", name="Play").click()
