@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import random
 from datetime import date, datetime, time, timedelta
+from datetime import timezone as dt_timezone
 
 import pytest
 from django.db import connection
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from core.exceptions import CommandRefused
 from deliveries import replay, services
@@ -518,3 +523,23 @@ def test_replay_fragment_query_count_does_not_grow_with_the_deliveries(client, d
     for n in range(1, 30):
         order(demo, clock, f"10:{n:02d}")
     assert queries() == few
+
+
+@given(
+    t=st.one_of(
+        st.text(max_size=40),
+        st.datetimes(
+            min_value=datetime(1, 1, 2),
+            max_value=datetime(9999, 12, 30),
+            timezones=st.sampled_from([None, dt_timezone(timedelta(hours=14)), dt_timezone(timedelta(hours=-12))]),
+        ).map(datetime.isoformat),
+    ),
+    path=st.sampled_from(["/dispatch/gangnam/replay/", "/dispatch/gangnam/replay/at/"]),
+)
+@hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_replay_any_moment_text_is_a_board_or_a_400_never_a_500(demo, t, path):
+    """Whatever `t` holds (far-off years, offsets, junk), the page and the fragment answer 200 or 400."""
+    client = Client(raise_request_exception=False)
+    client.force_login(demo.user("dispatch-gangnam"))
+    response = client.get(path, {"t": t})
+    assert response.status_code in (200, 400), (t, response.status_code)
