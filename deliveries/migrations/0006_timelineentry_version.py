@@ -1,9 +1,9 @@
 """Timeline entries record the delivery's version after each change, for the shift replay.
 
 Older entries get the version they must have produced: a delivery starts at version 1 with its
-"created" entry and every later entry is one command that bumped it by one. Shop edits also bump
-today's deliveries without an entry, so for those few the backfilled number can be low; new
-entries record the real one.
+"created" entry and every later entry is one command that bumped it by one. Shop edits used to
+bump today's deliveries without an entry, so for those few the backfilled number can be low; new
+entries record the real one (and shop edits now write a `shop_changed` entry).
 """
 
 from django.db import migrations, models

@@ -105,6 +105,32 @@ def test_board_at_follows_a_delivery_through_assign_reassign_and_cancel(demo, cl
         assert (row.status, row.rider_id, row.rider_name, row.version) == (status, rider_id, rider_name, version), at
 
 
+def test_board_at_version_follows_a_shop_change_as_the_live_board_does(demo, clock):
+    """Renaming the shop bumps the delivery's version with a timeline entry: the replay after it has that version."""
+    d = order(demo, clock, "10:00")
+    shop = demo.shop()
+    clock.at("10:10")
+    services.save_shop(
+        actor=demo.user("hq"),
+        shop_id=shop.pk,
+        center_id=shop.center_id,
+        name=shop.name + " (new)",
+        address=shop.address,
+        lat=shop.lat,
+        lng=shop.lng,
+        phone=shop.phone,
+        prep_minutes=shop.prep_minutes,
+    )
+    d.refresh_from_db()
+    center = demo.center()
+
+    assert d.version == 2
+    assert row_of(replay.board_at(center, local("10:05")), d.pk).version == 1
+    assert row_of(replay.board_at(center, local("10:15")), d.pk).version == 2
+    (changed, created) = replay.board_at(center, local("10:15")).events
+    assert (changed.action, changed.actor_label, created.action) == ("shop_changed", "HQ Ops", "created")
+
+
 def test_board_at_shows_an_unassigned_delivery_without_its_former_rider(demo, clock):
     """Unassigning clears the rider at that moment; before it the rider is shown."""
     (r1,) = on_duty(demo, 1)
