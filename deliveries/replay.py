@@ -138,18 +138,14 @@ def deliveries_as_of(at: datetime, *, since: datetime) -> QuerySet[Delivery]:
     closed_before = Q(delivered_at__lt=since) | Q(cancelled_at__lt=since)
     entries = _entries_up_to(at)
     assignment = entries.filter(action__in=ASSIGNMENT_ACTIONS)
+    rider_id = Cast(KeyTextTransform("rider", "detail"), BigIntegerField())  # absent on "unassigned": NULL
     return (
         Delivery.objects.filter(created_at__lte=at)
         .filter(Q(created_at__gte=since) | ~closed_before)
         .annotate(
             status_at=Subquery(entries.exclude(to_status="").values("to_status")[:1], output_field=CharField()),
             version_at=Subquery(entries.values("version")[:1]),
-            rider_at=Subquery(
-                assignment.annotate(rider=Cast(KeyTextTransform("rider", "detail"), BigIntegerField())).values("rider")[
-                    :1
-                ],
-                output_field=BigIntegerField(),
-            ),
+            rider_at=Subquery(assignment.annotate(rider=rider_id).values("rider")[:1], output_field=BigIntegerField()),
             rider_name_at=Subquery(
                 assignment.annotate(name=KeyTextTransform("rider_name", "detail")).values("name")[:1],
                 output_field=CharField(),

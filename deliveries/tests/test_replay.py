@@ -569,3 +569,12 @@ def test_replay_any_moment_text_is_a_board_or_a_400_never_a_500(demo, t, path):
     client.force_login(demo.user("dispatch-gangnam"))
     response = client.get(path, {"t": t})
     assert response.status_code in (200, 400), (t, response.status_code)
+
+
+def test_replay_page_day_without_a_time_shows_its_noon(client, demo, clock):
+    """The form's day alone means noon of that day."""
+    clock.at("15:00")
+    client.force_login(demo.user("dispatch-gangnam"))
+    response = client.get(reverse("dispatch-replay", args=["gangnam"]), {"date": DAY.isoformat()})
+    assert response.status_code == 200
+    assert response.context["at"] == local("12:00")
