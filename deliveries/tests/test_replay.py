@@ -20,6 +20,7 @@ from core.exceptions import CommandRefused
 from deliveries import replay, services
 from deliveries.models import Delivery
 from deliveries.selectors import BoardFilter, board_counts, board_window
+from deliveries.simulation import Simulation
 from riders.models import PositionSample
 from riders.services import set_rider_duty
 from tests.support import ORDER_FIELDS
@@ -338,6 +339,28 @@ def test_replay_at_each_moment_equals_the_live_board_captured_then(demo, clock):
     statuses_seen = {row[1] for rows, _ in captured.values() for row in rows}
     assert statuses_seen == set(Delivery.Status.values), "the shift should pass through every status"
     assert {row[4] for rows, _ in captured.values() for row in rows} >= {0, 3}
+    for (moment, board), live in captured.items():
+        assert replayed_board(center, moment, board) == live, (moment, board)
+
+
+def test_replay_equals_the_live_board_during_the_demo_simulation(demo, clock, no_live_positions):
+    """The demo simulator runs two hours of shift at 30×; the board captured every 5 minutes replays the same."""
+    clock.at("11:00")
+    sim = Simulation(centers=["gangnam"], orders_per_minute=2.0, speedup=30.0, rng=random.Random(21))
+    boards = [BoardFilter(), BoardFilter(sort="newest", range="24h")]
+    captured = {}
+    start = clock.now
+    for tick in range(240):  # 240 real seconds at 30×: two simulated hours
+        clock.now = start + timedelta(seconds=30 * tick)
+        sim.step(float(tick))
+        if tick % 10 == 9:
+            for board in boards:
+                captured[(clock.now, board)] = live_board("gangnam", board)
+    clock.at("23:59")
+    center = demo.center()
+
+    statuses_seen = {row[1] for rows, _ in captured.values() for row in rows}
+    assert {"assigned", "picked_up", "delivered"} <= statuses_seen  # the simulator dispatches at once
     for (moment, board), live in captured.items():
         assert replayed_board(center, moment, board) == live, (moment, board)
 
