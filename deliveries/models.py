@@ -154,10 +154,15 @@ class TimelineEntry(models.Model):
     from_status = models.CharField(max_length=20, blank=True)
     to_status = models.CharField(max_length=20, blank=True)
     detail = models.JSONField(default=dict, blank=True)
+    # The delivery's version after this change: the shift replay shows it as it was. Null only on
+    # entries written before it was recorded (migration 0006 backfilled those it could).
+    version = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["at", "pk"]
         verbose_name_plural = "timeline entries"
+        # The replay's event list (a center's changes in a window before a moment) and retention.
+        indexes = [models.Index(fields=["at"], name="timeline_at")]
 
     def __str__(self) -> str:
         return f"{self.action} by {self.actor_label}"

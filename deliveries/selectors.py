@@ -36,13 +36,14 @@ def start_of_today() -> datetime:
     return timezone.make_aware(datetime.combine(timezone.localdate(), time.min))
 
 
-def in_window(since: datetime, *, via: str = "") -> Q:
+def in_window(since: datetime, *, via: str = "", status: str = "status") -> Q:
     """The deliveries (or, `via="delivery__"`, the orders) an operations view covers.
 
     Everything created since `since` plus everything still open, however old: an order from
-    yesterday that is still on the road is today's work. The one home of that rule.
+    yesterday that is still on the road is today's work. The one home of that rule. `status` names
+    the field holding the delivery's status (the replay's status at a past moment is an annotation).
     """
-    return Q(created_at__gte=since) | Q(**{f"{via}status__in": Delivery.OPEN_STATUSES})
+    return Q(created_at__gte=since) | Q(**{f"{via}{status}__in": Delivery.OPEN_STATUSES})
 
 
 def deliveries_with_related() -> QuerySet[Delivery]:
@@ -129,6 +130,27 @@ BOARD_SORTS = ("urgent", "newest")
 
 
 @dataclass(frozen=True)
+class BoardSource:
+    """Where the board reads deliveries and their state.
+
+    Live, the deliveries' own `status` and `rider_id` columns; in a shift replay
+    (`deliveries.replay`), the deliveries that existed at a past moment, annotated with the status
+    and rider they had then. The board's rules (window, rider filter, urgency, order, counts) read
+    the state only through these names, so the replay applies the very same rules.
+    """
+
+    deliveries: QuerySet[Delivery] | None = None  # None: every delivery
+    status: str = "status"
+    rider: str = "rider_id"
+
+    def queryset(self) -> QuerySet[Delivery]:
+        return Delivery.objects.all() if self.deliveries is None else self.deliveries
+
+
+LIVE = BoardSource()
+
+
+@dataclass(frozen=True)
 class BoardFilter:
     """What a dispatcher is looking at; parsed from the page URL, so it survives reloads and links."""
 
@@ -154,11 +176,11 @@ class BoardFilter:
             late_only=query.get("late") == "1",
         )
 
-    def shown(self) -> Q:
+    def shown(self, source: BoardSource = LIVE) -> Q:
         """The status and lateness filters, applied to deliveries annotated with urgency."""
         condition = Q()
         if self.statuses:
-            condition &= Q(status__in=self.statuses)
+            condition &= Q(**{f"{source.status}__in": self.statuses})
         if self.late_only:
             condition &= Q(urgency=URGENCY_LATE)
         return condition
@@ -175,7 +197,9 @@ def _id_in(text: str) -> int | None:
         return None
 
 
-def _with_urgency(deliveries: QuerySet[Delivery], now: datetime) -> QuerySet[Delivery]:
+def _with_urgency(deliveries: QuerySet[Delivery], now: datetime, *, status: str = "status") -> QuerySet[Delivery]:
+    """Annotate `urgency` (0–3, see URGENCY_*) and `open_first` as of `now`; `status` names the status field."""
+    open_statuses = {f"{status}__in": Delivery.OPEN_STATUSES}
     ready_at = ExpressionWrapper(
         F("created_at") + F("shop__prep_minutes") * Value(timedelta(minutes=1)), output_field=DateTimeField()
     )
@@ -183,19 +207,17 @@ def _with_urgency(deliveries: QuerySet[Delivery], now: datetime) -> QuerySet[Del
     return deliveries.annotate(
         ready_at=ready_at,
         urgency=Case(
-            When(status__in=Delivery.OPEN_STATUSES, order__promised_at__lt=now, then=Value(URGENCY_LATE)),
+            When(**open_statuses, order__promised_at__lt=now, then=Value(URGENCY_LATE)),
             When(
-                status__in=(Delivery.Status.WAITING, Delivery.Status.ASSIGNED),
+                **{f"{status}__in": (Delivery.Status.WAITING, Delivery.Status.ASSIGNED)},
                 ready_at__lt=now,
                 then=Value(URGENCY_NOT_PICKED_UP),
             ),
-            When(status=Delivery.Status.WAITING, created_at__lt=unassigned_since, then=Value(URGENCY_UNASSIGNED)),
+            When(**{status: Delivery.Status.WAITING}, created_at__lt=unassigned_since, then=Value(URGENCY_UNASSIGNED)),
             default=Value(URGENCY_NONE),
             output_field=IntegerField(),
         ),
-        open_first=Case(
-            When(status__in=Delivery.OPEN_STATUSES, then=Value(1)), default=Value(0), output_field=IntegerField()
-        ),
+        open_first=Case(When(**open_statuses, then=Value(1)), default=Value(0), output_field=IntegerField()),
     )
 
 
@@ -251,20 +273,26 @@ def _search(deliveries: QuerySet[Delivery], text: str) -> QuerySet[Delivery]:
     return deliveries.filter(condition) if condition is not None else deliveries.none()
 
 
-def board_base(*, center_code: str, board: BoardFilter, now: datetime) -> QuerySet[Delivery]:
+def board_base(
+    *, center_code: str, board: BoardFilter, now: datetime, source: BoardSource = LIVE
+) -> QuerySet[Delivery]:
     """The deliveries the board covers before the status filter: the range (plus all open), rider, search."""
     since = now - BOARD_RANGES[board.range]
-    deliveries = Delivery.objects.filter(center__code=center_code).filter(in_window(since))
+    deliveries = source.queryset().filter(center__code=center_code).filter(in_window(since, status=source.status))
     if board.rider is not None:
-        deliveries = deliveries.filter(rider_id=board.rider)
+        deliveries = deliveries.filter(**{source.rider: board.rider})
     elif board.unassigned:
-        deliveries = deliveries.filter(rider__isnull=True)
+        deliveries = deliveries.filter(**{f"{source.rider}__isnull": True})
     return _search(deliveries, board.search)
 
 
-def board_window(*, center_code: str, board: BoardFilter, offset: int, limit: int, now: datetime):
+def board_window(
+    *, center_code: str, board: BoardFilter, offset: int, limit: int, now: datetime, source: BoardSource = LIVE
+):
     """One window of board rows, ordered as the dispatcher chose, with urgency annotated."""
-    deliveries = _with_urgency(board_base(center_code=center_code, board=board, now=now), now).filter(board.shown())
+    deliveries = _with_urgency(
+        board_base(center_code=center_code, board=board, now=now, source=source), now, status=source.status
+    ).filter(board.shown(source))
     if board.sort == "urgent":
         deliveries = deliveries.order_by("-urgency", "-open_first", "order__promised_at", "-pk")
     else:
@@ -272,16 +300,18 @@ def board_window(*, center_code: str, board: BoardFilter, offset: int, limit: in
     return list(deliveries.select_related("order", "shop", "rider")[offset : offset + limit])
 
 
-def board_counts(*, center_code: str, board: BoardFilter, now: datetime) -> dict[str, int]:
+def board_counts(*, center_code: str, board: BoardFilter, now: datetime, source: BoardSource = LIVE) -> dict[str, int]:
     """Counts per status (ignoring the status filter), late and needing attention, and the filtered total."""
-    deliveries = _with_urgency(board_base(center_code=center_code, board=board, now=now), now)
-    per_status = {status: Count("pk", filter=Q(status=status)) for status in Delivery.Status.values}
+    deliveries = _with_urgency(
+        board_base(center_code=center_code, board=board, now=now, source=source), now, status=source.status
+    )
+    per_status = {status: Count("pk", filter=Q(**{source.status: status})) for status in Delivery.Status.values}
     return deliveries.aggregate(
         **per_status,
         all=Count("pk"),
         late=Count("pk", filter=Q(urgency=URGENCY_LATE)),
         attention=Count("pk", filter=Q(urgency__gt=URGENCY_NONE)),
-        total=Count("pk", filter=board.shown()),
+        total=Count("pk", filter=board.shown(source)),
     )
 
 

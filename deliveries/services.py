@@ -55,6 +55,7 @@ def source_for(actor) -> str:
 
 
 def _record(delivery, *, actor, via, source, action, from_status="", to_status="", detail=None) -> None:
+    """Write a timeline entry for a change already made to `delivery` (its version already bumped)."""
     TimelineEntry.objects.create(
         delivery=delivery,
         actor=user_of(actor),
@@ -64,6 +65,7 @@ def _record(delivery, *, actor, via, source, action, from_status="", to_status="
         from_status=from_status,
         to_status=to_status,
         detail=detail or {},
+        version=delivery.version,
     )
 
 
@@ -525,11 +527,13 @@ def _check_may_manage_shops(actor) -> None:
     access.authorize(actor, "shops.manage")
 
 
-def _refresh_shop_deliveries(shop: Shop, *, renamed: bool) -> list:
+def _refresh_shop_deliveries(shop: Shop, *, renamed: bool, actor, changed: list[str]) -> list:
     """Bump today's deliveries of `shop` (and, if it was renamed, their orders) and return their events.
 
     Boards render a delivery's shop (name, address, place) in its row: `delivery.updated` with a
-    new version is what makes them re-read it. Locks the orders (on a rename), then the deliveries, by id.
+    new version is what makes them re-read it. Each bump is a `shop_changed` timeline entry, as every
+    other version change is, so the timeline (and the shift replay built from it) knows every
+    version. Locks the orders (on a rename), then the deliveries, by id.
     """
     today = Delivery.objects.filter(in_window(start_of_today()), shop=shop)
     ids = list(today.order_by("pk").values_list("pk", "order_id"))
@@ -542,12 +546,26 @@ def _refresh_shop_deliveries(shop: Shop, *, renamed: bool) -> list:
     Delivery.objects.filter(pk__in=delivery_ids).update(version=F("version") + 1, updated_at=timezone.now())
     if renamed:
         Order.objects.filter(pk__in=order_ids).update(version=F("version") + 1)
-    events = []
+    events, entries = [], []
+    label, source = actor_label(actor, ""), source_for(actor)
+    detail = {"shop": shop.name, "fields": changed}
     for delivery in Delivery.objects.select_related("order", "center", "shop", "rider").filter(pk__in=delivery_ids):
         delivery.order.center, delivery.order.shop, delivery.order.delivery = delivery.center, delivery.shop, delivery
         events.append(delivery_event("delivery.updated", delivery))
         if renamed:
             events.append(order_event("order.updated", delivery.order))
+        entries.append(
+            TimelineEntry(
+                delivery=delivery,
+                actor=user_of(actor),
+                actor_label=label,
+                source=source,
+                action="shop_changed",
+                detail=detail,
+                version=delivery.version,
+            )
+        )
+    TimelineEntry.objects.bulk_create(entries)
     return events
 
 
@@ -569,9 +587,9 @@ def save_shop(
     """Add a shop (`shop_id` None) or change one. Locks the shop, then its orders and deliveries of today.
 
     A change to what delivery rows show of the shop bumps each of today's deliveries of the shop
-    with `delivery.updated` (and, on a rename, each order with `order.updated`), so open boards
-    and integrations see it. A shop with open deliveries cannot move to another center: they would
-    stay behind in the old one.
+    with `delivery.updated` and a `shop_changed` timeline entry (and, on a rename, each order with
+    `order.updated`), so open boards and integrations see it. A shop with open deliveries cannot
+    move to another center: they would stay behind in the old one.
     """
     _check_may_manage_shops(actor)
     values = {
@@ -605,7 +623,8 @@ def save_shop(
     shop.version += 1
     shop.save(update_fields=[*changed, "version"])
     if any(field in SHOP_FIELDS_SHOWN_WITH_DELIVERIES for field in changed):
-        emit(_refresh_shop_deliveries(shop, renamed="name" in changed))
+        shown = [field for field in changed if field in SHOP_FIELDS_SHOWN_WITH_DELIVERIES]
+        emit(_refresh_shop_deliveries(shop, renamed="name" in changed, actor=actor, changed=shown))
     return shop
 
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from deliveries import reports_page, rider_page, views, views_orders
+from deliveries import replay_page, reports_page, rider_page, views, views_orders
 
 urlpatterns = [
     path("orders/", views_orders.orders_page, name="orders"),
@@ -19,4 +19,11 @@ urlpatterns = [
     path("dispatch/<slug:center>/", views.dispatch_board, name="dispatch-board"),
     path("dispatch/<slug:center>/rows/", views.board_rows, name="board-rows"),
     path("dispatch/<slug:center>/deliveries/<int:delivery_id>/", views.delivery_drawer, name="delivery-drawer"),
+    path("dispatch/<slug:center>/replay/", replay_page.replay_page, name="dispatch-replay"),
+    path("dispatch/<slug:center>/replay/at/", replay_page.replay_at, name="replay-at"),
+    path(
+        "dispatch/<slug:center>/replay/deliveries/<int:delivery_id>/",
+        replay_page.replay_delivery,
+        name="replay-delivery",
+    ),
 ]

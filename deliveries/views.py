@@ -55,8 +55,8 @@ def _overview_context() -> dict:
     return {"centers": centers, "streams": [f"{ns}:{c['code']}" for c in centers for ns in ("deliveries", "riders")]}
 
 
-def _board_center(request, center: str) -> Center:
-    """The center of a board URL, if the user dispatches it (an unknown center is refused the same way)."""
+def board_center(request, center: str) -> Center:
+    """The center of a board (or replay) URL, if the user dispatches it (an unknown center is refused the same way)."""
     center_obj = Center.objects.filter(code=center).first()
     if center_obj is None or not access.can_dispatch(request.user, center):
         raise PermissionDenied("You do not dispatch this center.")
@@ -69,7 +69,7 @@ def dispatch_board(request, center: str):
 
     While Redis is down the riders come from PostgreSQL alone, all stale, and the page says so.
     """
-    center_obj = _board_center(request, center)
+    center_obj = board_center(request, center)
     board = BoardFilter.from_query(request.GET)
     window = read_board_window(center_code=center, board=board, offset=0, limit=FIRST_WINDOW)
     riders = suggestions.rider_board_rows(center_code=center)
@@ -96,7 +96,7 @@ def board_rows(request, center: str):
     htmx (the board's `#rows`) also gets the chip counts, the total and the list height, rendered by
     the page's own partials and swapped out of band.
     """
-    _board_center(request, center)
+    board_center(request, center)
     window = read_board_window(
         center_code=center,
         board=BoardFilter.from_query(request.GET),
@@ -112,7 +112,7 @@ def board_rows(request, center: str):
 @login_required
 def delivery_drawer(request, center: str, delivery_id: int):
     """The delivery detail drawer: timeline, order details, rider, and the server's best riders for it."""
-    _board_center(request, center)
+    board_center(request, center)
     delivery = selectors.delivery_with_timeline(delivery_id)
     if delivery is None or delivery.center.code != center:
         raise Http404("No such delivery.")

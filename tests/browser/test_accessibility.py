@@ -27,6 +27,9 @@ BLOCKING = {"serious", "critical"}
 PAGES = [
     (None, "/accounts/login/", 200),
     ("dispatch-gangnam", "/dispatch/gangnam/", 200),
+    ("dispatch-gangnam", "/dispatch/gangnam/replay/", 200),
+    ("hq", "/dispatch/gangnam/replay/?t=2999-01-01T00:00", 200),  # clamped to now: rows of every status, a notice
+    ("hq", "/dispatch/gangnam/replay/?date=2026-02-30", 400),
     ("hq", "/dispatch/", 200),
     ("hq", "/dispatch/mapo/", 200),
     ("callcenter", "/orders/", 200),
