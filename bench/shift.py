@@ -108,9 +108,16 @@ def cpu_pct(before: dict[int, float], after: dict[int, float], wall: float) -> f
     return 100 * used / wall if wall > 0 else 0.0
 
 
-def plan_cycles(rate: float, seconds: float) -> int:
-    """How many create → assign → pickup → deliver cycles `rate` commands/s start in `seconds`."""
-    return int(rate * seconds / 4) + 1
+def rss_mb(pids: list[int]) -> float:
+    """Summed RSS of these processes, without their children (the runner's children are the others).
+
+    PostgreSQL backends' RSS includes the shared buffers each touched, so their sum overstates.
+    """
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            total += psutil.Process(pid).memory_info().rss
+    return total / 2**20
 
 
 # -- processes ---------------------------------------------------------------------------------------
@@ -379,7 +386,7 @@ class Shift:
         now = self.cpu_sample()
         wall = now["t"] - last["t"]
         cpu = {name: round(cpu_pct(last["cpu"].get(name, {}), now["cpu"][name], wall), 1) for name in now["cpu"]}
-        rss = {name: round(fanout.rss_mb(pids), 1) for name, pids in now["groups"].items()}
+        rss = {name: round(rss_mb(pids), 1) for name, pids in now["groups"].items()}
         cmd = merge_hists(a["cmd"] for a in answers)
         pos = merge_hists(a["pos"] for a in answers)
         point = {
