@@ -68,12 +68,11 @@ from bench.fanout import (
     uvicorn_argv,
     wait_http,
 )
+from tests.scaleout.haproxy_env import HAPROXY, haproxy_argv, haproxy_env, show_stat
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results"
-HAPROXY = Path("/usr/sbin/haproxy")
-HAPROXY_CONFIG = REPO / "deploy" / "haproxy.cfg"  # the shipped file, as tests/scaleout runs it
 MAX_DURATION = 600.0
 BASE_PORT = 18600
 TARGET_P99_MS = 100.0  # the issue's target for command-to-screen with one process
@@ -141,33 +140,17 @@ def pin_plan(servers: int, enabled: bool) -> str:
 
 
 class Haproxy:
-    """deploy/haproxy.cfg with the environment tests/scaleout/conftest.py gives it, in front of `ports`."""
+    """The shipped deploy/haproxy.cfg in front of `ports`, run as the scale-out tests run it."""
 
     def __init__(self, ports: list[int], logdir: Path, maxconn: int):
         self.port = free_port()
         self.socket_path = Path(tempfile.mkdtemp(prefix="bros-shift-haproxy-")) / "admin.sock"
-        env = {
-            "BROS_BIND": f"{HOST}:{self.port}",
-            "BROS_HOST": HOST,
-            "BROS_HAPROXY_SOCKET": str(self.socket_path),
-            "BROS_HAPROXY_LOG": "stdout",
-            "BROS_HAPROXY_UNPRIVILEGED": "1",
-            "BROS_HAPROXY_MAXCONN": str(maxconn),
-            **{f"BROS_WEB{i}": f"{HOST}:{port}" for i, port in enumerate(ports, 1)},
-        }
-        argv = [str(HAPROXY), "-db", "-f", str(HAPROXY_CONFIG)]
-        self.proc = Proc("haproxy", argv, env=env, log_path=logdir / "haproxy.log", cpus=PIN.rest)
+        env = haproxy_env(self.port, self.socket_path, [f"{HOST}:{port}" for port in ports], maxconn)
+        self.proc = Proc("haproxy", haproxy_argv(), env=env, log_path=logdir / "haproxy.log", cpus=PIN.rest)
 
     def up(self) -> int:
-        with socket.socket(socket.AF_UNIX) as admin:
-            admin.settimeout(5)
-            admin.connect(str(self.socket_path))
-            admin.sendall(b"show stat\n")
-            text = b""
-            while chunk := admin.recv(65536):
-                text += chunk
-        rows = [line.split(",") for line in text.decode().splitlines()[1:] if line.startswith("bros_web,web")]
-        return sum(1 for r in rows if r[17] == "UP")
+        """How many servers HAProxy has up (by its `/healthz` checks)."""
+        return sum(1 for row in show_stat(self.socket_path).values() if row["status"] == "UP")
 
     async def start(self, servers: int) -> None:
         await self.proc.start()
