@@ -74,6 +74,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results"
 MAX_DURATION = 600.0
+CORES = psutil.cpu_count() or 1
 BASE_PORT = 18600
 TARGET_P99_MS = 100.0  # the target for command-to-screen with one process
 FULL = {"dashboards": 2000, "riders": 1500, "rate": 30.0, "duration": 60.0}
@@ -187,6 +188,7 @@ class Shift:
         self.http_ms: dict[int, int] = {}
         self.in_flight: set[asyncio.Task] = set()
         self.timeline: list[dict] = []
+        self.background: float | None = None  # machine busy % before the servers started (other work)
 
     # -- start -------------------------------------------------------------------------------------
 
@@ -418,6 +420,8 @@ class Shift:
         return int(row[0])
 
     async def run(self) -> dict:
+        # fanout.py's wait for a quiet machine (it reads only --quiet-below / --quiet-wait of self.args)
+        self.background = await fanout.Runner.wait_quiet(self)
         await self.start_servers()
         await self.start_clients()
         xact_before = self.xacts()
@@ -425,6 +429,7 @@ class Shift:
             *(w.request({"cmd": "riders_start", "interval": self.args.fix_interval}) for w in self.workers)
         )
         started = time.monotonic()
+        psutil.cpu_percent(percpu=True)  # the machine's busy % of the first progress line starts here
         last = self.cpu_sample()
         first = last
         commands = asyncio.create_task(self.run_commands())
@@ -484,6 +489,11 @@ class Shift:
             "cpu_pct": cpu,
             "rss_mb_max": rss,
             "elapsed_s": round(elapsed, 1),
+            # both in % of one core, like the per-process figures (a 2-core machine busy throughout: 200 %)
+            "background_busy_pct": round(self.background * CORES, 1) if self.background is not None else None,
+            "machine_busy_pct": round(sum(p["machine_pct"] for p in self.timeline) / len(self.timeline), 1)
+            if self.timeline
+            else None,
             "timeline": self.timeline,
         }
 
@@ -548,6 +558,8 @@ def summary(row: dict) -> str:
         f"  lost events      {r['lost_total']} (max {r['lost_max_per_dashboard']} per dashboard, "
         f"{r['dashboards_with_loss']} dashboards; gaps {r['gaps']}, dups {r['dups']}, "
         f"behind at end {r['behind_at_end']})",
+        f"  machine busy     {fmt(r['background_busy_pct'])} % before the servers started (other work), "
+        f"{fmt(r['machine_busy_pct'])} % during the load ({CORES} cores = {CORES * 100} %)",
         f"  DB per command   {fmt(row['queries']['per_command'], '.1f')} SQL statements "
         f"({', '.join(f'{k} {v:.0f}' for k, v in row['queries']['per_kind'].items())}); "
         f"{fmt(r['xact_per_command'], '.1f')} PostgreSQL transactions per command over the run (all traffic)",
@@ -611,6 +623,13 @@ def parse_args(argv=None):
     p.add_argument("--progress", type=float, default=5.0, help="seconds between progress lines")
     p.add_argument("--db", default="bros_shift_bench", help="the benchmark's database (dropped and created again)")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="Redis of the run (keys under brosbench:)")
+    p.add_argument(
+        "--quiet-below",
+        type=float,
+        default=30.0,
+        help="before the servers start, wait (at most --quiet-wait s) until the machine is less busy than this %%",
+    )
+    p.add_argument("--quiet-wait", type=float, default=60.0)
     p.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True, help="pin as bench/fanout.py does")
     p.add_argument("--pin-services", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
