@@ -150,7 +150,7 @@ class ShiftClient(loadclient.Client):
                 add_ms(TOTALS.cmd_all, latency)
         elif frame.get("event") == "rider.positions":
             TOTALS.position_frames += 1
-            if TOTALS.measuring:  # not the snapshot frame a subscriber gets first
+            if TOTALS.measuring and self.sample:  # not the snapshot frame a subscriber gets first
                 for fix in frame["data"]["positions"]:
                     latency = now - parse_ts(fix["ts"])
                     add_ms(TOTALS.pos, latency)

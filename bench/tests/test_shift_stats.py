@@ -1,7 +1,15 @@
-"""The shift benchmark's pure parts: seq tracking (gaps, duplicates, lost), latency percentiles, CPU %."""
+"""The shift benchmark's measuring parts: seq tracking (gaps, duplicates, lost), latencies, percentiles, CPU %,
+and what a dashboard client does with the server's frames (fed to it directly, no server)."""
 
+import datetime as dt
+import json
+import time
+
+import pytest
+
+from bench import shiftclient
 from bench.shift import cpu_pct, merge_hists, p_ms, pin_plan
-from bench.shiftclient import SeqTrack, add_ms, parse_ts
+from bench.shiftclient import SeqTrack, ShiftClient, Totals, add_ms, parse_ts
 
 
 def test_a_client_that_got_every_seq_once_lost_nothing():
@@ -67,3 +75,76 @@ def test_three_servers_are_not_pinned_without_a_core_each_plus_one(monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
     assert pin_plan(3, enabled=True).startswith("not pinned (2 cores")
     assert pin_plan(1, enabled=False) == "not pinned"
+
+
+def dashboard(sample: bool) -> ShiftClient:
+    """A dashboard client as the worker builds it, its outgoing frames captured instead of sent."""
+    frames = [{"type": "subscribe", "id": s, "stream": f"{s}:gangnam"} for s in ("deliveries", "riders", "positions")]
+    config = json.dumps({"role": "dashboard", "frames": frames, "sample": sample})
+    client = ShiftClient(0, "bros", "ws://127.0.0.1:1/ws/v1/", {}, True, config)
+    client.sent = []
+    client.send_text = client.sent.append
+    return client
+
+
+def event(stream: str, seq: int | None, ts: float, data: dict | None = None) -> bytes:
+    name = "rider.positions" if stream.startswith("positions:") else "delivery.created"
+    frame = {"type": "event", "stream": stream, "event": name, "ts": iso(ts), "data": data or {}}
+    if seq is not None:
+        frame["seq"] = seq
+    return json.dumps(frame, separators=(",", ":")).encode()
+
+
+def iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@pytest.fixture
+def totals(monkeypatch):
+    fresh = Totals()
+    monkeypatch.setattr(shiftclient, "TOTALS", fresh)
+    return fresh
+
+
+async def test_a_dashboard_subscribes_to_its_three_streams_one_after_the_other(totals):
+    client = dashboard(sample=False)
+    assert json.loads(client.subscribe)["stream"] == "deliveries:gangnam"  # sent by the handshake
+    client.on_text(b'{"type":"subscribed","id":"deliveries","stream":"deliveries:gangnam","epoch":"e","head":4}')
+    client.on_text(b'{"type":"subscribed","id":"riders","stream":"riders:gangnam","epoch":"e","head":0}')
+    assert [json.loads(f)["stream"] for f in client.sent] == ["riders:gangnam", "positions:gangnam"]
+    assert not client.ready.done()
+    client.on_text(b'{"type":"subscribed","id":"positions","stream":"positions:gangnam","recovered":false}')
+    assert client.ready.done()
+    assert {s: t.start for s, t in client.streams.items()} == {"deliveries:gangnam": 4, "riders:gangnam": 0}
+
+
+async def test_delivery_events_give_command_latency_and_seq_tracking(totals):
+    client = dashboard(sample=False)
+    client.on_text(b'{"type":"subscribed","id":"deliveries","stream":"deliveries:gangnam","epoch":"e","head":4}')
+    now = time.time()
+    client.on_text(event("deliveries:gangnam", 5, now - 0.050))
+    client.on_text(event("deliveries:gangnam", 7, now - 0.050))
+    assert sum(totals.cmd.values()) == 2
+    assert min(totals.cmd) >= 49  # about 50 ms (truncated to the millisecond, plus the test's own time)
+    track = client.streams["deliveries:gangnam"]
+    assert (track.received, track.gaps, track.lost(7)) == (2, 1, 1)
+
+
+async def test_positions_count_only_on_sampled_dashboards_and_only_once_measuring(totals):
+    now = time.time()
+    frame = event("positions:gangnam", None, now, {"positions": [{"rider": 1, "ts": iso(now - 0.3)}]})
+    plain, sampled = dashboard(sample=False), dashboard(sample=True)
+    sampled.on_text(frame)  # the snapshot a subscriber gets before the riders start
+    assert totals.pos == {}
+    totals.measuring = True
+    plain.on_text(frame)
+    sampled.on_text(frame)
+    assert totals.position_frames == 3
+    assert sum(totals.pos.values()) == 1
+    assert min(totals.pos) >= 299
+
+
+async def test_a_server_ping_is_answered_with_a_pong(totals):
+    client = dashboard(sample=False)
+    client.on_text(b'{"type":"ping","heads":{"deliveries:gangnam":3}}')
+    assert client.sent == [b'{"type":"pong"}']
