@@ -643,6 +643,8 @@ def parse_args(argv=None):
         p.error(f"--duration must be in (0, {MAX_DURATION:.0f}]")
     if args.rate <= 0 or args.dashboards < 3 or args.riders < 3:
         p.error("--rate must be > 0 and there must be at least 3 dashboards and 3 riders (one per center)")
+    if "bench" not in args.db:
+        p.error(f"--db {args.db}: the run drops and recreates its database; use a name with 'bench' in it")
     args.dsn = f"postgresql://postgres@127.0.0.1:5432/{args.db}"
     return args
 
