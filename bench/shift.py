@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import random
 import resource
@@ -82,6 +83,12 @@ QUICK = {"dashboards": 200, "riders": 150, "rate": 5.0, "duration": 20.0}
 
 
 # -- pure helpers (bench/tests/test_shift_stats.py) -------------------------------------------------
+
+
+def tokens_per_center(rate: float, centers: int = 3, per_token: float = 5.0) -> int:
+    """API tokens per center so that none sends more than `per_token` commands/s: half the default
+    allowance (`API_COMMAND_RATE`, 10/s per token), so the run measures the servers, not the limit."""
+    return max(1, math.ceil(rate / centers / per_token))
 
 
 def merge_hists(hists) -> dict[int, int]:
@@ -264,9 +271,9 @@ class Shift:
 
     # -- commands ----------------------------------------------------------------------------------
 
-    async def post(self, kind: str, path: str, body: dict) -> dict | None:
+    async def post(self, kind: str, path: str, body: dict, token: str) -> dict | None:
         headers = {
-            "Authorization": f"Bearer {self.plan['token']}",
+            "Authorization": f"Bearer {token}",
             "Content-Type": "application/json",
             "Idempotency-Key": uuid.uuid4().hex,
         }
@@ -300,7 +307,7 @@ class Shift:
                 "address": "Teheran-ro 1",
                 "items": [{"name": "Chicken", "qty": 1}],
             }
-            order = await self.post("create", "/api/v1/orders", body)
+            order = await self.post("create", "/api/v1/orders", body, cycle["token"])
             if order is None:
                 return
             delivery = order["delivery"]
@@ -309,7 +316,7 @@ class Shift:
         else:
             kind = cycle["next"]
             body = {"rider": cycle["rider"]} if kind == "assign" else {}
-            if await self.post(kind, f"/api/v1/deliveries/{cycle['delivery']}/{kind}", body) is None:
+            if await self.post(kind, f"/api/v1/deliveries/{cycle['delivery']}/{kind}", body, cycle["token"]) is None:
                 return
             cycle["next"] = {"assign": "pickup", "pickup": "deliver", "deliver": None}[kind]
         if cycle["next"]:
@@ -333,8 +340,10 @@ class Shift:
                 cycle = ready.pop(0)
             else:
                 center = centers[n % len(centers)]
-                rider = center["riders"][(n // len(centers)) % len(center["riders"])]["id"]
-                cycle = {"center": center, "rider": rider, "next": "create"}
+                k = n // len(centers)
+                rider = center["riders"][k % len(center["riders"])]["id"]
+                token = center["tokens"][k % len(center["tokens"])]
+                cycle = {"center": center, "rider": rider, "token": token, "next": "create"}
             task = asyncio.create_task(self.step(cycle, ready))
             self.in_flight.add(task)
             task.add_done_callback(self.in_flight.discard)
@@ -529,7 +538,8 @@ def prepare(args, workdir: Path) -> dict:
     fanout.clean_redis()
     out = workdir / "plan.json"
     argv = [PYTHON, str(BENCH / "shift_setup.py"), "data", "--dashboards", str(args.dashboards)]
-    run_checked([*argv, "--riders", str(args.riders), "--out", str(out)])
+    argv += ["--riders", str(args.riders), "--tokens-per-center", str(tokens_per_center(args.rate))]
+    run_checked([*argv, "--out", str(out)])
     return json.loads(out.read_text())
 
 

@@ -6,7 +6,9 @@
 `data` (on a migrated, seeded database): 1,500 riders (spread evenly over the demo's 3 centers,
 on duty), one dispatcher account per dashboard (spread the same way), one session per account
 and rider (written straight into Django's session table: logging 3,500 accounts in through the
-form would spend minutes in password hashing), and an API token for the commands. Riders are
+form would spend minutes in password hashing), and API tokens for the commands: `--tokens-per-center`
+per center, each scoped to that center's `orders` and `deliveries` (each token has its own command
+allowance, `API_COMMAND_RATE`: 10/s by default). Riders are
 put on duty in bulk, without the duty command: the benchmark measures the shift, not its start.
 
 `queries`: the SQL statements one command runs, counted with Django's `CaptureQueriesContext`
@@ -82,7 +84,7 @@ def _sessions(users: list[User]) -> list[str]:
 
 
 @transaction.atomic
-def make_data(dashboards: int, riders: int) -> dict:
+def make_data(dashboards: int, riders: int, tokens_per_center: int) -> dict:
     centers = list(Center.objects.order_by("code"))[:CENTERS]
     if len(centers) < CENTERS:
         raise SystemExit(f"need {CENTERS} centers (seed_demo), found {len(centers)}")
@@ -124,16 +126,23 @@ def make_data(dashboards: int, riders: int) -> dict:
                 "lng": center.lng,
                 "shops": list(Shop.objects.filter(center=center, is_active=True).values_list("pk", flat=True)),
                 "dashboards": _sessions(dispatchers),
+                "tokens": [_token(f"shift-bench-{center.code}-{n}", center.code) for n in range(tokens_per_center)],
                 "riders": [
                     {"id": rider_rows[u.pk], "user": u.pk, "session": key}
                     for u, key in zip(rider_users, _sessions(rider_users), strict=True)
                 ],
             }
         )
-    raw, digest = ApiToken.generate()
-    ApiToken.objects.create(name="shift-bench", digest=digest, hint=raw[:12], commands=TOKEN_COMMANDS, streams=["*"])
-    plan["token"] = raw
+    plan["token"] = _token("shift-bench-queries", "*")  # the SQL count's, for every center
     return plan
+
+
+def _token(name: str, center: str) -> str:
+    """A token for the commands on one center's orders and deliveries (or every center's: "*")."""
+    raw, digest = ApiToken.generate()
+    streams = ["*"] if center == "*" else [f"orders:{center}", f"deliveries:{center}"]
+    ApiToken.objects.create(name=name, digest=digest, hint=raw[:12], commands=TOKEN_COMMANDS, streams=streams)
+    return raw
 
 
 def count_queries(token: str) -> dict:
@@ -176,10 +185,14 @@ def main() -> None:
     parser.add_argument("what", choices=["data", "queries"])
     parser.add_argument("--dashboards", type=int, default=2000)
     parser.add_argument("--riders", type=int, default=1500)
+    parser.add_argument("--tokens-per-center", type=int, default=1)
     parser.add_argument("--token", default="")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    result = make_data(args.dashboards, args.riders) if args.what == "data" else count_queries(args.token)
+    if args.what == "data":
+        result = make_data(args.dashboards, args.riders, args.tokens_per_center)
+    else:
+        result = count_queries(args.token)
     Path(args.out).write_text(json.dumps(result))
 
 

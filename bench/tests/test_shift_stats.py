@@ -8,7 +8,7 @@ import time
 import pytest
 
 from bench import shiftclient
-from bench.shift import cpu_pct, merge_hists, p_ms, pin_plan
+from bench.shift import cpu_pct, merge_hists, p_ms, pin_plan, tokens_per_center
 from bench.shiftclient import SeqTrack, ShiftClient, Totals, add_ms, parse_ts
 
 
@@ -148,3 +148,9 @@ async def test_a_server_ping_is_answered_with_a_pong(totals):
     client = dashboard(sample=False)
     client.on_text(b'{"type":"ping","heads":{"deliveries:gangnam":3}}')
     assert client.sent == [b'{"type":"pong"}']
+
+
+def test_no_token_sends_more_than_half_its_command_allowance():
+    assert tokens_per_center(30) == 2  # 30/s over 3 centers: 2 tokens each, 5/s per token
+    assert tokens_per_center(31) == 3
+    assert tokens_per_center(5) == 1
