@@ -18,8 +18,10 @@ from realtime.routing import websocket_urlpatterns  # noqa: E402
 def with_server_send(app):
     """Put the server's own `send` in the scope, for the consumer's event frames.
 
-    The session middleware wraps `send` to save sessions on HTTP responses; for WebSocket frames it
-    only reads two session flags — per frame, per socket, which showed in fan-out profiles.
+    Channels' session middleware wrapped `send` to save sessions on HTTP responses; for WebSocket
+    frames it only read two session flags — per frame, per socket, which showed in fan-out profiles.
+    The handshake's authentication (`realtime.auth`) no longer wraps `send`; frames still take the
+    server's own, so that no middleware added later can slow them down unnoticed.
     """
 
     async def app_with_server_send(scope, receive, send):

@@ -133,6 +133,7 @@ class Presence:
         self._changed: set[str] = set()  # connections whose entry the next write sets or deletes
         self._next_write: asyncio.Future | None = None
         self._write_lock = asyncio.Lock()  # one write at a time: a later one never overtakes
+        self._flushes: set[asyncio.Future] = set()
         self._stopped = False
         self._process = psutil.Process() if psutil is not None else None
         if self._process is not None:
@@ -242,7 +243,9 @@ class Presence:
             self._next_write = asyncio.get_running_loop().create_future()
             # Retrieved here too, so that a failure whose waiters were all cancelled is not logged.
             self._next_write.add_done_callback(lambda f: f.cancelled() or f.exception())
-            asyncio.ensure_future(self._flush())
+            flush = asyncio.ensure_future(self._flush())
+            self._flushes.add(flush)  # a reference until it is done: the loop keeps only weak ones
+            flush.add_done_callback(self._flushes.discard)
         # Shielded: a connection cancelled while waiting must not cancel the others' write.
         await asyncio.shield(self._next_write)
 
