@@ -221,3 +221,25 @@ async def test_foreign_center_subscribe_is_refused_without_a_hop(ws):
         reply = await client.subscribe("deliveries:mapo")
         assert reply["type"] == "error" and reply["code"] == "forbidden"
         assert spent.since(mark) == ([], 0)
+
+
+@pytest.mark.parametrize("username", [DISPATCHER, RIDER, CALLCENTER, HQ, ADMIN, "dispatch-mapo"])
+def test_subscribe_verdict_in_memory_agrees_with_can_subscribe_for_every_kind(demo, username):
+    """Wherever the loop answers a subscribe itself, it answers what the database-backed check answers."""
+    from realtime import registry
+    from realtime.streams import can_subscribe, parse_stream, subscribe_verdict
+
+    user = user_named(username)
+    other = user_named(RIDER if username != RIDER else DISPATCHER)
+    rooms = {"center": ["gangnam", "mapo", "no-such-center"], "user": [str(user.pk), str(other.pk), "999999"]}
+    rooms["pair"] = ["-".join(map(str, sorted((user.pk, other.pk))))]
+    rooms["all"] = ["all"]
+    decided = 0
+    for kind in registry.kinds():
+        for room in rooms[kind.rooms]:
+            stream = parse_stream(f"{kind.namespace}:{room}")
+            verdict = subscribe_verdict(access_for(user), stream)
+            if verdict is not None:
+                decided += 1
+                assert verdict == can_subscribe(user, stream), str(stream)
+    assert decided > 0
