@@ -30,6 +30,10 @@ Scenarios
 - rooms: 200 rooms x 25 clients, 500 events/s in total for 20 s: lost must be 0.
 - slow: 1,000 clients on one stream, one of them stops reading (small receive buffer, reading
   paused): the others' loss and latency vs a baseline step; what happens to the slow one.
+- connect: only the connect storm (issue 13): --connect-n logged-in clients connect and subscribe
+  (socket.io: connect and join), --connect-rounds times per variant, the variants alternating
+  round by round. Reported: median storm time, p50/p99 per client, failures, and each variant's
+  median over socket.io's (target: BROS at most 2x socket.io, 0 failures).
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ SIO_KEY = f"{PREFIX}-sio"
 
 BASE_ENV = {
     "SECRET_KEY": "bench-not-secret",
-    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/bros_bench",
+    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/bros_bench",  # --db, --redis-url
     "REDIS_URL": "redis://127.0.0.1:6379/0",
     "ALLOWED_HOSTS": "127.0.0.1,localhost",
     "DEBUG": "0",
@@ -1425,6 +1429,13 @@ class Runner:
                 )
             return row
 
+    async def connect_storm(self, variant: str, round_no: int) -> dict:
+        """One connect storm: the session's connect measurement is the whole result."""
+        async with self.session(variant, self.args.connect_n, 1) as s:
+            row = {"scenario": "connect", "variant": variant, "round": round_no, "n": self.args.connect_n, **s.connect}
+            self.record(row)
+            return row
+
     def log_step(self, variant: str, what: str, r: dict) -> None:
         log(
             f"  {variant:17} {what:14} rate {r['rate']:>7.1f}/s pub {fmt(r['pub_rate'], '.0f')}/s "
@@ -1817,6 +1828,7 @@ def report(rows: list[dict]) -> str:
                 body,
             )
         )
+    parts += connect_report([r for r in rows if r["scenario"] == "connect"])
     sel = [r for r in rows if r["scenario"] == "slow"]
     if sel:
         body = []
@@ -1860,6 +1872,34 @@ def report(rows: list[dict]) -> str:
             )
         )
     return "\n\n".join(parts)
+
+
+def connect_report(sel: list[dict]) -> list[str]:
+    """The connect storms: per variant the median over its rounds, and its ratio to socket.io's."""
+    if not sel:
+        return []
+    variants = list(dict.fromkeys(r["variant"] for r in sel))
+    walls = {v: median([r["wall_s"] for r in sel if r["variant"] == v]) for v in variants}
+    sio = walls.get("socketio")
+    body = []
+    for v in variants:
+        got = [r for r in sel if r["variant"] == v]
+        body.append(
+            [
+                LABELS[v],
+                got[0]["n"],
+                len(got),
+                walls[v],
+                " / ".join(str(r["wall_s"]) for r in got),
+                median([r["p50_ms"] for r in got if r["p50_ms"] is not None]),
+                median([r["p99_ms"] for r in got if r["p99_ms"] is not None]),
+                sum(r["failed"] for r in got),
+                round(walls[v] / sio, 2) if sio else None,
+                median([r["background_cpu_pct"] for r in got]),
+            ]
+        )
+    headers = ["variant", "N", "rounds", "median s", "each round s", "p50 ms", "p99 ms", "failed", "x socket.io"]
+    return ["### connect storm\n\n" + table([*headers, "other load %"], body)]
 
 
 # -- main ---------------------------------------------------------------------------------------------------
@@ -1933,6 +1973,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--slow-queue-limit", type=int, default=100, help="REALTIME_QUEUE_LIMIT for BROS in 'slow' (0: the default)"
     )
+    p.add_argument("--connect-n", type=int, default=5000, help="connect: clients per storm")
+    p.add_argument("--connect-rounds", type=int, default=3, help="connect: storms per variant")
     p.add_argument("--profile-n", type=int, default=5000, help="profile: connections")
     p.add_argument("--profile-rate", type=float, default=8, help="profile: events/s")
     p.add_argument("--profile-seconds", type=float, default=15, help="profile: seconds of steady stream")
@@ -2004,6 +2046,7 @@ def parse_args(argv=None):
         args.slow_clients, args.slow_seconds, args.slow_baseline_seconds = 100, 8, 3
         args.max_steps, args.step_seconds, args.fixed_seconds, args.idle_seconds = 3, 2, 4, 1
         args.min_events = 4
+        args.connect_n = min(args.connect_n, 300)
     args.repeat = 3 if args.repeat is None else args.repeat
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
@@ -2071,6 +2114,11 @@ async def main_async(args, refs: dict) -> int:
                 for v in args.slow_variants:
                     log(f"slow run {rep + 1}/{args.repeat}: {v}")
                     await run_guarded(runner, "slow", v, runner.slow(v, rep))
+        if "connect" in args.scenarios:
+            for r in range(args.connect_rounds):  # alternating, so that a busy spell hits every variant
+                for v in args.variants if r % 2 == 0 else reversed(args.variants):
+                    log(f"connect round {r + 1}: {v}")
+                    await run_guarded(runner, "connect", v, runner.connect_storm(v, r + 1))
         if "profile" in args.scenarios:
             for v in args.variants:
                 if v.startswith("bros-"):
@@ -2098,7 +2146,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.report:
         rows = [json.loads(line) for line in Path(args.report).read_text().splitlines() if line.strip()]
-        print(report([r for r in rows if r.get("scenario") in ("throughput", "burst", "rooms", "slow")]))
+        print(report([r for r in rows if r.get("scenario") in ("throughput", "burst", "rooms", "slow", "connect")]))
         return 0
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = max(soft, min(hard, 65536))

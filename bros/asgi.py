@@ -7,9 +7,9 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bros.settings")
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from realtime.auth import SessionAuthMiddleware  # noqa: E402
 from realtime.hub import get_hub, stop_hub  # noqa: E402
 from realtime.origin import SameOriginValidator  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
@@ -18,8 +18,10 @@ from realtime.routing import websocket_urlpatterns  # noqa: E402
 def with_server_send(app):
     """Put the server's own `send` in the scope, for the consumer's event frames.
 
-    The session middleware wraps `send` to save sessions on HTTP responses; for WebSocket frames it
-    only reads two session flags — per frame, per socket, which showed in fan-out profiles.
+    Channels' session middleware wrapped `send` to save sessions on HTTP responses; for WebSocket
+    frames it only read two session flags — per frame, per socket, which showed in fan-out profiles.
+    The handshake's authentication (`realtime.auth`) no longer wraps `send`; frames still take the
+    server's own, so that no middleware added later can slow them down unnoticed.
     """
 
     async def app_with_server_send(scope, receive, send):
@@ -48,7 +50,7 @@ async def lifespan(scope, receive, send):
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": with_server_send(SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
+        "websocket": with_server_send(SameOriginValidator(SessionAuthMiddleware(URLRouter(websocket_urlpatterns)))),
         "lifespan": lifespan,
     }
 )

@@ -37,3 +37,8 @@ def access_changed(*user_ids: int | None) -> None:
         pipe.execute()
 
     transaction.on_commit(bump)
+
+
+def current_version(user_id: int) -> int:
+    """The user's access version now (sync; raises RedisError when Redis is unreachable)."""
+    return parse_version(get_redis().hget(versions_key(), str(user_id)))

@@ -26,7 +26,7 @@ from django.contrib.auth import get_user_model
 from redis.exceptions import RedisError
 
 from core import strict_input
-from core.access import access_for
+from core.access import access_for, cached_access
 from core.access_versions import parse_version, versions_key
 from core.log_context import connection_id
 from core.metrics import COMMANDS, FRAME_OUTCOMES
@@ -34,7 +34,7 @@ from realtime import frames, ratelimit, registry, services
 from realtime.hub import Hub, get_hub, on_hub_start
 from realtime.metrics import stats
 from realtime.presence import Presence
-from realtime.streams import UnknownStream, can_publish, can_subscribe, parse_stream
+from realtime.streams import UnknownStream, can_publish, can_subscribe, parse_stream, subscribe_verdict
 from realtime.uvicorn_protocol import WRITE_TEXT
 
 logger = logging.getLogger(__name__)
@@ -232,9 +232,13 @@ class ProtocolConsumer(AsyncConsumer):
             await self.base_send({"type": "websocket.close"})
             return False
         self.hub = get_hub()
-        # The version is read before the access, so a change in between is caught by the next check.
-        self.access_version = await self._read_access_version()
-        self.access = await database_sync_to_async(access_for)(user)
+        if "access_version" in self.scope and cached_access(user) is not None:
+            # realtime.auth read both in the handshake's one thread hop, the version first.
+            self.access_version, self.access = self.scope["access_version"], cached_access(user)
+        else:
+            # The version is read before the access, so a change in between is caught by the next check.
+            self.access_version = await self._read_access_version()
+            self.access = await database_sync_to_async(access_for)(user)
         await self.base_send({"type": "websocket.accept"})
         # Frames go straight to the server's send (bros.asgi.with_server_send); accept and close
         # keep going through the middleware stack.
@@ -422,7 +426,10 @@ class ProtocolConsumer(AsyncConsumer):
             raise BadFrame("bad_request", '"since" must be a non-negative integer.')
         if epoch is not None and not isinstance(epoch, str):
             raise BadFrame("bad_request", '"epoch" must be a string.')
-        if not await database_sync_to_async(can_subscribe)(self.user, stream):
+        allowed = subscribe_verdict(self.access, stream)
+        if allowed is None:  # the rule needs the database (e.g. HQ and a center's existence)
+            allowed = await database_sync_to_async(can_subscribe, thread_sensitive=False)(self.user, stream)
+        if not allowed:
             raise BadFrame("forbidden", "not allowed")
         name = str(stream)
         if name in self.streams:

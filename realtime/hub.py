@@ -213,6 +213,14 @@ class Hub:
 
     async def _replay(self, subscriber: Subscriber, feed: Feed, *, id, since, epoch) -> int:
         """Send `subscribed` and the history after `since`; return the last seq sent."""
+        if since is None and feed.primed:
+            # No history to send: the head is the hub's own position, which needs no database read
+            # (a connection storm's subscribes were one read each). The subscriber is registered,
+            # so every event after that position reaches it through the feed (protocol §3.4).
+            subscriber.deliver(
+                frames.subscribed(id=id, stream=feed.name, epoch=feed.epoch, head=feed.last_seq, recovered=False)
+            )
+            return feed.last_seq
         read = _db_read(outbox.read_history, thread_sensitive=False)
         history = await read(feed.name, since=since, epoch=epoch, limit=REPLAY_CHUNK)
         recovered = since is not None and not history.reset

@@ -24,6 +24,7 @@ presence write never needs to be retried by the caller.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from collections import Counter
 
 import redis.asyncio
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from realtime.bus import REDIS_DOWN, RedisUnavailable, get_redis, redis_health
 from realtime.metrics import stats
@@ -109,8 +111,12 @@ class Presence:
 
     Used from the process's event loop only. The hub calls `start()` once, `heartbeat()` every
     `heartbeat_interval` seconds, and `stop()` on shutdown; the consumer calls `connect()`,
-    `set_streams()` and `disconnect()`. Each of those is one round trip to Redis (a heartbeat
-    that has to write the connections back takes two). `client` belongs to the caller.
+    `set_streams()` and `disconnect()`. Those three share round trips: each marks its connection
+    changed and waits for the next write, which sends every connection changed meanwhile in one
+    pipeline (a connection storm's thousands of writes were one round trip each, queued for the
+    pool's 64 Redis connections: issue 13). When they return, Redis holds the change, as before.
+    A heartbeat is one round trip (two when it has to write the connections back). `client`
+    belongs to the caller.
     """
 
     def __init__(self, client: redis.asyncio.Redis, *, process_id: str, ttl: float, heartbeat_interval: float):
@@ -124,6 +130,10 @@ class Presence:
         self.process_id = process_id
         self.started = time.time()
         self._conns: dict[str, dict] = {}
+        self._changed: set[str] = set()  # connections whose entry the next write sets or deletes
+        self._next_write: asyncio.Future | None = None
+        self._write_lock = asyncio.Lock()  # one write at a time: a later one never overtakes
+        self._flushes: set[asyncio.Future] = set()
         self._stopped = False
         self._process = psutil.Process() if psutil is not None else None
         if self._process is not None:
@@ -208,7 +218,7 @@ class Presence:
         """Record an authenticated connection of this process, subscribed to nothing yet."""
         conn = {"user": user_id, "username": username, "role": role, "streams": [], "since": round(time.time(), 3)}
         self._conns[conn_id] = conn
-        await self.redis.hset(conns_key(self.process_id), conn_id, _compact(conn))
+        await self._write(conn_id)
 
     async def set_streams(self, conn_id: str, streams: list[str]) -> None:
         """Record the full list of streams a connection is now subscribed to.
@@ -219,12 +229,50 @@ class Presence:
         if conn is None:
             return
         conn["streams"] = sorted(set(streams))
-        await self.redis.hset(conns_key(self.process_id), conn_id, _compact(conn))
+        await self._write(conn_id)
 
     async def disconnect(self, conn_id: str) -> None:
         """Remove a connection of this process."""
         self._conns.pop(conn_id, None)
-        await self.redis.hdel(conns_key(self.process_id), conn_id)
+        await self._write(conn_id)
+
+    async def _write(self, conn_id: str) -> None:
+        """Wait until Redis holds the connection's current entry (or its absence); raises RedisError."""
+        self._changed.add(conn_id)
+        if self._next_write is None:
+            self._next_write = asyncio.get_running_loop().create_future()
+            # Retrieved here too, so that a failure whose waiters were all cancelled is not logged.
+            self._next_write.add_done_callback(lambda f: f.cancelled() or f.exception())
+            flush = asyncio.ensure_future(self._flush())
+            self._flushes.add(flush)  # a reference until it is done: the loop keeps only weak ones
+            flush.add_done_callback(self._flushes.discard)
+        # Shielded: a connection cancelled while waiting must not cancel the others' write.
+        await asyncio.shield(self._next_write)
+
+    async def _flush(self) -> None:
+        """Write every changed connection's entry in one pipeline, after the write before it."""
+        async with self._write_lock:
+            await asyncio.sleep(0)  # let the connections handled in this loop iteration join in
+            changed, self._changed = self._changed, set()
+            done, self._next_write = self._next_write, None
+            present = {c: _compact(self._conns[c]) for c in changed if c in self._conns}
+            gone = [c for c in changed if c not in self._conns]
+            if self._stopped:  # stop() removed the whole hash: nothing to write after it
+                done.set_result(None)
+                return
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    if present:
+                        pipe.hset(conns_key(self.process_id), mapping=present)
+                    if gone:
+                        pipe.hdel(conns_key(self.process_id), *gone)
+                    await pipe.execute()
+            except BaseException as exc:
+                done.set_exception(exc if isinstance(exc, Exception) else RedisError("presence write cancelled"))
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                done.set_result(None)
 
 
 def _text(value: bytes | str) -> str:

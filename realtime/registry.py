@@ -20,6 +20,22 @@ if TYPE_CHECKING:
 Rule = Callable[["Access", "StreamName"], bool]
 
 
+def in_memory(rule: Rule) -> Rule:
+    """Mark a rule that reads nothing but the Access and the stream name (no database, no Redis).
+
+    A subscribe whose rule is so marked is answered on the event loop, without a thread hop
+    (`realtime.streams.subscribe_verdict`); an unmarked rule runs in a worker thread, where it may
+    query. Mark only rules that never touch the database: one that did would block the event loop.
+    """
+    rule.in_memory = True
+    return rule
+
+
+def decides_in_memory(rule: Rule) -> bool:
+    return getattr(rule, "in_memory", False)
+
+
+@in_memory
 def nobody(access: Access, stream: StreamName) -> bool:
     return False
 
@@ -31,7 +47,7 @@ def center_roles(*roles: str) -> Rule:
         return access.role in roles and access.serves(stream.room)
 
     rule.__doc__ = f"One of {', '.join(roles)}, working for the stream's center."
-    return rule
+    return in_memory(rule)
 
 
 @dataclass(frozen=True)

@@ -103,19 +103,43 @@ def stream_exists(stream: StreamName) -> bool:
     return True
 
 
-def _exists_for(access: Access, stream: StreamName) -> bool:
-    """Rooms the rules admit only by name (HQ's "every center", another user's id) must exist.
+def subscribe_verdict(access: Access, stream: StreamName) -> bool | None:
+    """`can_subscribe` answered from the Access alone, or None when that needs the database.
 
-    A dispatcher's or rider's centers and their own user id come from the database already, so
-    their subscriptions, the hot path, cost no query here.
+    The subscribe hot path (issue 13): a dispatcher's own center, a user's own stream, the
+    broadcast — rules marked `registry.in_memory` on rooms known to exist — cost no thread hop.
+    """
+    if access.role is None:
+        return False
+    if not registry.decides_in_memory(stream.kind.may_subscribe):
+        return None
+    if not stream.kind.may_subscribe(access, stream):
+        return False
+    return True if _known_to_exist(access, stream) else None
+
+
+def _known_to_exist(access: Access, stream: StreamName) -> bool:
+    """Whether the room exists without asking the database.
+
+    A dispatcher's or rider's centers and their own user id come from the database already, and
+    `broadcast:all` always exists.
     """
     if stream.kind.rooms == "center" and access.centers is not None:
         return True
     if stream.kind.rooms == "user" and stream.room == str(access.user_id):
         return True
-    return stream_exists(stream)
+    return stream.kind.rooms == "all"
 
 
+def _exists_for(access: Access, stream: StreamName) -> bool:
+    """Rooms the rules admit only by name (HQ's "every center", another user's id) must exist.
+
+    Those of `_known_to_exist`, the hot path, cost no query here.
+    """
+    return _known_to_exist(access, stream) or stream_exists(stream)
+
+
+@registry.in_memory
 def _own_or_hq(access: Access, stream: StreamName) -> bool:
     return access.role == Role.HQ or stream.room == str(access.user_id)
 
@@ -128,10 +152,12 @@ def _dispatcher_of_the_rider(access: Access, stream: StreamName) -> bool:
     return center is not None and access.serves(center)
 
 
+@registry.in_memory
 def _anyone(access: Access, stream: StreamName) -> bool:
     return True
 
 
+@registry.in_memory
 def _hq(access: Access, stream: StreamName) -> bool:
     return access.role == Role.HQ
 

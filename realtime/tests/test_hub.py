@@ -197,14 +197,40 @@ async def test_hub_join_merges_events_arriving_during_a_chunked_replay(hub, monk
     assert live.seqs == list(range(1, final + 1))
 
 
-async def test_hub_failed_join_releases_the_feed(hub, monkeypatch):
-    """A join whose history read fails raises, and leaves neither a feed nor a Redis subscription behind."""
+@pytest.mark.parametrize("since", [None, 0])
+async def test_hub_failed_join_releases_the_feed(hub, monkeypatch, since):
+    """A join whose database read fails raises, and leaves neither a feed nor a Redis subscription behind."""
 
     def broken(*args, **kwargs):
         raise RuntimeError("database down")
 
+    monkeypatch.setattr(outbox, "stream_position", broken)  # the feed's first read (without `since`, the only one)
     monkeypatch.setattr(outbox, "read_history", broken)
     with pytest.raises(RuntimeError):
-        await join(hub, FakeSubscriber())
+        await join(hub, FakeSubscriber(), since=since)
     assert hub.feeds == {}
     await until_async(lambda: redis_subscribers(hub, BROADCAST), 0)
+
+
+async def test_hub_join_without_since_on_a_live_feed_takes_the_hubs_position_and_reads_nothing(hub, monkeypatch):
+    """A connection storm's subscribes cost no database read: `head` is the hub's position, later events follow."""
+    first = FakeSubscriber()
+    await join(hub, first)
+    seqs = await in_thread(emit_notices, 3)
+    await until(lambda: first.seqs == seqs)
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("a join without since on a primed feed read the database")
+
+    monkeypatch.setattr(outbox, "stream_position", no_read)
+    monkeypatch.setattr(outbox, "read_history", no_read)
+    second = FakeSubscriber()
+    await join(hub, second, id="s2")
+    monkeypatch.undo()
+    epoch = first.decoded[0]["epoch"]
+    subscribed = {"type": "subscribed", "id": "s2", "stream": BROADCAST, "epoch": epoch, "head": seqs[-1]}
+    assert second.decoded == [{**subscribed, "recovered": False}]
+    later = await in_thread(emit_notices, 2)
+    await until(lambda: second.seqs == later)
+    assert first.seqs == seqs + later
+    assert second.overflows == first.overflows == []

@@ -361,3 +361,64 @@ def test_presence_api_refuses_anonymous_callers(db, api_client):
 
     assert response.status_code == 401
     assert "detail" in response.json()
+
+
+def count_pipelines(presence: Presence, fail: bool = False) -> list[int]:
+    """Record the size of each pipeline this presence sends (one round trip each); `fail`: as if Redis were down."""
+    sent: list[int] = []
+    original = presence.redis.pipeline
+
+    def pipeline(*args, **kwargs):
+        pipe = original(*args, **kwargs)
+        execute = pipe.execute
+
+        async def counted_execute(*a, **k):
+            sent.append(len(pipe.command_stack))
+            if fail:
+                raise redis.exceptions.ConnectionError("Redis is down (test)")
+            return await execute(*a, **k)
+
+        pipe.execute = counted_execute
+        return pipe
+
+    presence.redis.pipeline = pipeline
+    return sent
+
+
+async def test_presence_writes_of_connections_handled_together_share_one_round_trip(other_processes):
+    """A storm's connects are written in one pipeline; each `connect` returns once Redis holds it."""
+    presence = await other_processes()
+    sent = count_pipelines(presence)
+    await asyncio.gather(
+        *(presence.connect(f"c{i}", user_id=i + 1, username=f"u{i}", role="dispatcher") for i in range(50))
+    )
+    assert sent == [1]  # one HSET of 50 fields
+    stored = await presence.redis.hgetall(conns_key(presence.process_id))
+    assert sorted(stored) == sorted(f"c{i}".encode() for i in range(50))
+
+    await asyncio.gather(
+        presence.set_streams("c0", ["deliveries:gangnam"]),
+        presence.disconnect("c1"),
+        presence.connect("c1", user_id=2, username="u1", role="dispatcher"),
+        presence.connect("c50", user_id=51, username="u50", role="rider"),
+        presence.disconnect("c50"),  # the latest state of a connection is what gets written
+    )
+    assert sent == [1, 2]  # one pipeline: an HSET and an HDEL
+    stored = await presence.redis.hgetall(conns_key(presence.process_id))
+    assert b"c50" not in stored and b"c1" in stored and len(stored) == 50
+    assert b'"streams":["deliveries:gangnam"]' in stored[b"c0"]
+
+
+async def test_presence_write_failure_reaches_every_waiting_connection_and_the_next_write_works(other_processes):
+    presence = await other_processes()
+    count_pipelines(presence, fail=True)
+    results = await asyncio.gather(
+        *(presence.connect(f"c{i}", user_id=i + 1, username=f"u{i}", role="hq") for i in range(3)),
+        return_exceptions=True,
+    )
+    assert [type(r) for r in results] == [redis.exceptions.ConnectionError] * 3
+    del presence.redis.pipeline  # Redis is back
+    await presence.connect("c3", user_id=4, username="u3", role="hq")
+    assert await presence.redis.hkeys(conns_key(presence.process_id)) == [b"c3"]
+    await presence.heartbeat()  # what the hub runs: it writes back the connections the failed write lost
+    assert len(await presence.redis.hkeys(conns_key(presence.process_id))) == 4

@@ -95,10 +95,10 @@ def user_named(username: str):
     return get_user_model().objects.get(username=username)
 
 
-def session_cookie(user) -> str:
-    """Log `user` in (sync) and return the `Cookie` header value carrying the session."""
+def session_cookie(user, backend: str | None = None) -> str:
+    """Log `user` in (sync; through `backend`, default the first configured) and return the `Cookie` header value."""
     client = Client()
-    client.force_login(user)
+    client.force_login(user, backend=backend)
     name = settings.SESSION_COOKIE_NAME
     return f"{name}={client.cookies[name].value}"
 

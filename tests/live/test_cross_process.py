@@ -266,6 +266,8 @@ async def _slow_client_setup(live_servers, session_cookie, kind="uvicorn"):
     slow = await asyncio.to_thread(RawWebSocket, server, cookie)
     slow.send_text('{"type":"subscribe","id":"slow","stream":"broadcast:all"}')
     subscribed = await asyncio.to_thread(slow.recv_json)
+    while subscribed["type"] == "ping":  # a heartbeat (every second here) may come first on a busy machine
+        subscribed = await asyncio.to_thread(slow.recv_json)
     assert subscribed["type"] == "subscribed", subscribed
     return server, cookie, slow, subscribed["head"]
 

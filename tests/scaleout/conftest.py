@@ -12,11 +12,8 @@ and its log printed when the test failed. Without `/usr/sbin/haproxy` the tests 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -37,13 +34,11 @@ from tests.live.conftest import (  # noqa: F401  (fixtures and the report hook t
     pytest_runtest_makereport,
     session_cookie,
 )
+from tests.scaleout.haproxy_env import HAPROXY, haproxy_argv, haproxy_env, show_stat
 
-HAPROXY = Path("/usr/sbin/haproxy")
-CONFIG = PROJECT_ROOT / "deploy" / "haproxy.cfg"
 NGINX = Path("/usr/sbin/nginx")
 NGINX_CONFIG = PROJECT_ROOT / "deploy" / "nginx.conf"
 OPENSSL = Path("/usr/bin/openssl")
-BACKEND = "bros_web"
 READY_TIMEOUT = 20.0  # seconds for HAProxy to start and find every server healthy
 
 
@@ -73,16 +68,7 @@ class Balancer(LiveServer):
 
     def stats(self) -> dict[str, dict[str, str]]:
         """`show stat` of the backend's servers, by server name (`status`: UP/DOWN…; `scur`: sessions now)."""
-        with socket.socket(socket.AF_UNIX) as admin:
-            admin.settimeout(5)
-            admin.connect(str(self.socket_path))
-            admin.sendall(b"show stat\n")
-            chunks = []
-            while chunk := admin.recv(65536):
-                chunks.append(chunk)
-        text = b"".join(chunks).decode().removeprefix("# ")
-        rows = csv.DictReader(io.StringIO(text))
-        return {row["svname"]: row for row in rows if row["pxname"] == BACKEND and row["svname"] in self.names}
+        return {name: row for name, row in show_stat(self.socket_path).items() if name in self.names}
 
     def sessions(self) -> dict[int, int]:
         """Current sessions HAProxy holds to each server, by the server process's pid."""
@@ -105,23 +91,15 @@ def haproxy(request):
     workdir = Path(tempfile.mkdtemp(prefix="bros-haproxy-"))
 
     def start(servers: list[LiveServer]) -> Balancer:
-        assert len(servers) == 3, "deploy/haproxy.cfg lists three server processes"
         port = free_port()
         socket_path = workdir / "admin.sock"
-        env = {
-            **os.environ,
-            "BROS_BIND": f"127.0.0.1:{port}",
-            "BROS_HOST": "127.0.0.1",
-            "BROS_HAPROXY_SOCKET": str(socket_path),
-            "BROS_HAPROXY_LOG": "stdout",
-            "BROS_HAPROXY_UNPRIVILEGED": "1",
-            "BROS_HAPROXY_MAXCONN": "2000",  # within a test machine's file limit
-            **{f"BROS_WEB{i}": f"127.0.0.1:{server.port}" for i, server in enumerate(servers, 1)},
-        }
+        servers_at = [f"127.0.0.1:{server.port}" for server in servers]
+        # maxconn 2000: within a test machine's file limit
+        env = {**os.environ, **haproxy_env(port, socket_path, servers_at, maxconn=2000)}
         log_path = workdir / "haproxy.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                [str(HAPROXY), "-db", "-f", str(CONFIG)],  # -db: foreground, no daemon
+                haproxy_argv(),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
