@@ -1886,7 +1886,7 @@ def connect_report(sel: list[dict]) -> list[str]:
         got = [r for r in sel if r["variant"] == v]
         body.append(
             [
-                LABELS[v],
+                variant_label(v),
                 got[0]["n"],
                 len(got),
                 walls[v],
@@ -2021,7 +2021,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     for scen in args.scenarios:
-        if scen not in ("throughput", "fixed", "burst", "rooms", "slow", "profile"):
+        if scen not in ("throughput", "fixed", "burst", "rooms", "slow", "connect", "profile"):
             p.error(f"unknown scenario {scen}")
     args.variants = [v for v in args.variants.split(",") if v]
     for v in args.variants:
