@@ -44,6 +44,7 @@ CLOSE_IDLE = 4002
 CLOSE_ACCESS_REVOKED = 4003
 CLOSE_TOO_LARGE = 1009
 CLOSE_TIMEOUT = 2.0
+HEARTBEAT_SLICE = 250  # sockets ticked between two yields to the event loop
 MAX_ID_LENGTH = 100
 
 _conn_ids = itertools.count(1)
@@ -326,7 +327,9 @@ class ProtocolConsumer(AsyncConsumer):
         logger.info("closing %s (%s): %s", self.conn_id, self.user, reason)
         self.close_soon(CLOSE_TOO_SLOW)
 
-    def tick(self, now: float, heads: dict[str, int] | None, logged: frozenset[str] = frozenset()) -> None:
+    def tick(
+        self, now: float, heads: dict[str, int] | None, logged: frozenset[str] = frozenset(), pings: dict | None = None
+    ) -> None:
         """Drop a silent client (4002) or one that no longer reads (4001); send `ping` with heads when asked.
 
         A `ping` is queued behind every frame sent before it, so a client that has not answered
@@ -343,7 +346,15 @@ class ProtocolConsumer(AsyncConsumer):
             # Not a stream still joining: its replay follows, so its head would make the client
             # fetch over HTTP what the replay is about to send (or reload an expired one twice).
             mine = {s: heads.get(s, 0) for s in self.streams if s in logged and s not in self.joining}
-            self.deliver(frames.dumps({"type": "ping", "heads": mine}))
+            # Sockets with the same streams share one frame text (`pings`, one per heartbeat), so
+            # the server frames it once for all of them, as it does an event.
+            key = frozenset(mine.items())
+            frame = pings.get(key) if pings is not None else None
+            if frame is None:
+                frame = frames.dumps({"type": "ping", "heads": mine})
+                if pings is not None:
+                    pings[key] = frame
+            self.deliver(frame)
             if self.unanswered_ping_since is None:
                 self.unanswered_ping_since, self.unread_after_ping = now, 0
 
@@ -554,8 +565,14 @@ def _start_heartbeat(hub: Hub) -> None:
             # Once per tick, not per connection: which streams are logged, and their heads.
             logged = frozenset(name for name, feed in hub.feeds.items() if feed.logged)
             heads = await hub.heads_of(list(logged)) if logged else {}
-        for connection in list(hub.connections):
-            connection.tick(now, heads, logged)
+        # In slices, yielding between them: ticking 5,000 sockets at once held every event behind
+        # it (the p99 jump in docs/benchmarks.md, 2026-12-03), and sockets with the same streams
+        # share one ping frame.
+        pings: dict = {}
+        for i, connection in enumerate(list(hub.connections)):
+            if i and i % HEARTBEAT_SLICE == 0:
+                await asyncio.sleep(0)
+            connection.tick(now, heads, logged, pings)
 
     hub.every(check_every, heartbeat, name="hub-heartbeat")
 
