@@ -13,7 +13,7 @@ import pytest
 from django.utils import timezone
 
 import realtime.hub
-from realtime import outbox
+from realtime import consumers, outbox
 from realtime.bus import channel_for, get_redis, message_for
 from realtime.consumers import FrameSender
 from realtime.models import Event
@@ -911,6 +911,25 @@ async def test_heartbeat_ping_leaves_out_a_stream_until_its_subscribe_is_answere
     while BROADCAST not in (ping := await client.recv(pings=True))["heads"]:
         assert ping["type"] == "ping"
     assert ping["heads"][BROADCAST] == 5
+
+
+async def test_heartbeat_in_slices_pings_every_socket_with_its_own_heads(ws, settings, monkeypatch):
+    """Ticked one socket per slice, every socket still gets its ping, with the heads of its own
+    streams: the ping frame shared by sockets with the same streams is never another set's."""
+    monkeypatch.setattr(consumers, "HEARTBEAT_SLICE", 1)
+    settings.REALTIME_PING_INTERVAL = 0.3
+    await in_thread(emit_notices, 2)
+    same = [await ws.connect(HQ) for _ in range(2)]
+    for client in same:
+        await client.subscribe(BROADCAST)
+    other = await ws.connect(DISPATCHER)
+    await other.subscribe("deliveries:gangnam")
+    expected = [{BROADCAST: 2}, {BROADCAST: 2}, {"deliveries:gangnam": 0}]
+    for client, heads in zip([*same, other], expected, strict=True):
+        frame = await client.recv(timeout=2, pings=True)
+        while frame["type"] != "ping":
+            frame = await client.recv(timeout=2, pings=True)
+        assert frame["heads"] == heads
 
 
 async def test_heartbeat_closes_a_silent_client_and_keeps_one_that_answers(ws, settings):
