@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from core import strict_input
 from realtime import frames
 from realtime.models import Event
-from realtime.tests.wsclient import WsClients, emit_notices, in_thread
+from realtime.tests.wsclient import emit_notices, in_thread
 
 HQ = "hq"
 RIDER = "rider-gangnam-01"
@@ -40,18 +40,6 @@ class Utf8Wire:
             await send(message)
 
         return await self.app(scope, receive, encoding_send)
-
-
-@pytest.fixture
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-async def ws(fast_password_hashing, demo_tx):
-    clients = WsClients()
-    yield clients
-    await clients.shutdown()
 
 
 def is_error(frame: dict, code: str, id=None) -> bool:

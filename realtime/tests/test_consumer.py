@@ -20,7 +20,6 @@ from realtime.models import Event
 from realtime.tests.wsclient import (
     NoticeWriter,
     StallableApp,
-    WsClients,
     emit_notices,
     in_thread,
     publish_marker,
@@ -35,20 +34,6 @@ MAPO_RIDER = "rider-mapo-01"
 CALLCENTER = "callcenter"
 HQ = "hq"
 BROADCAST = "broadcast:all"
-
-
-@pytest.fixture
-def fast_password_hashing(settings):
-    """Every transactional test reloads the demo accounts: hash their password cheaply (nobody types it here)."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-async def ws(fast_password_hashing, demo_tx):
-    """Connections to the real ASGI app; at the end they are closed and this loop's hub stopped."""
-    clients = WsClients()
-    yield clients
-    await clients.shutdown()
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from core.models import Center, StaffProfile
 from core.redis_connection import get_redis
 from realtime.auth import authenticate
 from realtime.tests import cost
-from realtime.tests.wsclient import WsClients, in_thread, session_cookie, user_named
+from realtime.tests.wsclient import in_thread, session_cookie, user_named
 
 DISPATCHER = "dispatch-gangnam"
 RIDER = "rider-gangnam-01"
@@ -30,18 +30,6 @@ CALLCENTER = "callcenter"
 HQ = "hq"
 ADMIN = "admin"
 OWN_CENTER = "deliveries:gangnam"
-
-
-@pytest.fixture
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-async def ws(fast_password_hashing, demo_tx):
-    clients = WsClients()
-    yield clients
-    await clients.shutdown()
 
 
 def key_of(user, backend: str | None = None) -> str:
