@@ -83,6 +83,18 @@ class Balancer(LiveServer):
         return states == [("UP", "L7OK", "200")] * 3
 
 
+def stop_and_report(request, kind: str, started: list[LiveServer]) -> None:
+    """Stop the balancers a test started; print their logs if the test failed."""
+    for balancer in started:
+        with contextlib.suppress(Exception):
+            balancer.stop()
+    report = getattr(request.node, "rep_call", None)
+    if report is None or report.failed:
+        for balancer in started:
+            print(f"\n===== {kind} pid {balancer.pid} port {balancer.port} (exit {balancer.process.returncode}) =====")
+            print(balancer.log()[-20000:])
+
+
 @pytest.fixture
 def haproxy(request):
     """`haproxy(servers) -> Balancer`: the shipped config in front of `servers` (three, web1..web3)."""
@@ -122,14 +134,7 @@ def haproxy(request):
 
     yield start
 
-    for balancer in started:
-        with contextlib.suppress(Exception):
-            balancer.stop()
-    report = getattr(request.node, "rep_call", None)
-    if report is None or report.failed:
-        for balancer in started:
-            print(f"\n===== haproxy pid {balancer.pid} port {balancer.port} (exit {balancer.process.returncode}) =====")
-            print(balancer.log()[-20000:])
+    stop_and_report(request, "haproxy", started)
     with contextlib.suppress(OSError):
         for path in workdir.iterdir():
             path.unlink()
@@ -228,14 +233,7 @@ def nginx(request, monkeypatch):
 
     yield start
 
-    for balancer in started:
-        with contextlib.suppress(Exception):
-            balancer.stop()
-    report = getattr(request.node, "rep_call", None)
-    if report is None or report.failed:
-        for balancer in started:
-            print(f"\n===== nginx pid {balancer.pid} port {balancer.port} (exit {balancer.process.returncode}) =====")
-            print(balancer.log()[-20000:])
+    stop_and_report(request, "nginx", started)
     shutil.rmtree(workdir, ignore_errors=True)
 
 
