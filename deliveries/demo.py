@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 
 from django.contrib.auth import get_user_model
@@ -92,6 +93,16 @@ def _profile(user, role: str, centers) -> None:
     profile.centers.set(centers)
 
 
+@functools.cache
+def _demo_password_hash() -> str:
+    """The shared demo password, hashed once per process (hashing is deliberately slow, ~0.3 s).
+
+    Once, not once per account; and once per process, because the test suite reloads the demo
+    data after every transactional test. The password is public, so a reused salt costs nothing.
+    """
+    return make_password(DEMO_PASSWORD)
+
+
 @transaction.atomic
 def load_demo_data() -> dict[str, int]:
     """Create the demo data, or bring it back to the demo state; safe to run any number of times."""
@@ -110,8 +121,7 @@ def load_demo_data() -> dict[str, int]:
                 },
             )
 
-    # Hashing is deliberately slow: hash the shared demo password once, not once per account.
-    password_hash = make_password(DEMO_PASSWORD)
+    password_hash = _demo_password_hash()
     _user("admin", password_hash=password_hash, first_name="Admin", superuser=True)
     _profile(
         _user(
