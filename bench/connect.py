@@ -8,7 +8,8 @@ Each round runs in a fresh child process: Django set up from the tree, the real 
 (`bros.asgi.application`, origin check, authentication, consumer, this loop's hub) driven by
 Channels' in-memory communicator, so the figures are the server's connect path without the network
 and HTTP parsing (`bench/fanout.py --scenarios connect` measures through uvicorn, against
-socket.io). N sockets of one user (`--user`, default a dispatcher) open at most `--concurrency` at a
+socket.io). N sockets of one user (`--user`, default a dispatcher; with `--sessions K` they cycle through K
+distinct session rows, as a real storm of many tabs has) open at most `--concurrency` at a
 time, each sends `subscribe` for `--stream` and waits for `subscribed`. Printed per round: the
 storm's wall time, p50/p99 per socket, and the database queries and sync→async thread hops per
 socket, counted in every thread (`realtime/tests/cost.py`). With `--ab`, rounds alternate between
@@ -58,12 +59,14 @@ def percentile(values: list[float], q: float) -> float | None:
 # -- child: one storm in one tree ------------------------------------------------------------------
 
 
-async def storm(args, application, cookie: str, cost_module) -> dict:
+async def storm(args, application, cookies: list[str], cost_module) -> dict:
     from channels.testing import WebsocketCommunicator
 
     from realtime.hub import stop_hub
 
-    headers = [(b"host", b"localhost"), (b"origin", b"http://localhost"), (b"cookie", cookie.encode())]
+    base = [(b"host", b"localhost"), (b"origin", b"http://localhost")]
+    headers_of = [[*base, (b"cookie", cookie.encode())] for cookie in cookies]
+    headers = headers_of[0]
     subscribe = {"type": "subscribe", "id": "s", "stream": args.stream}
     sem = asyncio.Semaphore(args.concurrency)
     times: list[float] = []
@@ -79,10 +82,10 @@ async def storm(args, application, cookie: str, cost_module) -> dict:
     with cost_module.counting() as spent:
         app = spent.app(application)
 
-        async def one():
+        async def one(i):
             async with sem:
                 t0 = time.perf_counter()
-                communicator = WebsocketCommunicator(app, "/ws/v1/", headers=headers)
+                communicator = WebsocketCommunicator(app, "/ws/v1/", headers=headers_of[i % len(headers_of)])
                 try:
                     accepted, _ = await communicator.connect(timeout=args.timeout)
                     if not accepted:
@@ -100,9 +103,9 @@ async def storm(args, application, cookie: str, cost_module) -> dict:
                 times.append(time.perf_counter() - t0)
                 open_ones.append(communicator)
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(args.n)))
-        wall = time.perf_counter() - t0
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(one(i) for i in range(args.n)))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         hops = list(spent.hops)
         queries = len(spent.queries)
     for communicator in [*open_ones, warm]:
@@ -119,12 +122,37 @@ async def storm(args, application, cookie: str, cost_module) -> dict:
         "failed": args.n - connected,
         "errors": errors,
         "wall_s": round(wall, 3),
+        "cpu_ms_per_socket": round(1000 * cpu / args.n, 3),
         "p50_ms": round(1000 * percentile(times, 50), 1) if times else None,
         "p99_ms": round(1000 * percentile(times, 99), 1) if times else None,
         "queries_per_socket": round(queries / args.n, 2),
         "hops_per_socket": round(len(hops) / args.n, 2),
         "hops": by_name,
     }
+
+
+def distinct_sessions(user, count: int) -> list[str]:
+    """`count` login sessions of `user`, one row each, written as bench/shift_setup.py writes them
+    (as `django.contrib.auth.login` would, without `count` password checks)."""
+    import datetime as dt
+
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+    from django.utils.crypto import get_random_string
+
+    expire = timezone.now() + dt.timedelta(days=1)
+    store = SessionStore()
+    data = {
+        SESSION_KEY: str(user.pk),
+        BACKEND_SESSION_KEY: "django.contrib.auth.backends.ModelBackend",
+        HASH_SESSION_KEY: user.get_session_auth_hash(),
+    }
+    keys = [get_random_string(32, "abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(count)]
+    rows = [Session(session_key=key, session_data=store.encode(data), expire_date=expire) for key in keys]
+    Session.objects.bulk_create(rows, batch_size=1000)
+    return keys
 
 
 def child(args) -> None:
@@ -147,9 +175,14 @@ def child(args) -> None:
 
     from bros.asgi import application
 
-    client = Client()
-    client.force_login(get_user_model().objects.get(username=args.user))
-    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    user = get_user_model().objects.get(username=args.user)
+    if args.sessions:
+        keys = distinct_sessions(user, args.sessions)
+    else:
+        client = Client()
+        client.force_login(user)
+        keys = [client.cookies[settings.SESSION_COOKIE_NAME].value]
+    cookies = [f"{settings.SESSION_COOKIE_NAME}={key}" for key in keys]
     from django.db import connections
 
     connections.close_all()
@@ -158,12 +191,12 @@ def child(args) -> None:
         import pstats
 
         profiler = cProfile.Profile()
-        result = profiler.runcall(asyncio.run, storm(args, application, cookie, cost_module))
+        result = profiler.runcall(asyncio.run, storm(args, application, cookies, cost_module))
         profiler.dump_stats(args.profile)
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(45)
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(30)
     else:
-        result = asyncio.run(storm(args, application, cookie, cost_module))
+        result = asyncio.run(storm(args, application, cookies, cost_module))
     print(json.dumps(result), flush=True)
 
 
@@ -178,7 +211,7 @@ def run_round(args, tree: Path) -> dict:
         "--tree",
         str(tree),
         *("-n", str(args.n), "--concurrency", str(args.concurrency), "--user", args.user, "--stream", args.stream),
-        *("--timeout", str(args.timeout)),
+        *("--timeout", str(args.timeout), "--sessions", str(args.sessions)),
     ]
     if args.profile:
         argv += ["--profile", args.profile]
@@ -208,6 +241,9 @@ def main(argv=None) -> int:
     p.add_argument("--concurrency", type=int, default=500, help="handshakes in flight at once")
     p.add_argument("--user", default="dispatch-gangnam")
     p.add_argument("--stream", default="deliveries:gangnam")
+    p.add_argument(
+        "--sessions", type=int, default=0, help="distinct session rows the sockets cycle through (0: one login)"
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--timeout", type=float, default=120.0, help="per socket, seconds")
     p.add_argument("--ab", metavar="TREE", help="another checkout to compare with, round by round")
@@ -231,13 +267,18 @@ def main(argv=None) -> int:
             rows[name].append(row)
             print(
                 f"round {r + 1} {name:5}: {row['connected']}/{row['n']} in {row['wall_s']} s, "
-                f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, failed {row['failed']} {row['errors'] or ''}, "
+                f"{row.get('cpu_ms_per_socket')} ms CPU per socket, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
+                f"failed {row['failed']} {row['errors'] or ''}, "
                 f"{row['queries_per_socket']} queries and {row['hops_per_socket']} hops per socket {row['hops']}",
                 flush=True,
             )
     medians = {name: statistics.median(r["wall_s"] for r in got) for name, got in rows.items()}
     for name, median in medians.items():
-        print(f"{name}: median storm {median:.2f} s over {len(rows[name])} rounds ({trees[name]})")
+        cpu = statistics.median(r["cpu_ms_per_socket"] for r in rows[name])
+        print(
+            f"{name}: median storm {median:.2f} s, {cpu:.3f} ms CPU per socket (process, all threads), "
+            f"{len(rows[name])} rounds ({trees[name]})"
+        )
     if args.ab:
         print(f"other / this = {medians['other'] / medians['this']:.2f} (same run, shared machine: ratios only)")
     return 0

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from django.contrib.auth import get_user_model
 from django.contrib.postgres.aggregates import ArrayAgg
 from django.core.exceptions import PermissionDenied
+from django.db import connection
 from django.db.models import F, OuterRef, Q, Subquery, Value
+from django.db.models.expressions import RawSQL
 
 from core.actors import TokenActor
 from core.models import Center, StaffProfile
@@ -84,12 +86,18 @@ def cached_access(user) -> Access | None:
     return getattr(user, "_bros_access", None)
 
 
-def _user_with_access_query(user_id):
-    """The queryset behind `user_with_access` (compiled once per process, see `_compiled_query`)."""
+def _users_with_access_query(user_ids):
+    """The queryset behind `users_with_access` (compiled once per process, see `_compiled_query`).
+
+    The ids are ONE array parameter (`pk IN (SELECT unnest(%s))`), so the SQL is the same for any
+    number of users and is built once.
+    """
+    pk = get_user_model()._meta.pk
+    ids = RawSQL(f"SELECT unnest(%s::{pk.db_type(connection)}[])", [user_ids])
     riders = Center.objects.filter(riders__user=OuterRef("pk")).order_by("code")  # `.first()` in access_for
     return (
         get_user_model()
-        .objects.filter(pk=user_id)
+        .objects.filter(pk__in=ids)
         .annotate(
             bros_profile_id=F("staff__id"),
             bros_role=F("staff__role"),
@@ -97,51 +105,51 @@ def _user_with_access_query(user_id):
             bros_rider_center=Subquery(riders.values("code")[:1]),
             bros_rider_id=Subquery(riders.values("riders__pk")[:1]),
         )
-        .order_by("pk")[:1]
     )
 
 
 _compiled: dict[str, tuple[str, list, int]] = {}
 
 
-def _compiled_query(user_id) -> tuple[str, list, int] | None:
-    """The query's SQL, its parameters and the position of the user id among them; None if not found.
+def _compiled_query() -> tuple[str, list, int]:
+    """The query's SQL, its parameters and the position of the id array among them.
 
     Building this ORM query costs ~2.5 ms of CPU per call, ten times the query's own client-side
     cost: too much for each handshake of a connection storm, so it is compiled once.
     """
     key = get_user_model()._meta.label
     if key not in _compiled:
-        sql, params = _user_with_access_query(user_id).query.sql_with_params()
+        marker: list = []
+        sql, params = _users_with_access_query(marker).query.sql_with_params()
         params = list(params)
-        where = [i for i, param in enumerate(params) if param == user_id]
-        if len(where) != 1:
-            return None  # the id is not one distinct parameter: build the query each time
-        _compiled[key] = (sql, params, where[0])
+        (at,) = [i for i, param in enumerate(params) if param is marker]  # RawSQL passes its parameter as is
+        _compiled[key] = (sql, params, at)
     return _compiled[key]
 
 
-def user_with_access(user_id):
-    """The user `user_id` (active or not; None if there is none) with their Access read in the same query.
+def users_with_access(user_ids) -> dict:
+    """The users `user_ids` (active or not; missing ones left out) by id, each with their Access read in the same query.
 
-    The WebSocket handshake's read (issue 13): user, profile role, centers and rider row in ONE
-    query instead of `get_user` + `access_for`'s two or three. The Access is cached on the user
-    like `access_for` caches it, and equals what `access_for` would return.
+    The WebSocket handshake's read (issue 13): users, profile roles, centers and rider rows in ONE
+    query for a whole batch of handshakes, instead of `get_user` + `access_for`'s two or three per
+    user. The Access is cached on each active user like `access_for` caches it, and equals what
+    `access_for` would return.
     """
-    compiled = _compiled_query(user_id)
-    if compiled is None:
-        user = _user_with_access_query(user_id).first()
-    else:
-        sql, params, at = compiled
-        params = [*params[:at], user_id, *params[at + 1 :]]
-        user = next(iter(get_user_model().objects.raw(sql, params)), None)
-    if user is None:
-        return None
-    if user.is_active:
-        role = user.bros_role if user.bros_profile_id is not None else None
-        rider = (user.bros_rider_center, user.bros_rider_id) if user.bros_rider_center is not None else None
-        user._bros_access = _build_access(user, profile_role=role, center_codes=user.bros_centers, rider=rider)
-    return user
+    sql, params, at = _compiled_query()
+    params = [*params[:at], list(dict.fromkeys(user_ids)), *params[at + 1 :]]
+    users = {}
+    for user in get_user_model().objects.raw(sql, params):
+        if user.is_active:
+            role = user.bros_role if user.bros_profile_id is not None else None
+            rider = (user.bros_rider_center, user.bros_rider_id) if user.bros_rider_center is not None else None
+            user._bros_access = _build_access(user, profile_role=role, center_codes=user.bros_centers, rider=rider)
+        users[user.pk] = user
+    return users
+
+
+def user_with_access(user_id):
+    """The user `user_id` (active or not; None if there is none) with their Access: `users_with_access`."""
+    return users_with_access([user_id]).get(user_id)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,9 @@ read with `access_for`, one or two queries more).
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import copy
 import logging
 from importlib import import_module
 
@@ -30,13 +33,15 @@ from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model, load_backend
 from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.models import AnonymousUser
+from django.contrib.sessions.backends import db
 from django.core.exceptions import ValidationError
 from django.http.cookie import parse_cookie
+from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 from redis.exceptions import RedisError
 
-from core.access import access_for, user_with_access
-from core.access_versions import current_version
+from core.access import access_for, users_with_access
+from core.access_versions import current_versions
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +54,12 @@ def session_key_of(scope) -> str | None:
     return None
 
 
-def _read_version(user_id) -> int:
+def _read_versions(user_ids) -> list[int]:
     try:
-        return current_version(user_id)
-    except RedisError:  # as before: version 0, so the next re-check re-reads this user's access
-        logger.warning("access version unreadable for user %s", user_id, exc_info=True)
-        return 0
+        return current_versions(user_ids)
+    except RedisError:  # as before: version 0, so the next re-check re-reads these users' access
+        logger.warning("access versions unreadable for users %s", user_ids, exc_info=True)
+        return [0] * len(user_ids)
 
 
 def _plain_model_backend(backend) -> bool:
@@ -63,38 +68,142 @@ def _plain_model_backend(backend) -> bool:
     return cls.get_user is ModelBackend.get_user and cls.user_can_authenticate is ModelBackend.user_can_authenticate
 
 
+def _reads_like_db_backend(store) -> bool:
+    """Whether the session store loads exactly like Django's database backend (then one query loads many)."""
+    cls = type(store)
+    return cls.load is db.SessionStore.load and cls._get_session_from_db is db.SessionStore._get_session_from_db
+
+
+def _load_sessions(stores) -> None:
+    """Load the database sessions among `stores` in ONE query, as each one's `load()` would have.
+
+    Like `db.SessionStore.load`: only unexpired rows, decoded by the store's own `decode` (bad
+    signature or data → empty); a missing or expired row is an empty session. Other engines (cache,
+    cached_db, signed cookies, a project's own) are left to load themselves on first access.
+    """
+    by_key = {store.session_key: store for store in stores if store.session_key and _reads_like_db_backend(store)}
+    if not by_key:
+        return
+    model = next(iter(by_key.values())).model
+    rows = model.objects.filter(session_key__in=list(by_key), expire_date__gt=timezone.now())
+    found = dict(rows.values_list("session_key", "session_data"))
+    for key, store in by_key.items():
+        store._session_cache = store.decode(found[key]) if key in found else {}
+
+
+def authenticate_many(session_keys) -> list[tuple[object | None, int]]:
+    """For each session key: its active user with the Access cached on it (or None), and the access version (sync).
+
+    A batch of handshakes costs what one does: one query for the session rows, one Redis round
+    trip for the versions, one query for the users with their access (`users_with_access`), and
+    then only a session flushed for a stale hash or a custom backend's `get_user` add queries.
+    Each handshake gets its own user object, refused like Django's `get_user` refuses it.
+    """
+    engine = import_module(settings.SESSION_ENGINE)
+    stores = [engine.SessionStore(key) if key else None for key in session_keys]
+    _load_sessions([store for store in stores if store is not None])
+    claims = []  # per key: None (anonymous) or (store, user id, backend)
+    for store in stores:
+        claim = None
+        if store is not None:
+            try:
+                user_id = get_user_model()._meta.pk.to_python(store[SESSION_KEY])
+                backend_path = store[BACKEND_SESSION_KEY]
+            except (KeyError, ValidationError):
+                backend_path = None
+            if backend_path in settings.AUTHENTICATION_BACKENDS:
+                claim = (store, user_id, load_backend(backend_path))
+        claims.append(claim)
+    user_ids = list(dict.fromkeys(claim[1] for claim in claims if claim))
+    versions = dict(zip(user_ids, _read_versions(user_ids), strict=True))  # before the access, see above
+    plain = [claim[1] for claim in claims if claim and _plain_model_backend(claim[2])]
+    users = users_with_access(plain) if plain else {}
+    results, handed_out = [], set()
+    for claim in claims:
+        user = None
+        if claim:
+            store, user_id, backend = claim
+            if _plain_model_backend(backend):
+                user = users.get(user_id)
+                if user is not None and user_id in handed_out:
+                    user = copy.copy(user)  # one object per connection, as before
+                handed_out.add(user_id)
+                if user is not None and not backend.user_can_authenticate(user):
+                    user = None
+            else:
+                user = backend.get_user(user_id)
+            if user is not None and hasattr(user, "get_session_auth_hash"):
+                session_hash = store.get(HASH_SESSION_KEY)
+                if not (session_hash and constant_time_compare(session_hash, user.get_session_auth_hash())):
+                    store.flush()  # the password changed since this login: the session is void
+                    user = None
+        if user is None:
+            results.append((None, 0))
+        else:
+            access_for(user)  # cached on the user already on the joined path; read here otherwise
+            results.append((user, versions[claim[1]]))
+    return results
+
+
 def authenticate(session_key: str | None) -> tuple[object | None, int]:
     """The session's active user with its Access cached on it (or None), and its access version (sync).
 
     Two queries for a valid session (session row; user + access), one for an unknown one.
     """
-    if not session_key:
-        return None, 0
-    session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
-    try:
-        user_id = get_user_model()._meta.pk.to_python(session[SESSION_KEY])
-        backend_path = session[BACKEND_SESSION_KEY]
-    except (KeyError, ValidationError):
-        return None, 0
-    if backend_path not in settings.AUTHENTICATION_BACKENDS:
-        return None, 0
-    backend = load_backend(backend_path)
-    version = _read_version(user_id)
-    if _plain_model_backend(backend):
-        user = user_with_access(user_id)
-        if user is not None and not backend.user_can_authenticate(user):
-            user = None
-    else:
-        user = backend.get_user(user_id)
-    if user is None:
-        return None, 0
-    if hasattr(user, "get_session_auth_hash"):
-        session_hash = session.get(HASH_SESSION_KEY)
-        if not (session_hash and constant_time_compare(session_hash, user.get_session_auth_hash())):
-            session.flush()  # the password changed since this login: the session is void
-            return None, 0
-    access_for(user)  # cached on the user already on the joined path; read here otherwise
-    return user, version
+    return authenticate_many([session_key])[0]
+
+
+class _Batches:
+    """Single-flight batching of one event loop's handshakes: at most one lookup in flight.
+
+    The first handshake starts a lookup at once (no waiting: alone, it costs what it did). Those
+    arriving while it runs queue, and the next lookup reads them all together: one thread hop,
+    two queries and one Redis round trip per batch, whatever its size (up to MAX). A storm of
+    distinct sessions then pays per batch, not per connection, for the hop, the pool checkout and
+    the round trips. Each batch runs in the context of its first handshake (so its queries are
+    counted there, realtime/tests/cost.py).
+    """
+
+    MAX = 256
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.pending: list[tuple[str, asyncio.Future, contextvars.Context]] = []
+        self.running = False
+
+    def submit(self, session_key: str) -> asyncio.Future:
+        future = self.loop.create_future()
+        self.pending.append((session_key, future, contextvars.copy_context()))
+        if not self.running:
+            self._start()
+        return future
+
+    def _start(self) -> None:
+        batch, self.pending = self.pending[: self.MAX], self.pending[self.MAX :]
+        self.running = True
+        self.loop.create_task(self._run(batch), context=batch[0][2])
+
+    async def _run(self, batch) -> None:
+        futures = [future for _, future, _ in batch]
+        try:
+            keys = [key for key, _, _ in batch]
+            results = await database_sync_to_async(authenticate_many, thread_sensitive=False)(keys)
+        except asyncio.CancelledError:  # the loop is shutting down: so are the handshakes
+            for future in futures:
+                future.cancel()
+            raise
+        except Exception as exc:  # each handshake of the batch fails as its own lookup would have
+            for future in futures:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        finally:
+            self.running = False
+            if self.pending:
+                self._start()
+        for future, result in zip(futures, results, strict=True):
+            if not future.done():  # a handshake cancelled meanwhile (client gone) is skipped
+                future.set_result(result)
 
 
 class SessionAuthMiddleware:
@@ -102,10 +211,16 @@ class SessionAuthMiddleware:
 
     def __init__(self, inner):
         self.inner = inner
+        self._batches: _Batches | None = None
+
+    def _batches_of(self, loop) -> _Batches:
+        if self._batches is None or self._batches.loop is not loop:
+            self._batches = _Batches(loop)
+        return self._batches
 
     async def __call__(self, scope, receive, send):
         session_key = session_key_of(scope)
         user, version = None, 0
         if session_key:  # no cookie, no thread hop
-            user, version = await database_sync_to_async(authenticate, thread_sensitive=False)(session_key)
+            user, version = await self._batches_of(asyncio.get_running_loop()).submit(session_key)
         return await self.inner({**scope, "user": user or AnonymousUser(), "access_version": version}, receive, send)

@@ -5,6 +5,7 @@ unknown backend)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
@@ -20,7 +21,7 @@ from core.access import access_for, cached_access
 from core.access_versions import versions_key
 from core.models import Center, StaffProfile
 from core.redis_connection import get_redis
-from realtime.auth import authenticate
+from realtime.auth import authenticate, authenticate_many
 from realtime.tests import cost
 from realtime.tests.wsclient import in_thread, session_cookie, user_named
 
@@ -129,6 +130,66 @@ def test_handshake_refuses_a_session_naming_no_valid_user_id(demo):
     assert authenticate(key) == (None, 0)
 
 
+# -- a batch of handshakes (single-flight: those arriving during a lookup are read together) -------------
+
+
+def test_a_batch_of_distinct_sessions_costs_two_queries_and_refuses_each_bad_one_like_alone(demo):
+    """Valid sessions (two of one user), unknown, expired, stale-hash, inactive and deleted ones, in one
+    batch: each gets exactly the answer it gets alone, in two queries plus the stale session's flush."""
+    dispatcher, rider, callcenter, hq = (user_named(n) for n in (DISPATCHER, RIDER, CALLCENTER, HQ))
+    good = [key_of(dispatcher), key_of(dispatcher), key_of(hq), key_of(user_named(ADMIN))]
+    expired = key_of(user_named("dispatch-mapo"))
+    Session.objects.filter(session_key=expired).update(expire_date=timezone.now() - timedelta(seconds=1))
+    stale = key_of(callcenter)
+    callcenter.set_password("changed")
+    callcenter.save()
+    inactive = key_of(rider)
+    type(rider).objects.filter(pk=rider.pk).update(is_active=False)
+    deleted_user = get_user_model().objects.create_user("to-delete", password="x")
+    deleted = key_of(deleted_user)
+    deleted_user.delete()
+    keys = [*good, "not-a-session", expired, stale, inactive, deleted, None, ""]
+    with CaptureQueriesContext(connection) as queries:
+        results = authenticate_many(keys)
+    # sessions; users + access; the stale session's flush (Django's delete: get, then delete)
+    assert len(queries) == 4, [q["sql"] for q in queries]
+    assert [user.pk if user else None for user, _ in results] == [
+        *(dispatcher.pk, dispatcher.pk, hq.pk, user_named(ADMIN).pk),
+        *[None] * 7,
+    ]
+    assert results[0][0] is not results[1][0], "each connection gets its own user object"
+    for user, _ in results[:4]:
+        assert cached_access(user) == fresh_access(user)
+    assert not Session.objects.filter(session_key=stale).exists()
+    assert [authenticate(key) for key in keys[4:]] == [(None, 0)] * 7
+
+
+def test_a_batch_reads_each_users_access_version(demo):
+    dispatcher, hq = user_named(DISPATCHER), user_named(HQ)
+    keys = [key_of(dispatcher), key_of(hq)]
+    before = [version for _, version in authenticate_many(keys)]
+    get_redis().hincrby(versions_key(), str(hq.pk), 2)
+    assert [version for _, version in authenticate_many(keys)] == [before[0], before[1] + 2]
+
+
+async def test_concurrent_handshakes_share_one_lookup_after_the_first(ws):
+    """K handshakes at once: the first is looked up alone at once, the K - 1 arriving meanwhile in ONE more
+    hop and two more queries; every one is accepted as the user of its own session."""
+    k = 12
+    users = [await ws.user(name) for name in (DISPATCHER, HQ, CALLCENTER, ADMIN)]
+    cookies = [await in_thread(session_cookie, users[i % len(users)]) for i in range(k)]
+    with cost.counting() as spent:
+        app = spent.app(application)
+        attempts = await asyncio.gather(*(ws.attempt(cookie=cookie, app=app) for cookie in cookies))
+    assert all(accepted for accepted, _ in attempts)
+    assert (spent.hops, len(spent.queries)) == (["authenticate_many"] * 2, 4), spent.queries
+    for i, (_, client) in enumerate(attempts):  # each socket is its own session's user
+        user = users[i % len(users)]
+        assert (await client.subscribe(f"user:{user.pk}"))["type"] == "subscribed", user.username
+        if user.username in (DISPATCHER, CALLCENTER):
+            assert (await client.subscribe(f"user:{users[1].pk}"))["code"] == "forbidden", user.username
+
+
 class NoRidersBackend(ModelBackend):
     """A deployment's own backend: its `get_user` is honoured (here: riders may not sign in)."""
 
@@ -162,7 +223,7 @@ async def test_connect_and_subscribe_to_own_center_cost_one_hop_and_two_queries_
         mark = spent.mark()
         assert (await client.subscribe(OWN_CENTER))["type"] == "subscribed"
         subscribed = spent.since(mark)
-    assert connected == (["authenticate"], 2), spent.queries
+    assert connected == (["authenticate_many"], 2), spent.queries
     # Neither the check nor the head (the hub's position in the stream) needs the database.
     assert subscribed == ([], 0), spent.queries
 
