@@ -4,15 +4,20 @@ It replaces Channels' `AuthMiddlewareStack` for `/ws/v1/` (issue 13, connection 
 reads the session and the user in one `database_sync_to_async` call on the process's single
 thread-sensitive thread, and the consumer then read the access version from Redis and the Access
 in a second one: every handshake of the process queued twice on one thread, behind every other.
-Here one call, in the loop's executor (`thread_sensitive=False`, like the hub's reads), does:
+Here one call, in the loop's executor (`thread_sensitive=False`, like the hub's reads), does, for
+a whole batch of handshakes (`_Batches`: those that arrived while the previous call ran):
 
-1. the session row (one query; an expired or unknown key is anonymous),
-2. the user's access version from Redis, read BEFORE the access so that a change committed in
-   between is caught by the next heartbeat's re-check (realtime.consumers.recheck_access),
-3. the user with their role, centers and rider row (one query, `core.access.user_with_access`),
+1. the session rows (one query; an expired or unknown key is anonymous; the database engine's
+   rows are loaded together, other engines' sessions load themselves as before),
+2. the users' access versions from Redis (one HMGET), read BEFORE the access so that a change
+   committed in between is caught by the next heartbeat's re-check (realtime.consumers.recheck_access),
+3. the users with their role, centers and rider row (one query, `core.access.users_with_access`),
    refused like Django's `get_user`: inactive user (ModelBackend), a backend no longer in
    AUTHENTICATION_BACKENDS, or a session hash that no longer matches the user's password (the
    session is then flushed, as Channels and Django do).
+
+Not one SQL statement for session and user: the user id is inside the signed (and maybe
+compressed) session data, which only Python can check and decode.
 
 Nothing here holds a transaction across calls, and `database_sync_to_async` returns the thread's
 connection to the pool after the call (CONN_MAX_AGE = 0), so running in any executor thread is as
@@ -91,57 +96,76 @@ def _load_sessions(stores) -> None:
         store._session_cache = store.decode(found[key]) if key in found else {}
 
 
-def authenticate_many(session_keys) -> list[tuple[object | None, int]]:
+def _claim(store):
+    """(store, user id, backend) of a session that names a user of a configured backend, else None."""
+    if store is None:
+        return None
+    try:
+        user_id = get_user_model()._meta.pk.to_python(store[SESSION_KEY])
+        backend_path = store[BACKEND_SESSION_KEY]
+    except (KeyError, ValidationError):
+        return None
+    if backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return None
+    return store, user_id, load_backend(backend_path)
+
+
+def _user_of(claim, users: dict, handed_out: set):
+    """The claim's user as Django's `get_user` would accept it (a fresh object per connection), or None."""
+    store, user_id, backend = claim
+    if _plain_model_backend(backend):
+        user = users.get(user_id)
+        if user is not None and user_id in handed_out:
+            user = copy.copy(user)  # one object per connection, as before
+        handed_out.add(user_id)
+        if user is not None and not backend.user_can_authenticate(user):
+            return None
+    else:
+        user = backend.get_user(user_id)
+    if user is not None and hasattr(user, "get_session_auth_hash"):
+        session_hash = store.get(HASH_SESSION_KEY)
+        if not (session_hash and constant_time_compare(session_hash, user.get_session_auth_hash())):
+            store.flush()  # the password changed since this login: the session is void
+            return None
+    if user is not None:
+        access_for(user)  # cached on the user already on the joined path; read here otherwise
+    return user
+
+
+def _isolated(fn, *args):
+    """fn(*args), or the exception it raised: one session's failure is its handshake's alone."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        return exc
+
+
+def authenticate_many(session_keys) -> list[tuple[object | None, int] | Exception]:
     """For each session key: its active user with the Access cached on it (or None), and the access version (sync).
 
     A batch of handshakes costs what one does: one query for the session rows, one Redis round
-    trip for the versions, one query for the users with their access (`users_with_access`), and
-    then only a session flushed for a stale hash or a custom backend's `get_user` add queries.
-    Each handshake gets its own user object, refused like Django's `get_user` refuses it.
+    trip for the versions, one query for the users with their access (`users_with_access`); only
+    a session flushed for a stale hash or a custom backend's `get_user` add queries. Each
+    handshake gets its own user object, refused like Django's `get_user` refuses it. What fails
+    for one session only (a custom backend or session engine raising) is returned in its place;
+    what fails for all (the database, Redis is tolerated) raises.
     """
     engine = import_module(settings.SESSION_ENGINE)
     stores = [engine.SessionStore(key) if key else None for key in session_keys]
     _load_sessions([store for store in stores if store is not None])
-    claims = []  # per key: None (anonymous) or (store, user id, backend)
-    for store in stores:
-        claim = None
-        if store is not None:
-            try:
-                user_id = get_user_model()._meta.pk.to_python(store[SESSION_KEY])
-                backend_path = store[BACKEND_SESSION_KEY]
-            except (KeyError, ValidationError):
-                backend_path = None
-            if backend_path in settings.AUTHENTICATION_BACKENDS:
-                claim = (store, user_id, load_backend(backend_path))
-        claims.append(claim)
-    user_ids = list(dict.fromkeys(claim[1] for claim in claims if claim))
+    claims = [_isolated(_claim, store) for store in stores]
+    valid = [claim for claim in claims if isinstance(claim, tuple)]
+    user_ids = list(dict.fromkeys(user_id for _, user_id, _ in valid))
     versions = dict(zip(user_ids, _read_versions(user_ids), strict=True))  # before the access, see above
-    plain = [claim[1] for claim in claims if claim and _plain_model_backend(claim[2])]
+    plain = [user_id for _, user_id, backend in valid if _plain_model_backend(backend)]
     users = users_with_access(plain) if plain else {}
     results, handed_out = [], set()
     for claim in claims:
-        user = None
-        if claim:
-            store, user_id, backend = claim
-            if _plain_model_backend(backend):
-                user = users.get(user_id)
-                if user is not None and user_id in handed_out:
-                    user = copy.copy(user)  # one object per connection, as before
-                handed_out.add(user_id)
-                if user is not None and not backend.user_can_authenticate(user):
-                    user = None
-            else:
-                user = backend.get_user(user_id)
-            if user is not None and hasattr(user, "get_session_auth_hash"):
-                session_hash = store.get(HASH_SESSION_KEY)
-                if not (session_hash and constant_time_compare(session_hash, user.get_session_auth_hash())):
-                    store.flush()  # the password changed since this login: the session is void
-                    user = None
-        if user is None:
-            results.append((None, 0))
+        user = _isolated(_user_of, claim, users, handed_out) if isinstance(claim, tuple) else claim
+        if isinstance(user, Exception):
+            results.append(user)
         else:
-            access_for(user)  # cached on the user already on the joined path; read here otherwise
-            results.append((user, versions[claim[1]]))
+            results.append((None, 0) if user is None else (user, versions[claim[1]]))
     return results
 
 
@@ -150,7 +174,10 @@ def authenticate(session_key: str | None) -> tuple[object | None, int]:
 
     Two queries for a valid session (session row; user + access), one for an unknown one.
     """
-    return authenticate_many([session_key])[0]
+    result = authenticate_many([session_key])[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 class _Batches:
@@ -202,7 +229,11 @@ class _Batches:
             if self.pending:
                 self._start()
         for future, result in zip(futures, results, strict=True):
-            if not future.done():  # a handshake cancelled meanwhile (client gone) is skipped
+            if future.done():  # a handshake cancelled meanwhile (client gone) is skipped
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
                 future.set_result(result)
 
 

@@ -172,6 +172,40 @@ def test_a_batch_reads_each_users_access_version(demo):
     assert [version for _, version in authenticate_many(keys)] == [before[0], before[1] + 2]
 
 
+class FailingForRidersBackend(ModelBackend):
+    """A deployment's backend that fails (say, its directory is down) for riders only."""
+
+    def get_user(self, user_id):
+        user = super().get_user(user_id)
+        if user is not None and user.username.startswith("rider-"):
+            raise RuntimeError("directory unavailable")
+        return user
+
+
+def test_a_session_whose_lookup_fails_fails_alone_in_its_batch(demo, settings):
+    path = "realtime.tests.test_handshake_auth.FailingForRidersBackend"
+    settings.AUTHENTICATION_BACKENDS = [path, "django.contrib.auth.backends.ModelBackend"]
+    rider_key = key_of(user_named(RIDER), backend=path)
+    dispatcher = user_named(DISPATCHER)
+    failed, (found, _) = authenticate_many([rider_key, key_of(dispatcher)])
+    assert isinstance(failed, RuntimeError)
+    assert found.pk == dispatcher.pk
+    with pytest.raises(RuntimeError):
+        authenticate(rider_key)
+
+
+def test_a_batch_with_another_session_engine_loads_each_session_itself_and_refuses_the_same(demo, settings):
+    settings.SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+    dispatcher = user_named(DISPATCHER)
+    good, expired = key_of(dispatcher), key_of(user_named(HQ))
+    Session.objects.filter(session_key=expired).update(expire_date=timezone.now() - timedelta(seconds=1))
+    from django.core.cache import cache
+
+    cache.clear()  # cached_db would otherwise answer from the login's cache entry
+    results = authenticate_many([good, expired, "not-a-session"])
+    assert [user.pk if user else None for user, _ in results] == [dispatcher.pk, None, None]
+
+
 async def test_concurrent_handshakes_share_one_lookup_after_the_first(ws):
     """K handshakes at once: the first is looked up alone at once, the K - 1 arriving meanwhile in ONE more
     hop and two more queries; every one is accepted as the user of its own session."""
