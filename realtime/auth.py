@@ -86,14 +86,15 @@ def _load_sessions(stores) -> None:
     signature or data → empty); a missing or expired row is an empty session. Other engines (cache,
     cached_db, signed cookies, a project's own) are left to load themselves on first access.
     """
-    by_key = {store.session_key: store for store in stores if store.session_key and _reads_like_db_backend(store)}
-    if not by_key:
+    stores = [store for store in stores if store.session_key and _reads_like_db_backend(store)]
+    if not stores:
         return
-    model = next(iter(by_key.values())).model
-    rows = model.objects.filter(session_key__in=list(by_key), expire_date__gt=timezone.now())
+    keys = list({store.session_key for store in stores})  # a session may come with several handshakes
+    rows = stores[0].model.objects.filter(session_key__in=keys, expire_date__gt=timezone.now())
     found = dict(rows.values_list("session_key", "session_data"))
-    for key, store in by_key.items():
-        store._session_cache = store.decode(found[key]) if key in found else {}
+    for store in stores:
+        data = found.get(store.session_key)
+        store._session_cache = store.decode(data) if data is not None else {}
 
 
 def _claim(store):
@@ -197,6 +198,7 @@ class _Batches:
         self.loop = loop
         self.pending: list[tuple[str, asyncio.Future, contextvars.Context]] = []
         self.running = False
+        self.task: asyncio.Task | None = None  # a reference while it runs: the loop keeps only weak ones
 
     def submit(self, session_key: str) -> asyncio.Future:
         future = self.loop.create_future()
@@ -208,7 +210,7 @@ class _Batches:
     def _start(self) -> None:
         batch, self.pending = self.pending[: self.MAX], self.pending[self.MAX :]
         self.running = True
-        self.loop.create_task(self._run(batch), context=batch[0][2])
+        self.task = self.loop.create_task(self._run(batch), context=batch[0][2])
 
     async def _run(self, batch) -> None:
         futures = [future for _, future, _ in batch]

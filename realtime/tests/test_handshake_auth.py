@@ -164,6 +164,17 @@ def test_a_batch_of_distinct_sessions_costs_two_queries_and_refuses_each_bad_one
     assert [authenticate(key) for key in keys[4:]] == [(None, 0)] * 7
 
 
+def test_a_batch_with_one_session_several_times_reads_it_once(demo):
+    """Several tabs' handshakes may share a session cookie: still two queries, one user object each."""
+    dispatcher = user_named(DISPATCHER)
+    key = key_of(dispatcher)
+    with CaptureQueriesContext(connection) as queries:
+        results = authenticate_many([key] * 5)
+    assert len(queries) == 2, [q["sql"] for q in queries]
+    assert [user.pk for user, _ in results] == [dispatcher.pk] * 5
+    assert len({id(user) for user, _ in results}) == 5
+
+
 def test_a_batch_reads_each_users_access_version(demo):
     dispatcher, hq = user_named(DISPATCHER), user_named(HQ)
     keys = [key_of(dispatcher), key_of(hq)]
