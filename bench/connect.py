@@ -11,7 +11,8 @@ and HTTP parsing (`bench/fanout.py --scenarios connect` measures through uvicorn
 socket.io). N sockets of one user (`--user`, default a dispatcher; with `--sessions K` they cycle through K
 distinct session rows, as a real storm of many tabs has) open at most `--concurrency` at a
 time, each sends `subscribe` for `--stream` and waits for `subscribed`. Printed per round: the
-storm's wall time, p50/p99 per socket, and the database queries and sync→async thread hops per
+storm's wall time, the process's CPU time per socket (all threads: less load-sensitive than the
+wall time), p50/p99 per socket, and the database queries and sync→async thread hops per
 socket, counted in every thread (`realtime/tests/cost.py`). With `--ab`, rounds alternate between
 the two trees (A B A B …) and the ratio of the median storm times is printed: on a shared, loaded
 machine only such same-run ratios and the counts mean anything.
