@@ -102,6 +102,8 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         await super().send(message)
         if message["type"] == "websocket.accept" and self.handshake_complete:
             # uvicorn reads them only to answer the handshake; the scope has the request's headers.
+            # The request's are emptied too: websockets' parser generator keeps the request alive.
+            self.request.headers.clear()
             self.request = self.response = None
 
     async def run_asgi(self) -> None:
