@@ -49,6 +49,8 @@ ENV = {
     "SECURE_COOKIES": "0",
     "LOG_LEVEL": "WARNING",
     "PYTHONUNBUFFERED": "1",
+    # The clients here never answer `ping`: under tracemalloc a storm outlasts the idle timeout.
+    "REALTIME_IDLE_TIMEOUT": "3600",
 }
 
 
