@@ -100,7 +100,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if message["type"] == "websocket.send" and (text := message.get("text")) is not None and self.write_text(text):
             return
         await super().send(message)
-        if message["type"] == "websocket.accept" and self.handshake_complete:
+        if message["type"] == "websocket.accept" and self.handshake_complete and self.request is not None:
             # uvicorn reads them only to answer the handshake; the scope has the request's headers.
             # The request's are emptied too: websockets' parser generator keeps the request alive.
             self.request.headers.clear()
