@@ -200,7 +200,7 @@ class Shift:
     # -- start -------------------------------------------------------------------------------------
 
     async def start_servers(self) -> None:
-        env = {"LOG_LEVEL": "WARNING"}
+        env = {"LOG_LEVEL": "WARNING", **dict(item.split("=", 1) for item in self.args.bros_env)}
         for i in range(self.args.servers):
             port = BASE_PORT + i
             argv = [*uvicorn_argv(PRODUCTION_WS, lifespan=True), "--port", str(port), "bros.asgi:application"]
@@ -637,6 +637,13 @@ def parse_args(argv=None):
     p.add_argument("--db", default="bros_shift_bench", help="the benchmark's database (dropped and created again)")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="Redis of the run (keys under brosbench:)")
     p.add_argument(
+        "--bros-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the BROS servers (e.g. PYTHON_SWITCH_INTERVAL=0.001); repeatable",
+    )
+    p.add_argument(
         "--quiet-below",
         type=float,
         default=30.0,
@@ -646,6 +653,9 @@ def parse_args(argv=None):
     p.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True, help="pin as bench/fanout.py does")
     p.add_argument("--pin-services", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
+    for item in args.bros_env:
+        if "=" not in item:
+            p.error(f"--bros-env {item!r}: expected NAME=VALUE")
     preset = QUICK if args.quick else FULL
     for key, value in preset.items():
         if getattr(args, key) is None:

@@ -22,10 +22,17 @@ def with_server_send(app):
     frames it only read two session flags — per frame, per socket, which showed in fan-out profiles.
     The handshake's authentication (`realtime.auth`) no longer wraps `send`; frames still take the
     server's own, so that no middleware added later can slow them down unnoticed.
+
+    The key goes into the server's scope, not a copy: the server made that dict for this one
+    connection and reads nothing we add (uvicorn's proxy-headers middleware edits it in place
+    too), while a copy and this wrapper's coroutine lived as long as every socket (~1 kB per idle
+    one, docs/benchmarks.md "Memory per idle connection"). Not `async`: the app's coroutine is
+    returned for the server to await, so this adds no frame either.
     """
 
-    async def app_with_server_send(scope, receive, send):
-        return await app({**scope, "server_send": send}, receive, send)
+    def app_with_server_send(scope, receive, send):
+        scope["server_send"] = send
+        return app(scope, receive, send)
 
     return app_with_server_send
 

@@ -32,6 +32,7 @@ from core.log_context import connection_id
 from core.metrics import COMMANDS, FRAME_OUTCOMES
 from realtime import frames, ratelimit, registry, services
 from realtime.hub import Hub, get_hub, on_hub_start
+from realtime.lean import Flag
 from realtime.metrics import stats
 from realtime.presence import Presence
 from realtime.streams import UnknownStream, can_publish, can_subscribe, parse_stream, subscribe_verdict
@@ -106,18 +107,30 @@ class FrameSender:
     when the transport is writable, so the frame goes out with no task switch — the cost that
     dominates fan-out to thousands of sockets. Only when a send has to wait (the client reads
     slowly) does a writer task take over, finishing that send and draining the queue behind it.
+    The queue exists from then on only: an idle socket's sender is a few slots.
     """
+
+    __slots__ = (
+        "_send",
+        "_write_now",
+        "_queue",
+        "_limit",
+        "_on_overflow",
+        "_room",
+        "_writer",
+        "_stopped",
+        "frames_sent",
+    )
 
     def __init__(self, send, *, limit: int, on_overflow, write_now=None):
         self._send = send
         # The server's synchronous write (realtime.uvicorn_protocol's scope extension), if it has
         # one: True when the frame went out, False when `send` must take it.
         self._write_now = write_now
-        self._queue: deque[str] = deque()
+        self._queue: deque[str] | None = None  # made when a send first has to wait
         self._limit = limit
         self._on_overflow = on_overflow
-        self._room = asyncio.Event()
-        self._room.set()
+        self._room = Flag(True)
         self._writer: asyncio.Task | None = None
         self._stopped = False
         self.frames_sent = 0
@@ -146,6 +159,8 @@ class FrameSender:
         except Exception:  # the client went away; the receive loop sees the disconnect
             self._stopped = True
             return False
+        if self._queue is None:
+            self._queue = deque()
         self._writer = asyncio.ensure_future(self._drain(_Resume(coroutine, pending)))
         return True
 
@@ -197,16 +212,22 @@ class ProtocolConsumer(AsyncConsumer):
         self.last_seen = time.monotonic()
         self.unanswered_ping_since: float | None = None
         self.unread_after_ping = 0
-        self._stop = asyncio.Event()
         self._close_code: int | None = None
-        receiving = asyncio.ensure_future(self._receive_loop(receive))
-        stopping = asyncio.ensure_future(self._stop.wait())
+        # The receive loop runs in the server's own task for this connection: no task of its own,
+        # no stop event and no asyncio.wait between them (~3 kB per idle socket, docs/benchmarks.md
+        # "Memory per idle connection"). `_close` ends it by cancelling this task.
+        self._receiving: asyncio.Task | None = asyncio.current_task()
+        self._stopping = False
         try:
-            await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            await self._receive_loop(receive)
+        except asyncio.CancelledError:
+            # Ours (`_close`) is swallowed: the connection ends normally. Anyone else's goes on.
+            if not self._stopping or self._receiving.uncancel() > 0:
+                raise
+        except Exception:
+            logger.exception("connection %s failed", self.conn_id)
         finally:
-            for task in (receiving, stopping):
-                task.cancel()
-            await asyncio.gather(receiving, stopping, return_exceptions=True)
+            self._receiving = None
             await self._cleanup()
         # Returning ends the ASGI connection. If the client stopped reading, the close frame could
         # not be written and the transport still holds unsent frames: realtime.uvicorn_protocol
@@ -300,7 +321,9 @@ class ProtocolConsumer(AsyncConsumer):
             await self.sender.stop()
         with contextlib.suppress(TimeoutError, Exception):
             await asyncio.wait_for(self.base_send({"type": "websocket.close", "code": code}), CLOSE_TIMEOUT)
-        self._stop.set()
+        if self._receiving is not None:  # still receiving: end it (the client may never answer the close)
+            self._stopping = True
+            self._receiving.cancel()
 
     # -- what the hub calls ----------------------------------------------------------------------
 

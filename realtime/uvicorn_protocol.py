@@ -17,6 +17,11 @@ Two changes to uvicorn's class:
   frames. Here such a transport is aborted instead (after a short grace, if a close frame did get
   queued), and one closed as too slow or silent (4001, 4002) is released after that grace even
   when its buffer drained.
+
+And it holds less per idle socket (docs/benchmarks.md, "Memory per idle connection"): the
+handshake's parsed request and response (their header objects, ~4 kB) are dropped once the
+socket is accepted (the scope keeps the headers the app reads), and the receive queue and the
+`writable` event are `realtime.lean`'s, which allocate nothing until used (~3.5 kB).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from __future__ import annotations
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
+
+from realtime.lean import Flag, Inbox
 
 CLOSE_GRACE = 2.0  # seconds for a queued close frame to reach a client that reads
 WRITE_TEXT = "bros.websocket.write_text"  # the scope extension: `write_text(text) -> bool`
@@ -57,6 +64,9 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, config, *args, **kwargs) -> None:
         config.ws_per_message_deflate = False  # read by WebSocket protocols only; see above
         super().__init__(config, *args, **kwargs)
+        # uvicorn calls only put_nowait/get/empty on the queue and set/clear/wait/is_set on writable.
+        self.queue = Inbox()
+        self.writable = Flag(True)
 
     def handle_connect(self, event) -> None:
         super().handle_connect(event)
@@ -90,6 +100,11 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if message["type"] == "websocket.send" and (text := message.get("text")) is not None and self.write_text(text):
             return
         await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete and self.request is not None:
+            # uvicorn reads them only to answer the handshake; the scope has the request's headers.
+            # The request's are emptied too: websockets' parser generator keeps the request alive.
+            self.request.headers.clear()
+            self.request = self.response = None
 
     async def run_asgi(self) -> None:
         await super().run_asgi()

@@ -21,7 +21,7 @@ tree exported by `git archive REF` into a temporary folder, its own static files
 on another port, same database and Redis) and this tree's board, so a change to the board is
 measured against what it replaces under the same load, phase by phase:
 
-1. first render (median of `--loads` cold page loads after a warm-up): navigation timing, FCP,
+1. first render (median of `--loads` cold page loads after a warm-up, the pages interleaved): navigation timing, FCP,
    LCP, rows in the DOM / painted, DOM elements, `.row[data-id]` count, JS heap, renderer RSS;
 2. bursts of `--burst` real commands (assign / pick up / deliver through `deliveries.services`),
    committed one by one as fast as one connection can, then all in one transaction: long tasks
@@ -783,25 +783,40 @@ class Bench:
 
     # -- 1. first render
 
-    def first_render(self, which: str) -> dict:
-        runs = []
-        for i in range(self.args.loads + 1):  # the first load warms the server up and is not counted
-            page = self.open(which)
-            self.settle(page, 2.0)
-            m = page.evaluate(FIRST_RENDER_JS)
-            m["js_heap_after_gc_mb"] = self.cdp_metrics(page, gc=True)["JSHeapUsedSize"] / 2**20
-            m["renderer_rss_mb"] = self.renderer_mb()
-            page.close()
-            if i:
-                runs.append(m)
-        result = {k: statistics.median(vs) for k in runs[0] if (vs := [r[k] for r in runs if r[k] is not None])}
-        result["runs"] = runs
-        log(
-            f"{which}: first render ttfb {result['ttfb_ms']:.0f} ms, DCL {result['dom_content_loaded_ms']:.0f} ms, "
-            f"load {result['load_ms']:.0f} ms, rows visible {result['rows_visible_ms']:.0f} ms, "
-            f"{result['dom_rows']:.0f} rows, {result['dom_nodes']:.0f} nodes"
-        )
-        return result
+    def first_renders(self, pages: list[str]) -> dict[str, dict]:
+        """`--loads` cold loads of each page, interleaved (A B, then B A, ...), after one warm-up each.
+
+        Interleaved so that neither page is always measured first, or always while the machine
+        is busier: the compared pages share every drift of the run. Median per metric.
+        """
+        runs: dict[str, list[dict]] = {which: [] for which in pages}
+        for i in range(self.args.loads + 1):  # round 0 warms the servers up and is not counted
+            for which in pages if i % 2 == 0 else pages[::-1]:
+                m = self.load_once(which)
+                if i:
+                    runs[which].append(m)
+        results = {}
+        for which, measured in runs.items():
+            result = {
+                k: statistics.median(vs) for k in measured[0] if (vs := [r[k] for r in measured if r[k] is not None])
+            }
+            result["runs"] = measured
+            log(
+                f"{which}: first render ttfb {result['ttfb_ms']:.0f} ms, DCL {result['dom_content_loaded_ms']:.0f} ms, "
+                f"load {result['load_ms']:.0f} ms, rows visible {result['rows_visible_ms']:.0f} ms, "
+                f"{result['dom_rows']:.0f} rows, {result['dom_nodes']:.0f} nodes"
+            )
+            results[which] = result
+        return results
+
+    def load_once(self, which: str) -> dict:
+        page = self.open(which)
+        self.settle(page, 2.0)
+        m = page.evaluate(FIRST_RENDER_JS)
+        m["js_heap_after_gc_mb"] = self.cdp_metrics(page, gc=True)["JSHeapUsedSize"] / 2**20
+        m["renderer_rss_mb"] = self.renderer_mb()
+        page.close()
+        return m
 
     # -- 2. a burst of events
 
@@ -1377,6 +1392,7 @@ def parse_args(argv=None):
     p.add_argument("--loads", type=int, default=3, help="measured page loads per page (after one warm-up)")
     p.add_argument("--gps-interval", type=float, default=10.0, help="seconds between two fixes of one rider")
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the profiled board burst/dialog")
+    p.add_argument("--first-render-only", action="store_true", help="measure the first renders, then stop")
     p.add_argument("--only", choices=["board", "naive", "before"], default=None, help="measure one page only")
     p.add_argument(
         "--compare-ref",
@@ -1482,10 +1498,12 @@ def main(argv=None) -> int:
                 login.close()
                 # The session cookie is the host's, whatever the port: it logs the page in on `before` too.
                 bench = Bench(args, server, driver, browser, context, before=before)
-                for which in pages:
-                    results.setdefault(which, {})["first_render"] = bench.first_render(which)
-                    if which == "naive":
-                        server.wait_idle()
+                for which, first_render in bench.first_renders(pages).items():
+                    results.setdefault(which, {})["first_render"] = first_render
+                if "naive" in pages:
+                    server.wait_idle()
+                if args.first_render_only:
+                    pages = []
                 for mode in ("serial", "atomic"):
                     for which in pages:
                         results[which][f"burst_{mode}"] = bench.burst(which, mode=mode)

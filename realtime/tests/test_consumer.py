@@ -110,6 +110,28 @@ async def test_handshake_logged_in_user_is_accepted(ws):
         assert await client.alive(), username
 
 
+async def test_an_idle_subscribed_socket_runs_in_its_own_connection_task_only(ws):
+    """No receive task, stop waiter or writer per socket: each was ~1 kB of every idle connection."""
+    first = await ws.connect(HQ)
+    assert (await first.subscribe(BROADCAST))["type"] == "subscribed"  # the hub and its tasks exist now
+    before = len(asyncio.all_tasks())
+    for _ in range(5):
+        client = await ws.connect(HQ)
+        assert (await client.subscribe(BROADCAST))["type"] == "subscribed"
+    assert len(asyncio.all_tasks()) - before == 5  # the server's (here the communicator's) task per socket
+
+
+async def test_a_client_closed_by_the_server_ends_its_connection_task_normally(ws, settings):
+    """`close_soon` ends the receive loop by cancelling the connection's task; the app still returns normally."""
+    client = await ws.connect(HQ)
+    assert (await client.subscribe(BROADCAST))["type"] == "subscribed"
+    (consumer,) = [c for c in realtime.hub.get_hub().connections if c.user.username == HQ]
+    consumer.close_soon(consumers.CLOSE_IDLE)
+    assert (await client.communicator.receive_output(timeout=5))["code"] == consumers.CLOSE_IDLE
+    await client.communicator.wait(timeout=5)  # raises if the application ended with an exception
+    assert consumer not in realtime.hub.get_hub().connections
+
+
 async def test_handshake_nothing_is_subscribed_automatically(ws):
     """Neither `user:<self>` nor `broadcast:all` is subscribed unasked: nothing arrives until subscribed."""
     idle = await ws.connect(RIDER)

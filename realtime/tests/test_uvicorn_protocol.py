@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import gc
 
 import pytest
 from uvicorn.config import Config
@@ -10,6 +12,7 @@ from uvicorn.server import ServerState
 from websockets.frames import Opcode
 from websockets.protocol import Protocol, Side, State
 
+from realtime.lean import Flag, Inbox
 from realtime.uvicorn_protocol import WebSocketProtocol, text_frame
 
 # Payload lengths around the frame header's three size encodings (7-bit, 16-bit, 64-bit).
@@ -114,3 +117,43 @@ async def test_the_scope_offers_a_synchronous_write_of_one_frame_per_event_and_n
     assert write('{"type":"pong"}') is False
     for task in protocol.tasks:
         task.cancel()
+
+
+async def test_an_accepted_socket_keeps_no_parsed_handshake_nor_eager_asyncio_queue():
+    """What an idle socket holds (docs/benchmarks.md, "Memory per idle connection"): the scope's headers only."""
+    protocol, _transport, scope = await open_protocol()
+    assert (b"Host", b"bros.test") in scope["headers"]  # what the app reads stays
+    assert protocol.request is None and protocol.response is None
+    parsed = protocol.conn.parser.gi_frame.f_locals.get("request")  # websockets' parser keeps its request
+    assert parsed is None or not parsed.headers
+    # uvicorn's asyncio.Queue and Event: four 64-slot deques per socket; ours allocate when used.
+    assert isinstance(protocol.queue, Inbox) and protocol.queue.empty()
+    assert isinstance(protocol.writable, Flag) and protocol.writable.is_set()
+    assert not any(isinstance(o, collections.deque) for o in gc.get_referents(protocol.queue, protocol.writable))
+    for task in protocol.tasks:
+        task.cancel()
+
+
+async def test_the_lean_inbox_and_flag_behave_like_asyncios_queue_and_event():
+    inbox, flag = Inbox(), Flag()
+    getter = asyncio.ensure_future(inbox.get())
+    waiters = [asyncio.ensure_future(flag.wait()) for _ in range(2)]
+    await asyncio.sleep(0)
+    inbox.put_nowait(1)
+    inbox.put_nowait(2)
+    assert await getter == 1 and inbox.qsize() == 1 and await inbox.get() == 2 and inbox.empty()
+    assert not any(w.done() for w in waiters)
+    flag.set()
+    assert await asyncio.gather(*waiters) == [True, True]
+    flag.clear()
+    waiter = asyncio.ensure_future(flag.wait())
+    await asyncio.sleep(0)
+    waiter.cancel()  # a cancelled wait leaves nothing behind
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert not flag._waiters and not flag.is_set()
+    cancelled = asyncio.ensure_future(inbox.get())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    inbox.put_nowait(3)
+    assert await inbox.get() == 3  # a cancelled get lost nothing and frees the one reader's place

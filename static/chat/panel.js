@@ -41,6 +41,8 @@ const state = {
   current: null, // the open room's stream
   open: panel?.dataset.inline === "true",
   started: false,
+  roomsLoaded: false, // the rooms came from the server
+  roomsShown: false, // their list is in the DOM (built on the first open)
 };
 
 function csrfToken() {
@@ -219,6 +221,7 @@ function roomButton(room) {
 }
 
 function renderRooms() {
+  state.roomsShown = true;
   el.rooms.replaceChildren();
   if (!state.rooms.size) {
     const p = document.createElement("p");
@@ -494,6 +497,7 @@ function setOpen(open) {
   el.toggle.setAttribute("aria-expanded", String(open));
   panel.classList.toggle("open", open);
   if (!open) return;
+  if (state.roomsLoaded && !state.roomsShown) renderRooms();
   start();
   const room = state.rooms.get(state.current);
   if (room) markReadSoon(room);
@@ -524,7 +528,11 @@ async function start() {
       more: false,
     });
   }
-  renderRooms();
+  state.roomsLoaded = true;
+  // The room list (a button per rider for a center's dispatcher: hundreds) is built when the panel
+  // first opens; until then the closed panel needs only the unread counts for its badge.
+  if (state.open) renderRooms();
+  else renderBadges();
   // Its own socket, so the page's client (the board's) carries nothing for chat; the query string,
   // which the server ignores, tells the two apart in the browser's tools (and test proxies).
   state.rt = new RealtimeClient({ url: "/ws/v1/?panel=chat", apiBase: API });

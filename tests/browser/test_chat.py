@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
+from chat.selectors import rooms_for
 from tests.support import take_order
 
 from .conftest import WAIT, SocketProxy
@@ -85,6 +86,23 @@ def test_dispatcher_and_rider_chat_live_and_find_the_history_after_reloading(bro
         expect(messages(page).nth(2)).to_have_text("At the shop now")
     assert dispatcher.evaluate("document.body.dataset.pwned") is None
     assert rider.evaluate("document.body.dataset.pwned") is None
+
+
+def test_closed_panel_counts_unread_without_building_the_room_list_until_opened(browse, demo_tx):  # noqa: F811
+    """A dispatcher's closed panel holds no room buttons (one per rider: hundreds in a real center),
+    yet its badge counts unread messages; opening it builds the list with the room's own badge."""
+    dispatcher = browse("dispatch-gangnam", BOARD)
+    rider = browse("rider-gangnam-01", "/rider/")
+    expect(rider.locator("#chat-room-title")).to_have_text("# Gangnam")
+    say(rider, "Flat tyre, ten minutes late")
+
+    expect(dispatcher.locator("#chat-total")).to_have_text("1")
+    assert dispatcher.locator("#chat-rooms .chat-room").count() == 0
+    dispatcher.click("#chat-toggle")
+    rooms = rooms_for(demo_tx.user("dispatch-gangnam"))  # the center's room, a DM per rider and colleague
+    assert len(rooms) > demo_tx.center().riders.count()
+    expect(dispatcher.locator("#chat-rooms .chat-room")).to_have_count(len(rooms))
+    expect(messages(dispatcher).last).to_have_text("Flat tyre, ten minutes late")
 
 
 def test_rider_pages_back_through_history_and_sends_over_http_while_the_socket_is_down(browse, demo_tx):  # noqa: F811
