@@ -108,6 +108,7 @@ async def test_the_scope_offers_a_synchronous_write_of_one_frame_per_event_and_n
     assert b"permessage-deflate" not in transport.written[0]  # offered by the client, not accepted
     write = scope["extensions"]["bros.websocket.write_text"]
     assert write('{"type":"pong"}') is True
+    await asyncio.sleep(0)  # written at the end of the loop turn
     assert transport.written[-1] == text_frame('{"type":"pong"}')
     protocol.pause_writing()  # the transport's buffer is full: the ASGI send must wait instead
     assert write('{"type":"pong"}') is False
@@ -115,6 +116,34 @@ async def test_the_scope_offers_a_synchronous_write_of_one_frame_per_event_and_n
     protocol.conn.send_close(4001)  # closing (as the consumer does for a laggard)
     protocol.close_sent = True
     assert write('{"type":"pong"}') is False
+    for task in protocol.tasks:
+        task.cancel()
+
+
+async def test_frames_of_one_loop_turn_leave_in_one_write_in_order_and_before_any_other_write():
+    protocol, transport, scope = await open_protocol()
+    write = scope["extensions"]["bros.websocket.write_text"]
+    before = len(transport.written)
+    events = [f'{{"type":"event","seq":{n}}}' for n in range(1, 4)]
+    for event in events:
+        assert write(event) is True
+    assert len(transport.written) == before  # nothing yet: the turn is not over
+    await asyncio.sleep(0)
+    assert transport.written[before:] == [b"".join(text_frame(event) for event in events)]
+
+    # A write of uvicorn's own (here: a pong, as handle_ping writes it) sends the turn's frames first.
+    assert write(events[0]) is True
+    protocol.transport.write(b"<pong>")
+    assert transport.written[-2:] == [text_frame(events[0]), b"<pong>"]
+    await asyncio.sleep(0)
+    assert transport.written[-1] == b"<pong>"  # and they are not written twice
+
+    # Frames of a socket that closed before the turn ended are dropped, not written to it.
+    assert write(events[1]) is True
+    transport.closing = True
+    count = len(transport.written)
+    await asyncio.sleep(0)
+    assert len(transport.written) == count
     for task in protocol.tasks:
         task.cancel()
 
