@@ -97,8 +97,8 @@ def _profile(user, role: str, centers) -> None:
 def _demo_password_hash() -> str:
     """The shared demo password, hashed once per process (hashing is deliberately slow, ~0.3 s).
 
-    Once, not once per account; and once per process, because the test suite reloads the demo
-    data after every transactional test. The password is public, so a reused salt costs nothing.
+    Once, not once per account; and once per process, for callers that load the demo data again
+    (`seed_demo` tests). The password is public, so a reused salt costs nothing.
     """
     return make_password(DEMO_PASSWORD)
 
