@@ -43,6 +43,7 @@ from websockets.protocol import State
 
 from realtime.lean import Flag, Inbox
 
+_OPEN = State.OPEN  # read per frame: an enum member looked up on its class costs ~70 ns on Python 3.11
 CLOSE_GRACE = 2.0  # seconds for a queued close frame to reach a client that reads
 WRITE_TEXT = "bros.websocket.write_text"  # the scope extension: `write_text(text) -> bool`
 
@@ -166,7 +167,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             and not self.disconnected
             and self.initial_response is None
             and self.writable.is_set()
-            and self.conn.state is State.OPEN
+            and self.conn.state is _OPEN
             and not self.conn.extensions
         ):
             data, frames = text_frame(text), self._frames
