@@ -39,11 +39,6 @@ def access_changed(*user_ids: int | None) -> None:
     transaction.on_commit(bump)
 
 
-def current_version(user_id: int) -> int:
-    """The user's access version now (sync; raises RedisError when Redis is unreachable)."""
-    return parse_version(get_redis().hget(versions_key(), str(user_id)))
-
-
 def current_versions(user_ids) -> list[int]:
     """The users' access versions now, in their order, in one round trip (sync; raises RedisError)."""
     if not user_ids:
