@@ -132,30 +132,6 @@ async def storm(args, application, cookies: list[str], cost_module) -> dict:
     }
 
 
-def distinct_sessions(user, count: int) -> list[str]:
-    """`count` login sessions of `user`, one row each, written as bench/shift_setup.py writes them
-    (as `django.contrib.auth.login` would, without `count` password checks)."""
-    import datetime as dt
-
-    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
-    from django.contrib.sessions.backends.db import SessionStore
-    from django.contrib.sessions.models import Session
-    from django.utils import timezone
-    from django.utils.crypto import get_random_string
-
-    expire = timezone.now() + dt.timedelta(days=1)
-    store = SessionStore()
-    data = {
-        SESSION_KEY: str(user.pk),
-        BACKEND_SESSION_KEY: "django.contrib.auth.backends.ModelBackend",
-        HASH_SESSION_KEY: user.get_session_auth_hash(),
-    }
-    keys = [get_random_string(32, "abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(count)]
-    rows = [Session(session_key=key, session_data=store.encode(data), expire_date=expire) for key in keys]
-    Session.objects.bulk_create(rows, batch_size=1000)
-    return keys
-
-
 def child(args) -> None:
     tree = Path(args.tree).resolve()
     os.chdir(tree)
@@ -170,6 +146,9 @@ def child(args) -> None:
     cost_module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = cost_module  # dataclasses look their module up
     spec.loader.exec_module(cost_module)
+    sessions = importlib.util.spec_from_file_location("bros_bench_sessions", BENCH / "sessions.py")
+    sessions_module = importlib.util.module_from_spec(sessions)
+    sessions.loader.exec_module(sessions_module)
     from django.conf import settings
     from django.contrib.auth import get_user_model
     from django.test import Client
@@ -178,7 +157,7 @@ def child(args) -> None:
 
     user = get_user_model().objects.get(username=args.user)
     if args.sessions:
-        keys = distinct_sessions(user, args.sessions)
+        keys = sessions_module.login_sessions([user] * args.sessions)
     else:
         client = Client()
         client.force_login(user)

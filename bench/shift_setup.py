@@ -20,7 +20,6 @@ disturb it). The same view code the servers run; not counted inside the server p
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import sys
@@ -33,24 +32,19 @@ import django
 
 django.setup()
 
-from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY  # noqa: E402
 from django.contrib.auth.hashers import make_password  # noqa: E402
 from django.contrib.auth.models import User  # noqa: E402
-from django.contrib.sessions.backends.db import SessionStore  # noqa: E402
-from django.contrib.sessions.models import Session  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
-from django.utils import timezone  # noqa: E402
-from django.utils.crypto import get_random_string  # noqa: E402
 
+from bench.sessions import login_sessions  # noqa: E402
 from core.models import ApiToken, Center, StaffProfile  # noqa: E402
 from deliveries.models import Shop  # noqa: E402
 from riders.models import Rider  # noqa: E402
 
 CENTERS = 3
 TOKEN_COMMANDS = ["orders.create", "deliveries.assign", "deliveries.pickup", "deliveries.deliver"]
-AUTH_BACKEND = "django.contrib.auth.backends.ModelBackend"
 
 
 def spread(total: int, parts: int) -> list[int]:
@@ -63,24 +57,6 @@ def _users(prefix: str, count: int, password_hash: str) -> list[User]:
         [User(username=f"{prefix}-{n:05d}", password=password_hash, first_name=prefix) for n in range(count)]
     )
     return list(User.objects.filter(username__startswith=f"{prefix}-").order_by("username"))
-
-
-def _sessions(users: list[User]) -> list[str]:
-    """One valid login session per user, as `django.contrib.auth.login` would write it."""
-    expire = timezone.now() + dt.timedelta(days=1)
-    store = SessionStore()
-    rows, keys = [], []
-    for user in users:
-        key = get_random_string(32, "abcdefghijklmnopqrstuvwxyz0123456789")
-        data = {
-            SESSION_KEY: str(user.pk),
-            BACKEND_SESSION_KEY: AUTH_BACKEND,
-            HASH_SESSION_KEY: user.get_session_auth_hash(),
-        }
-        rows.append(Session(session_key=key, session_data=store.encode(data), expire_date=expire))
-        keys.append(key)
-    Session.objects.bulk_create(rows, batch_size=1000)
-    return keys
 
 
 @transaction.atomic
@@ -125,11 +101,11 @@ def make_data(dashboards: int, riders: int, tokens_per_center: int) -> dict:
                 "lat": center.lat,
                 "lng": center.lng,
                 "shops": list(Shop.objects.filter(center=center, is_active=True).values_list("pk", flat=True)),
-                "dashboards": _sessions(dispatchers),
+                "dashboards": login_sessions(dispatchers),
                 "tokens": [_token(f"shift-bench-{center.code}-{n}", center.code) for n in range(tokens_per_center)],
                 "riders": [
                     {"id": rider_rows[u.pk], "user": u.pk, "session": key}
-                    for u, key in zip(rider_users, _sessions(rider_users), strict=True)
+                    for u, key in zip(rider_users, login_sessions(rider_users), strict=True)
                 ],
             }
         )
