@@ -1,7 +1,9 @@
 """ASGI entry point: Django for HTTP, the real-time protocol consumer for WebSocket."""
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 
+from asgiref.sync import ThreadSensitiveContext
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bros.settings")
@@ -37,6 +39,53 @@ def with_server_send(app):
     return app_with_server_send
 
 
+class _RequestThread(ThreadPoolExecutor):
+    """One worker thread, which knows whether it still runs anything (the last call it took)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1, thread_name_prefix="django-request")
+        self._last: Future | None = None
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        self._last = super().submit(fn, *args, **kwargs)
+        return self._last
+
+    @property
+    def idle(self) -> bool:
+        return self._last is None or self._last.done()
+
+
+class ReusedRequestThreads:
+    """Run each HTTP request's synchronous Django code on a thread kept from earlier requests.
+
+    Django's ASGI handler gives every request a thread of its own (asgiref's
+    `ThreadSensitiveContext`), started at its first synchronous call and joined at its end by yet
+    another new thread. Each `Thread.start()` blocks the event loop until the new thread runs, which
+    needs the GIL: behind worker threads busy in the ORM that took 37 % of the loop's time in the
+    shift benchmark (docs/benchmarks.md), with every socket waiting. Here the request's context gets
+    an idle thread from a pool instead (Django's own context, inside, then adds nothing), so the
+    rule stays the same — one thread per request at a time, its own database connection — without
+    a thread start per request. A thread still running something when its request ends (a client
+    that went away mid-view) is not reused; it ends when its work does.
+    """
+
+    def __init__(self, app, *, keep: int = 64):
+        self.app = app
+        self.keep = keep
+        self._idle: list[_RequestThread] = []
+
+    async def __call__(self, scope, receive, send):
+        thread = self._idle.pop() if self._idle else _RequestThread()
+        try:
+            async with ThreadSensitiveContext(executor=thread):
+                await self.app(scope, receive, send)
+        finally:
+            if thread.idle and len(self._idle) < self.keep:
+                self._idle.append(thread)
+            else:
+                thread.shutdown(wait=False)
+
+
 async def lifespan(scope, receive, send):
     """Start this process's hub at once; on shutdown stop it: presence forgets the process at once."""
     while True:
@@ -56,7 +105,7 @@ async def lifespan(scope, receive, send):
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": ReusedRequestThreads(django_asgi_app),
         "websocket": with_server_send(SameOriginValidator(SessionAuthMiddleware(URLRouter(websocket_urlpatterns)))),
         "lifespan": lifespan,
     }

@@ -478,40 +478,46 @@ def _publish_position_batches(now: datetime) -> int:
 
 
 def _store_positions(latest: list[dict], samples: list[dict]) -> None:
-    """Write the riders' latest position columns and their history samples: three queries."""
+    """Write the riders' latest position columns and their history samples: two statements.
+
+    Plain SQL over arrays, not `bulk_update`/`bulk_create`: with 300 fixes a second the ORM built
+    a CASE expression per rider and field, a quarter of a server process's CPU in the shift
+    benchmark (docs/benchmarks.md), in a thread holding the GIL the event loop needs.
+    """
     if not connection.in_atomic_block:
         # The hub calls this from a long-lived thread, outside Django's request cycle.
         close_old_connections()
     try:
-        with transaction.atomic():
-            ids = {p["rider"] for p in latest} | {p["rider"] for p in samples}
-            riders = Rider.objects.filter(pk__in=ids).only("pk", "last_position_at").in_bulk()
-            moved = []
-            for position in latest:
-                rider = riders.get(position["rider"])
-                ts = datetime.fromisoformat(position["ts"])
-                # A slower batch of the previous second must not overwrite a newer position.
-                if rider is None or (rider.last_position_at is not None and rider.last_position_at >= ts):
-                    continue
-                rider.last_lat, rider.last_lng = position["lat"], position["lng"]
-                rider.last_accuracy, rider.last_position_at = position["accuracy"], ts
-                moved.append(rider)
-            if moved:
-                Rider.objects.bulk_update(moved, ["last_lat", "last_lng", "last_accuracy", "last_position_at"])
-            rows = [
-                PositionSample(
-                    rider_id=p["rider"],
-                    lat=p["lat"],
-                    lng=p["lng"],
-                    accuracy=p["accuracy"],
-                    heading=p["heading"],
-                    speed=p["speed"],
-                    recorded_at=datetime.fromisoformat(p["ts"]),
-                )
-                for p in samples
-                if p["rider"] in riders
-            ]
-            if rows:
-                PositionSample.objects.bulk_create(rows)
+        with transaction.atomic(), connection.cursor() as cursor:
+            if latest:
+                cursor.execute(_UPDATE_LATEST, _columns(latest, ("rider", "lat", "lng", "accuracy", "ts")))
+            if samples:
+                fields = ("rider", "lat", "lng", "accuracy", "heading", "speed", "ts")
+                cursor.execute(_INSERT_SAMPLES, _columns(samples, fields))
     except Exception:
         logger.exception("Could not store %d rider positions", len(latest))
+
+
+def _columns(positions: list[dict], fields: tuple[str, ...]) -> list[list]:
+    """The positions as one array per field (timestamps parsed), for `unnest`."""
+    return [
+        [datetime.fromisoformat(p["ts"]) for p in positions] if name == "ts" else [p[name] for p in positions]
+        for name in fields
+    ]
+
+
+# A slower batch of the previous second must not overwrite a newer position; unknown riders are skipped.
+_UPDATE_LATEST = f"""
+    UPDATE {Rider._meta.db_table} AS r
+    SET last_lat = v.lat, last_lng = v.lng, last_accuracy = v.accuracy, last_position_at = v.at
+    FROM unnest(%s::bigint[], %s::float8[], %s::float8[], %s::float8[], %s::timestamptz[])
+        AS v(id, lat, lng, accuracy, at)
+    WHERE r.id = v.id AND (r.last_position_at IS NULL OR r.last_position_at < v.at)
+"""
+_INSERT_SAMPLES = f"""
+    INSERT INTO {PositionSample._meta.db_table} (rider_id, lat, lng, accuracy, heading, speed, recorded_at)
+    SELECT v.rider, v.lat, v.lng, v.accuracy, v.heading, v.speed, v.at
+    FROM unnest(%s::bigint[], %s::float8[], %s::float8[], %s::float8[], %s::float8[], %s::float8[],
+        %s::timestamptz[]) AS v(rider, lat, lng, accuracy, heading, speed, at)
+    JOIN {Rider._meta.db_table} AS r ON r.id = v.rider
+"""
