@@ -131,3 +131,29 @@ async def test_django_pages_start_no_thread_per_request(monkeypatch):
         status, _ = await call(application)
         assert status == 200
     assert started == []
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_django_request_crosses_to_its_thread_a_few_times_not_once_per_middleware(monkeypatch):
+    """The middleware chain and the view run in one hop (bros.asgi.OneHopASGIHandler); Django's
+    request signals and the response's close make the others."""
+    from asgiref.current_thread_executor import CurrentThreadExecutor
+
+    from bros import asgi
+
+    calls: list[object] = []
+
+    def counting(executor_class):
+        submit = executor_class.submit
+
+        def counting_submit(self, fn, /, *args, **kwargs):
+            calls.append(fn)
+            return submit(self, fn, *args, **kwargs)
+
+        monkeypatch.setattr(executor_class, "submit", counting_submit)
+
+    counting(asgi._RequestThread)  # loop -> the request's thread
+    counting(CurrentThreadExecutor)  # a sync middleware's thread -> the loop and back (async mode)
+    status, _ = await call(application)
+    assert status == 200
+    assert 1 <= len(calls) <= 4, calls
