@@ -8,7 +8,7 @@ stream gets first. It may also handle a client frame type of its own (`position`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -83,8 +83,10 @@ class FrameRefused(Exception):
         self.code, self.message = code, message
 
 
-# (access, frame fields without "type"/"id") -> None, run in a worker thread; raises FrameRefused.
-FrameHandler = Callable[["Access", dict], None]
+# (access, frame fields without "type"/"id") -> None; raises FrameRefused. A plain function runs in
+# a worker thread (it may use the database); an `async def` one is awaited on the event loop and
+# must not block (riders' `position`: one async Redis call, no thread hop per fix).
+FrameHandler = Callable[["Access", dict], None] | Callable[["Access", dict], Awaitable[None]]
 
 _kinds: dict[str, StreamKind] = {}
 _frame_handlers: dict[str, FrameHandler] = {}

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -58,6 +59,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FIX_FIELDS = frozenset({"type", "lat", "lng", "accuracy", "heading", "speed", "ts"})
 
 _scripts: dict[str, object] = {}
+_async_scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # asyncio client -> name -> script
 
 # KEYS: rider state, latest hash, dirty set, sample hash, dirty centers.
 # ARGV: fix µs, rider id, position JSON, center, min interval µs, sample interval µs, state TTL ms,
@@ -212,6 +214,15 @@ def _script(name: str, source: str):
     return script
 
 
+def _async_script(client, name: str, source: str):
+    """The Lua script registered on an asyncio client (each event loop's hub has its own client)."""
+    scripts = _async_scripts.setdefault(client, {})
+    script = scripts.get(name)
+    if script is None:
+        script = scripts[name] = client.register_script(source)
+    return script
+
+
 def _micros(ts: datetime) -> int:
     return (ts - EPOCH) // timedelta(microseconds=1)
 
@@ -242,8 +253,46 @@ def accept_fixes(*, rider_id: int, center_code: str, fixes: list[Fix]) -> int:
     return kept
 
 
+async def accept_fixes_async(*, rider_id: int, center_code: str, fixes: list[Fix], redis) -> int:
+    """`accept_fixes` on an asyncio Redis client (`redis`), for the event loop: no thread hop per fix.
+
+    A rider's socket sends a fix every few seconds; 1,500 riders handed to worker threads one by one
+    kept the GIL moving between them and a busy event loop (docs/benchmarks.md, shift profile).
+    """
+    if not fixes:
+        return 0
+    keys, calls = _accept_calls(rider_id, center_code, fixes)
+    accept = _async_script(redis, "accept", _ACCEPT_FIX)
+    try:
+        if len(calls) == 1:
+            kept = int(await accept(keys=keys, args=calls[0]))
+        else:
+            pipe = redis.pipeline(transaction=False)
+            for args in calls:
+                await accept(keys=keys, args=args, client=pipe)
+            kept = sum(int(k) for k in await pipe.execute())
+    except REDIS_DOWN as exc:
+        redis_health.down(exc)
+        raise PositionsUnavailable from exc
+    redis_health.up()
+    return kept
+
+
 def _accept_fixes(rider_id: int, center_code: str, fixes: list[Fix]) -> int:
+    keys, calls = _accept_calls(rider_id, center_code, fixes)
     accept = _script("accept", _ACCEPT_FIX)
+    redis = get_redis()
+    if len(calls) == 1:
+        # The WebSocket case: one EVALSHA, without the pipeline's script-existence check.
+        return int(accept(keys=keys, args=calls[0], client=redis))
+    pipe = redis.pipeline(transaction=False)
+    for args in calls:
+        accept(keys=keys, args=args, client=pipe)
+    return sum(int(kept) for kept in pipe.execute())
+
+
+def _accept_calls(rider_id: int, center_code: str, fixes: list[Fix]) -> tuple[list[str], list[list]]:
+    """The accept script's keys, and its arguments per fix in time order."""
     keys = [
         _key("rider", rider_id),
         _key("latest", center_code),
@@ -254,25 +303,19 @@ def _accept_fixes(rider_id: int, center_code: str, fixes: list[Fix]) -> int:
     calls = []
     for fix in sorted(fixes, key=lambda f: f.ts):
         position = json.dumps(position_data(rider_id, fix), separators=(",", ":"))
-        args = [
-            _micros(fix.ts),
-            rider_id,
-            position,
-            center_code,
-            MIN_INTERVAL_US,
-            SAMPLE_INTERVAL_US,
-            RIDER_STATE_TTL_MS,
-            LATEST_TTL_MS,
-        ]
-        calls.append(args)
-    redis = get_redis()
-    if len(calls) == 1:
-        # The WebSocket case: one EVALSHA, without the pipeline's script-existence check.
-        return int(accept(keys=keys, args=calls[0], client=redis))
-    pipe = redis.pipeline(transaction=False)
-    for args in calls:
-        accept(keys=keys, args=args, client=pipe)
-    return sum(int(kept) for kept in pipe.execute())
+        calls.append(
+            [
+                _micros(fix.ts),
+                rider_id,
+                position,
+                center_code,
+                MIN_INTERVAL_US,
+                SAMPLE_INTERVAL_US,
+                RIDER_STATE_TTL_MS,
+                LATEST_TTL_MS,
+            ]
+        )
+    return keys, calls
 
 
 class NotARider(Exception):
@@ -297,12 +340,28 @@ class FixesTaken:
 def take_rider_fixes(
     access: Access | None, entries: list, *, max_entries: int | None = None, now: datetime | None = None
 ) -> FixesTaken:
-    """A rider's GPS fixes, from a socket `position` frame or the HTTP buffer: the one way in.
+    """A rider's GPS fixes, from the HTTP buffer (`POST /positions`): the one way in, with `take_rider_fixes_async`.
 
     Refuses callers that are not riders (`NotARider`), then more than `max_entries` fixes
     (`TooManyFixes`); checks each entry (`parse_fix`) and offers the valid ones to the rider's
     center (`accept_fixes`). Invalid entries are reported by index, not fatal to the others.
     """
+    rider_id, center_code, fixes, errors = _check_rider_fixes(access, entries, max_entries, now)
+    accepted = accept_fixes(rider_id=rider_id, center_code=center_code, fixes=fixes)
+    return FixesTaken(accepted=accepted, dropped=len(fixes) - accepted, errors=errors)
+
+
+async def take_rider_fixes_async(access: Access | None, entries: list, *, redis) -> FixesTaken:
+    """`take_rider_fixes` on the event loop, for a socket's `position` frame (`redis`: an asyncio client)."""
+    rider_id, center_code, fixes, errors = _check_rider_fixes(access, entries, None, None)
+    accepted = await accept_fixes_async(rider_id=rider_id, center_code=center_code, fixes=fixes, redis=redis)
+    return FixesTaken(accepted=accepted, dropped=len(fixes) - accepted, errors=errors)
+
+
+def _check_rider_fixes(
+    access: Access | None, entries: list, max_entries: int | None, now: datetime | None
+) -> tuple[int, str, list[Fix], list[tuple[int, str]]]:
+    """The rider, their center, the valid fixes and the errors by index (see `take_rider_fixes`)."""
     if access is None or access.role != Role.RIDER or access.rider_id is None or not access.centers:
         raise NotARider(NotARider.message)
     if max_entries is not None and len(entries) > max_entries:
@@ -315,8 +374,7 @@ def take_rider_fixes(
         except InvalidFix as exc:
             errors.append((index, str(exc)))
     (center_code,) = access.centers
-    accepted = accept_fixes(rider_id=access.rider_id, center_code=center_code, fixes=fixes)
-    return FixesTaken(accepted=accepted, dropped=len(fixes) - accepted, errors=errors)
+    return access.rider_id, center_code, fixes, errors
 
 
 def record_fix(

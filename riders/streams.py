@@ -10,7 +10,7 @@ from channels.db import database_sync_to_async
 from core.access import Access, Role
 from realtime import registry
 from realtime.events import rider_data
-from realtime.hub import Hub, on_hub_start
+from realtime.hub import Hub, get_hub, on_hub_start
 from riders import positions, selectors
 
 _dispatchers = registry.center_roles(Role.HQ, Role.DISPATCHER)
@@ -30,10 +30,10 @@ def positions_join_frames(center_code: str) -> list[str]:
     return [positions.positions_snapshot_frame(center_code)]
 
 
-def accept_position_frame(access: Access, fields: dict) -> None:
-    """A rider's `position` frame: validated, rate-limited and queued for the next batch."""
+async def accept_position_frame(access: Access, fields: dict) -> None:
+    """A rider's `position` frame: validated, rate-limited and queued for the next batch, on the event loop."""
     try:
-        taken = positions.take_rider_fixes(access, [fields])
+        taken = await positions.take_rider_fixes_async(access, [fields], redis=get_hub().redis)
     except positions.NotARider as exc:
         raise registry.FrameRefused("forbidden", exc.message) from None
     except positions.PositionsUnavailable as exc:

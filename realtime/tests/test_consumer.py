@@ -320,6 +320,38 @@ async def test_position_by_rider_is_silent_and_reaches_positions_subscribers_in_
     ]
 
 
+async def test_position_frames_are_taken_on_the_event_loop_without_a_worker_thread(ws, monkeypatch):
+    """A fix goes to Redis from the event loop: 1,500 riders' fixes handed to worker threads one by one
+    kept the GIL moving between them and the loop (docs/benchmarks.md, the shift's profile)."""
+    from riders.positions import current_positions
+
+    def no_thread(*args, **kwargs):
+        raise AssertionError("a position frame went to a worker thread")
+
+    rider = await ws.connect(RIDER)
+    pk = await in_thread(rider_pk, RIDER)
+    monkeypatch.setattr(consumers.asyncio, "to_thread", no_thread)
+    await rider.send({"type": "position", "lat": 37.4979, "lng": 127.0276})
+    assert await rider.barrier() == []
+    monkeypatch.undo()
+    assert [p["lat"] for p in await in_thread(current_positions, "gangnam") if p["rider"] == pk] == [37.4979]
+
+
+async def test_position_while_redis_is_unreachable_is_refused_with_a_retry_later(ws, monkeypatch):
+    """With Redis down the fix is not kept: `internal`, saying to send it again (the rider page keeps it)."""
+    import redis.asyncio
+
+    import riders.streams
+
+    rider = await ws.connect(RIDER)
+    unreachable = redis.asyncio.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
+    monkeypatch.setattr(riders.streams, "get_hub", lambda: type("Hub", (), {"redis": unreachable})())
+    reply = await rider.request({"type": "position", "id": "f1", "lat": 37.5, "lng": 127.0})
+    assert is_error(reply, "internal", "f1") and "again later" in reply["message"], reply
+    assert await rider.alive()
+    await unreachable.aclose()
+
+
 async def test_position_by_non_rider_is_forbidden(ws):
     """Only riders send positions: a dispatcher's, HQ's or the call center's `position` is `forbidden`."""
     for username in (DISPATCHER, HQ, CALLCENTER):

@@ -148,6 +148,18 @@ async def test_frames_of_one_loop_turn_leave_in_one_write_in_order_and_before_an
         task.cancel()
 
 
+async def test_uvicorn_sends_no_keepalive_pings_of_its_own():
+    """The protocol's `ping`/`pong` is the heartbeat; uvicorn's would double the frames and timers."""
+    protocol, transport, _scope = await open_protocol()
+    assert protocol.config.ws_ping_interval == 20.0  # uvicorn's default is on
+    assert protocol.ping_timer is None and protocol.pong_timer is None
+    before = len(transport.written)
+    protocol.data_received(b"\x89\x80\x00\x00\x00\x00")  # but a client's ping is still answered
+    assert transport.written[before:] == [b"\x8a\x00"]
+    for task in protocol.tasks:
+        task.cancel()
+
+
 async def test_an_accepted_socket_keeps_no_parsed_handshake_nor_eager_asyncio_queue():
     """What an idle socket holds (docs/benchmarks.md, "Memory per idle connection"): the scope's headers only."""
     protocol, _transport, scope = await open_protocol()

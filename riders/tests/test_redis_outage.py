@@ -77,14 +77,23 @@ def test_post_positions_answers_503_with_retry_after_while_redis_is_down(demo, r
     assert "detail" in response.json()
 
 
-def test_position_frame_is_refused_as_internal_while_redis_is_down(demo, redis_outage):
+async def test_position_frame_is_refused_as_internal_while_redis_is_down(demo, redis_outage, settings, monkeypatch):
     """A socket `position` frame gets the protocol's retryable `internal` error, not a crash of the handler."""
+    import redis.asyncio
+    from channels.db import database_sync_to_async
+
+    import riders.streams
     from core.access import access_for
 
+    down = redis.asyncio.Redis.from_url(settings.REDIS_URL)  # the outage's closed port
+    monkeypatch.setattr(riders.streams, "get_hub", lambda: type("Hub", (), {"redis": down})())
+    access = await database_sync_to_async(lambda: access_for(demo.user("rider-gangnam-01")))()
+
     with pytest.raises(registry.FrameRefused) as refused:
-        accept_position_frame(access_for(demo.user("rider-gangnam-01")), {"lat": 37.5, "lng": 127.0})
+        await accept_position_frame(access, {"lat": 37.5, "lng": 127.0})
 
     assert refused.value.code == "internal"
+    await down.aclose()
 
 
 def test_position_batches_publish_nothing_and_raise_nothing_while_redis_is_down(redis_outage):
