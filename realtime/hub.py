@@ -42,6 +42,7 @@ FILL_YIELD_EVERY = 20
 JOIN_BUFFER_LIMIT = 10_000
 SUBSCRIBE_TIMEOUT = 5.0
 _RECONCILE_START = '{"type":"reconcile",'
+BUS_MESSAGES_PER_TURN = 64  # bus messages already read handled in one loop turn before yielding
 METRICS_FLUSH_INTERVAL = 1.0  # seconds between handing the per-event counts to Prometheus
 
 _db_read = database_sync_to_async  # reads run in the thread pool, never on the event loop
@@ -326,6 +327,7 @@ class Hub:
 
     async def _read_bus(self) -> None:
         backoff = 0.1
+        handled = 0
         while True:
             await self._has_channels.wait()
             try:
@@ -348,8 +350,14 @@ class Hub:
                 feed.subscribed.set()
             elif message["type"] == "message":
                 await self._on_message(feed, message["data"])
-            # Yield between messages: a burst must not starve the sockets' writer tasks.
-            await asyncio.sleep(0)
+            # Messages already read from Redis are handled in the same loop turn, so the events of
+            # one command, published together, reach each socket in one write at the turn's end
+            # (realtime.uvicorn_protocol); every BUS_MESSAGES_PER_TURN it yields, so that a burst
+            # cannot starve the rest of the loop. (Waiting for Redis ends the turn anyway.)
+            handled += 1
+            if handled >= BUS_MESSAGES_PER_TURN:
+                handled = 0
+                await asyncio.sleep(0)
 
     async def _on_message(self, feed: Feed, data: bytes) -> None:
         head, _, body = data.partition(b"\n")

@@ -234,3 +234,44 @@ async def test_hub_join_without_since_on_a_live_feed_takes_the_hubs_position_and
     await until(lambda: second.seqs == later)
     assert first.seqs == seqs + later
     assert second.overflows == first.overflows == []
+
+
+async def test_bus_messages_read_together_are_delivered_in_one_loop_turn(hub):
+    """A command's events, published in one pipeline, reach a subscriber in the same loop turn: one
+    socket write for both (realtime.uvicorn_protocol writes once per socket per turn)."""
+    from realtime.bus import message_for
+
+    loop = asyncio.get_running_loop()
+    turn, ticking = 0, True
+
+    def tick():
+        nonlocal turn
+        turn += 1
+        if ticking:
+            loop.call_soon(tick)
+
+    class TurnRecorder(FakeSubscriber):
+        def __init__(self):
+            super().__init__()
+            self.turns: list[int] = []
+
+        def deliver(self, frame: str) -> None:
+            self.turns.append(turn)
+            super().deliver(frame)
+
+    subscriber = TurnRecorder()
+    await join(hub, subscriber, "deliveries:gangnam")
+    await join(hub, subscriber, "riders:gangnam")
+    subscriber.frames.clear()
+    subscriber.turns.clear()
+    loop.call_soon(tick)
+    for _ in range(3):  # three commands, one after the other
+        count = len(subscriber.frames) + 2
+        pipe = hub.redis.pipeline(transaction=False)
+        pipe.publish(channel_for("deliveries:gangnam"), message_for(None, '{"type":"event","x":"delivery"}'))
+        pipe.publish(channel_for("riders:gangnam"), message_for(None, '{"type":"event","x":"rider"}'))
+        await pipe.execute()
+        await until(lambda: len(subscriber.frames) == count)  # noqa: B023 (read at once)
+    ticking = False
+    pairs = [subscriber.turns[i : i + 2] for i in range(0, 6, 2)]
+    assert all(first == second for first, second in pairs), subscriber.turns
