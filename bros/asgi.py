@@ -17,7 +17,7 @@ class OneHopASGIHandler(ASGIHandler):
 
     Our views and most middleware are synchronous. In async mode Django runs each synchronous
     middleware's `process_request` and `process_response` in the request's thread and comes back to
-    the event loop between them: some 17 hops a request, each handing the GIL to another thread
+    the event loop between them: 16 hops for a page, each handing the GIL to another thread
     and back, which the event loop of a busy process waits for. Here the chain is loaded in
     synchronous mode and run by one `sync_to_async` call (an async view in it, `/healthz`, is run
     back on the loop by Django's own adapter).

@@ -264,13 +264,9 @@ async def accept_fixes_async(*, rider_id: int, center_code: str, fixes: list[Fix
     keys, calls = _accept_calls(rider_id, center_code, fixes)
     accept = _async_script(redis, "accept", _ACCEPT_FIX)
     try:
-        if len(calls) == 1:
-            kept = int(await accept(keys=keys, args=calls[0]))
-        else:
-            pipe = redis.pipeline(transaction=False)
-            for args in calls:
-                await accept(keys=keys, args=args, client=pipe)
-            kept = sum(int(k) for k in await pipe.execute())
+        kept = 0
+        for args in calls:  # a socket's frame carries one fix
+            kept += int(await accept(keys=keys, args=args))
     except REDIS_DOWN as exc:
         redis_health.down(exc)
         raise PositionsUnavailable from exc
@@ -340,7 +336,8 @@ class FixesTaken:
 def take_rider_fixes(
     access: Access | None, entries: list, *, max_entries: int | None = None, now: datetime | None = None
 ) -> FixesTaken:
-    """A rider's GPS fixes, from the HTTP buffer (`POST /positions`): the one way in, with `take_rider_fixes_async`.
+    """A rider's GPS fixes from the HTTP buffer (`POST /positions`); a socket's `position` frame goes
+    through `take_rider_fixes_async`, which checks them the same way.
 
     Refuses callers that are not riders (`NotARider`), then more than `max_entries` fixes
     (`TooManyFixes`); checks each entry (`parse_fix`) and offers the valid ones to the rider's
