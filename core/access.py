@@ -147,11 +147,6 @@ def users_with_access(user_ids) -> dict:
     return users
 
 
-def user_with_access(user_id):
-    """The user `user_id` (active or not; None if there is none) with their Access: `users_with_access`."""
-    return users_with_access([user_id]).get(user_id)
-
-
 @dataclass(frozen=True)
 class Page:
     """A page of the site in the navigation: its URL name, its label (a board's: its center's name), its center."""
