@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
 import itertools
 import logging
 import os
@@ -509,14 +508,11 @@ class ProtocolConsumer(AsyncConsumer):
         self.deliver(frames.dumps({"type": "ack", "id": frame_id, "stream": str(stream), "seq": row.seq}))
 
     async def _app_frame(self, frame: dict, frame_id) -> None:
-        """A frame type an app registered (riders' `position`): awaited here, or run in a worker thread."""
+        """A frame type an app registered (riders' `position`), handled on the event loop."""
         handler = registry.frame_handler(frame["type"])
         fields = {k: v for k, v in frame.items() if k not in ("type", "id")}
         try:
-            if inspect.iscoroutinefunction(handler):
-                await handler(self.access, fields)
-            else:
-                await asyncio.to_thread(handler, self.access, fields)
+            await handler(self.access, fields)
         except registry.FrameRefused as exc:
             raise BadFrame(exc.code, exc.message) from None
 

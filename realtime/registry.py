@@ -8,6 +8,7 @@ stream gets first. It may also handle a client frame type of its own (`position`
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -83,10 +84,10 @@ class FrameRefused(Exception):
         self.code, self.message = code, message
 
 
-# (access, frame fields without "type"/"id") -> None; raises FrameRefused. A plain function runs in
-# a worker thread (it may use the database); an `async def` one is awaited on the event loop and
-# must not block (riders' `position`: one async Redis call, no thread hop per fix).
-FrameHandler = Callable[["Access", dict], None] | Callable[["Access", dict], Awaitable[None]]
+# async (access, frame fields without "type"/"id") -> None; raises FrameRefused. Awaited on the event
+# loop, so it must not block: a handler that needs the database wraps that part in
+# `database_sync_to_async` itself (riders' `position` makes one asyncio Redis call, no thread hop).
+FrameHandler = Callable[["Access", dict], Awaitable[None]]
 
 _kinds: dict[str, StreamKind] = {}
 _frame_handlers: dict[str, FrameHandler] = {}
@@ -101,7 +102,9 @@ def register(kind: StreamKind) -> StreamKind:
 
 
 def register_frame(frame_type: str, handler: FrameHandler) -> None:
-    """Let an app handle client frames of `frame_type` (e.g. riders' `position`)."""
+    """Let an app handle client frames of `frame_type` (e.g. riders' `position`) with an `async def`."""
+    if not inspect.iscoroutinefunction(handler):
+        raise TypeError(f"the handler of {frame_type!r} frames must be an async function (it runs on the event loop)")
     _frame_handlers[frame_type] = handler
 
 
