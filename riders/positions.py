@@ -28,6 +28,7 @@ app keeps them and posts them again). The outage is logged once (`realtime.bus.r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -244,13 +245,8 @@ def accept_fixes(*, rider_id: int, center_code: str, fixes: list[Fix]) -> int:
     """
     if not fixes:
         return 0
-    try:
-        kept = _accept_fixes(rider_id, center_code, fixes)
-    except REDIS_DOWN as exc:
-        redis_health.down(exc)
-        raise PositionsUnavailable from exc
-    redis_health.up()
-    return kept
+    with _fixes_redis():
+        return _accept_fixes(rider_id, center_code, fixes)
 
 
 async def accept_fixes_async(*, rider_id: int, center_code: str, fixes: list[Fix], redis) -> int:
@@ -263,15 +259,22 @@ async def accept_fixes_async(*, rider_id: int, center_code: str, fixes: list[Fix
         return 0
     keys, calls = _accept_calls(rider_id, center_code, fixes)
     accept = _async_script(redis, "accept", _ACCEPT_FIX)
-    try:
+    with _fixes_redis():
         kept = 0
         for args in calls:  # a socket's frame carries one fix
             kept += int(await accept(keys=keys, args=args))
+    return kept
+
+
+@contextlib.contextmanager
+def _fixes_redis():
+    """Taking fixes: Redis unreachable is `PositionsUnavailable`, reported once per outage (`redis_health`)."""
+    try:
+        yield
     except REDIS_DOWN as exc:
         redis_health.down(exc)
         raise PositionsUnavailable from exc
     redis_health.up()
-    return kept
 
 
 def _accept_fixes(rider_id: int, center_code: str, fixes: list[Fix]) -> int:
