@@ -1905,6 +1905,24 @@ def connect_report(sel: list[dict]) -> list[str]:
 # -- main ---------------------------------------------------------------------------------------------------
 
 
+def add_bros_env_argument(p: argparse.ArgumentParser) -> None:
+    """`--bros-env NAME=VALUE` (repeatable): extra environment for the BROS servers (also bench/shift.py)."""
+    p.add_argument(
+        "--bros-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the BROS servers (e.g. REALTIME_HEADS_INTERVAL=3600); repeatable",
+    )
+
+
+def parse_bros_env(p: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    for item in items:
+        if "=" not in item:
+            p.error(f"--bros-env {item!r}: expected NAME=VALUE")
+    return dict(item.split("=", 1) for item in items)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenarios", default="throughput,burst,rooms,slow")
@@ -1930,13 +1948,7 @@ def parse_args(argv=None):
         help="handshakes in flight per client process (redis-py's async pools stop at 100 connections)",
     )
     p.add_argument("--bros-publish", choices=["outbox", "batch"], default="outbox")
-    p.add_argument(
-        "--bros-env",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="extra environment for the BROS servers (e.g. REALTIME_HEADS_INTERVAL=3600); repeatable",
-    )
+    add_bros_env_argument(p)
     p.add_argument("--burst-modes", default="outbox,batch", help="BROS publish modes for the burst")
     p.add_argument("--step-seconds", type=float, default=4.0)
     p.add_argument("--min-events", type=int, default=8)
@@ -2038,7 +2050,7 @@ def parse_args(argv=None):
         setattr(args, name, [v for v in args.variants if v in chosen or getattr(args, name) == "all"])
     args.start_rate = {int(k): float(v) for k, v in (x.split(":") for x in args.start_rate.split(",") if x)}
     args.burst_modes = [m for m in args.burst_modes.split(",") if m]
-    args.bros_env = dict(item.split("=", 1) for item in args.bros_env)
+    args.bros_env = parse_bros_env(p, args.bros_env)
     if args.quick:
         args.sizes = [1000] if args.sizes == [1000, 5000] else args.sizes
         args.repeat = 1 if args.repeat is None else args.repeat

@@ -200,7 +200,7 @@ class Shift:
     # -- start -------------------------------------------------------------------------------------
 
     async def start_servers(self) -> None:
-        env = {"LOG_LEVEL": "WARNING", **dict(item.split("=", 1) for item in self.args.bros_env)}
+        env = {"LOG_LEVEL": "WARNING", **self.args.bros_env}
         for i in range(self.args.servers):
             port = BASE_PORT + i
             argv = [*uvicorn_argv(PRODUCTION_WS, lifespan=True), "--port", str(port), "bros.asgi:application"]
@@ -636,13 +636,7 @@ def parse_args(argv=None):
     p.add_argument("--progress", type=float, default=5.0, help="seconds between progress lines")
     p.add_argument("--db", default="bros_shift_bench", help="the benchmark's database (dropped and created again)")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="Redis of the run (keys under brosbench:)")
-    p.add_argument(
-        "--bros-env",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="extra environment for the BROS servers (e.g. PYTHON_SWITCH_INTERVAL=0.001); repeatable",
-    )
+    fanout.add_bros_env_argument(p)
     p.add_argument(
         "--quiet-below",
         type=float,
@@ -653,9 +647,7 @@ def parse_args(argv=None):
     p.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True, help="pin as bench/fanout.py does")
     p.add_argument("--pin-services", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
-    for item in args.bros_env:
-        if "=" not in item:
-            p.error(f"--bros-env {item!r}: expected NAME=VALUE")
+    args.bros_env = fanout.parse_bros_env(p, args.bros_env)
     preset = QUICK if args.quick else FULL
     for key, value in preset.items():
         if getattr(args, key) is None:
