@@ -194,3 +194,19 @@ def redis_outage(settings):
     yield outage
     outage.end()
     redis_health.up()  # this process's next Redis call would find it back anyway
+
+
+@pytest.fixture
+def package_metadata_reads(monkeypatch):
+    """Every read of an installed package's version (a walk of sys.path), recorded."""
+    import importlib.metadata
+
+    reads: list[str] = []
+    real_version = importlib.metadata.version
+
+    def version(name):
+        reads.append(name)
+        return real_version(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    return reads

@@ -25,6 +25,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe
 
+from core.redis_connection import DRIVER_INFO
+
 DATABASE_TIMEOUT = 2.0  # seconds; a balancer checks every few seconds with a similar timeout
 REDIS_TIMEOUT = 1.0
 
@@ -43,7 +45,11 @@ def _redis_probe() -> redis.Redis:
     with _probes_lock:
         if url not in _probes:
             _probes[url] = redis.Redis.from_url(
-                url, socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT, retry_on_timeout=False
+                url,
+                socket_connect_timeout=REDIS_TIMEOUT,
+                socket_timeout=REDIS_TIMEOUT,
+                retry_on_timeout=False,
+                driver_info=DRIVER_INFO,
             )
         return _probes[url]
 

@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from core.redis_connection import DRIVER_INFO
 from realtime import frames, outbox
 from realtime.bus import channel_for
 from realtime.metrics import stats
@@ -131,7 +132,9 @@ class Hub:
         """Connect to Redis and start the reader and the heads check (synchronous: no await, no race)."""
         # A blocking pool: a thousand sockets connecting or dropping at once wait for a connection
         # for their presence writes instead of failing with MaxConnectionsError.
-        pool = aioredis.BlockingConnectionPool.from_url(self.redis_url, max_connections=64, timeout=10)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.redis_url, max_connections=64, timeout=10, driver_info=DRIVER_INFO
+        )
         self._redis = aioredis.Redis(connection_pool=pool)
         self._pubsub = self._redis.pubsub()
         self.spawn(self._read_bus(), name="hub-reader")

@@ -275,3 +275,17 @@ async def test_bus_messages_read_together_are_delivered_in_one_loop_turn(hub):
     ticking = False
     pairs = [subscriber.turns[i : i + 2] for i in range(0, 6, 2)]
     assert all(first == second for first, second in pairs), subscriber.turns
+
+
+async def test_hub_opens_new_redis_connections_without_reading_package_metadata(hub, package_metadata_reads):
+    """The hub's pool grows under load, on the event loop: a connection must not walk sys.path."""
+    pool = hub.redis.connection_pool
+    connections = [await pool.get_connection() for _ in range(3)]  # at least two of them new
+    try:
+        for connection in connections:
+            await connection.send_command("PING")
+            assert await connection.read_response() in (b"PONG", "PONG")
+    finally:
+        for connection in connections:
+            await pool.release(connection)
+    assert package_metadata_reads == []
