@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import uuid
@@ -210,3 +211,13 @@ def package_metadata_reads(monkeypatch):
 
     monkeypatch.setattr(importlib.metadata, "version", version)
     return reads
+
+
+@pytest.fixture(autouse=True)
+def _collector_as_found():
+    """A test that starts the ASGI lifespan tunes this process's collector: undo it after."""
+    thresholds = gc.get_threshold()
+    yield
+    if gc.get_freeze_count():
+        gc.unfreeze()
+    gc.set_threshold(*thresholds)

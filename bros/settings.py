@@ -253,6 +253,10 @@ RIDER_TYPICAL_SPEED_KMH = env.float("RIDER_TYPICAL_SPEED_KMH", default=20.0)
 REALTIME_HEADS_INTERVAL = env.float("REALTIME_HEADS_INTERVAL", default=5.0)  # hub self-check vs database heads
 REALTIME_PING_INTERVAL = env.float("REALTIME_PING_INTERVAL", default=20.0)
 REALTIME_IDLE_TIMEOUT = env.float("REALTIME_IDLE_TIMEOUT", default=45.0)
+# The ASGI server's cyclic garbage collector (bros/asgi.py `tune_garbage_collector`): CPython's
+# thresholds, except the oldest generation's, 10 -> 1000, so the full collection that walks every
+# open socket's objects runs rarely (docs/realtime.md, "Garbage collection").
+SERVER_GC_THRESHOLDS = env.list("SERVER_GC_THRESHOLDS", cast=int, default=[700, 10, 1000])
 # A ping unanswered this long means the client no longer reads what we send (closed with 4001).
 REALTIME_PONG_TIMEOUT = env.float("REALTIME_PONG_TIMEOUT", default=REALTIME_IDLE_TIMEOUT)
 # A process that dies leaves presence when its key expires (protocol: within 60 s).
