@@ -28,11 +28,26 @@ from realtime.models import Event, Stream, new_epoch
 
 logger = logging.getLogger(__name__)
 
-_BUMP_HEAD = f"""
-    INSERT INTO {Stream._meta.db_table} (name, epoch, head) VALUES (%s, %s, %s)
-    ON CONFLICT (name) DO UPDATE SET head = {Stream._meta.db_table}.head + EXCLUDED.head
-    RETURNING head
+# One round trip for all of a command's events: bump each stream's counter row (in stream-name
+# order, the order of the arrays), then insert the events with the seqs those bumps reserved.
+_EMIT = f"""
+    WITH heads AS (
+        INSERT INTO {Stream._meta.db_table} AS s (name, epoch, head)
+        SELECT * FROM unnest(%(streams)s::varchar[], %(epochs)s::varchar[], %(counts)s::bigint[])
+        ON CONFLICT (name) DO UPDATE SET head = s.head + EXCLUDED.head
+        RETURNING s.name, s.head
+    )
+    INSERT INTO {Event._meta.db_table} (stream, seq, name, data, ts)
+    SELECT e.stream, h.head - e.after, e.name, e.data, %(ts)s
+    FROM unnest(%(event_streams)s::varchar[], %(names)s::varchar[], %(data)s::jsonb[], %(after)s::bigint[])
+        WITH ORDINALITY AS e(stream, name, data, after, n)
+    JOIN heads h ON h.name = e.stream
+    ORDER BY e.n
+    RETURNING id, stream, seq
 """
+
+
+_MARK_PUBLISHED = f"UPDATE {Event._meta.db_table} SET published_at = %s WHERE id = ANY(%s)"
 
 
 def emit(events: Sequence[PendingEvent]) -> list[Event]:
@@ -40,21 +55,41 @@ def emit(events: Sequence[PendingEvent]) -> list[Event]:
     connection = transaction.get_connection()
     if not connection.in_atomic_block:
         raise RuntimeError("emit() must run inside the transaction of the change it describes")
-    by_stream: dict[str, list[PendingEvent]] = {}
+    if not events:
+        return []
+    counts: dict[str, int] = {}
     for event in events:
-        by_stream.setdefault(event.stream, []).append(event)
+        counts[event.stream] = counts.get(event.stream, 0) + 1
+    streams = sorted(counts)
+    # Each event's distance from its stream's new head: the last event of a stream gets the head.
+    after, left = [], dict(counts)
+    for event in events:
+        left[event.stream] -= 1
+        after.append(left[event.stream])
     now = timezone.now()
-    rows: list[Event] = []
     with connection.cursor() as cursor:
-        for stream in sorted(by_stream):
-            batch = by_stream[stream]
-            cursor.execute(_BUMP_HEAD, [stream, new_epoch(), len(batch)])
-            (head,) = cursor.fetchone()
-            first = head - len(batch) + 1
-            rows.extend(
-                Event(stream=stream, seq=first + i, name=e.name, data=e.data, ts=now) for i, e in enumerate(batch)
-            )
-    Event.objects.bulk_create(rows)
+        cursor.execute(
+            _EMIT,
+            {
+                "streams": streams,
+                "epochs": [new_epoch() for _ in streams],
+                "counts": [counts[stream] for stream in streams],
+                "event_streams": [e.stream for e in events],
+                "names": [e.name for e in events],
+                "data": [json.dumps(e.data) for e in events],
+                "after": after,
+                "ts": now,
+            },
+        )
+        inserted: dict[str, list[tuple[int, int]]] = {}
+        for pk, stream, seq in cursor.fetchall():
+            inserted.setdefault(stream, []).append((seq, pk))
+    for taken in inserted.values():
+        taken.sort(reverse=True)  # popped lowest seq first: a stream's events in the order given
+    rows = []
+    for event in events:
+        seq, pk = inserted[event.stream].pop()
+        rows.append(Event(pk=pk, stream=event.stream, seq=seq, name=event.name, data=event.data, ts=now))
     transaction.on_commit(lambda: publish(rows), robust=True)
     return rows
 
@@ -98,7 +133,8 @@ def publish(events: Sequence[Event]) -> bool:
                 pipe.publish(channel, message)
         pipe.execute()
         redis_health.up()
-        Event.objects.filter(pk__in=[e.pk for e in events]).update(published_at=timezone.now())
+        with connection.cursor() as cursor:
+            cursor.execute(_MARK_PUBLISHED, [timezone.now(), [e.pk for e in events]])
     except REDIS_DOWN as exc:
         redis_health.down(exc)
         return False

@@ -190,6 +190,21 @@ def test_emit_orders_several_streams_in_one_call(demo):
     assert len(by_stream["user:1"]) == 1
 
 
+def test_emit_returns_each_event_as_stored_in_the_order_given(demo):
+    """The rows emit returns (and publishes) are the stored ones: id, stream, seq, name, data, ts."""
+    pending = [notice("user:1", "a"), notice("broadcast:all", "b"), notice("user:1", "c"), notice("user:1", "d")]
+    with transaction.atomic():
+        rows = outbox.emit(pending)
+    assert [(row.stream, row.name) for row in rows] == [(e.stream, e.name) for e in pending]
+    stored = {event.pk: event for event in Event.objects.filter(pk__in=[row.pk for row in rows])}
+    assert [(r.stream, r.seq, r.name, r.data, r.ts) for r in rows] == [
+        (stored[r.pk].stream, stored[r.pk].seq, stored[r.pk].name, stored[r.pk].data, stored[r.pk].ts) for r in rows
+    ]
+    user_seqs = [row.seq for row in rows if row.stream == "user:1"]
+    assert user_seqs == list(range(user_seqs[0], user_seqs[0] + 3))
+    assert Stream.objects.get(name="user:1").head == user_seqs[-1]
+
+
 def test_stream_epoch_is_stable_across_writes(demo):
     """A stream's epoch is set once and does not change as events are appended."""
     with transaction.atomic():
