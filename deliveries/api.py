@@ -130,38 +130,51 @@ def _user_or_404(request):
     return caller.user
 
 
-def _require_center_view(request, center_code: str, *, stream_namespace: str) -> None:
+def _may_view_center(request, center_code: str, *, stream_namespace: str) -> bool:
     """Users need the center's view right; tokens need the matching stream in their scope."""
     caller = caller_of(request)
     try:
         stream = parse_stream(f"{stream_namespace}:{center_code}")
     except UnknownStream:
-        raise Http404("No such center.") from None
+        return False
     if caller.token is not None:
-        allowed = token_allows(caller.token.streams, str(stream))
-    else:
-        allowed = access.can_view_center(caller.user, center_code)
-    if not allowed or not Center.objects.filter(code=center_code).exists():
+        return token_allows(caller.token.streams, str(stream))
+    return access.can_view_center(caller.user, center_code)
+
+
+def _require_center_view(request, center_code: str, *, stream_namespace: str) -> None:
+    """A center named by the caller: 404 unless they may view it and it exists."""
+    if not _may_view_center(request, center_code, stream_namespace=stream_namespace):
         raise Http404("No such center.")
+    if not Center.objects.filter(code=center_code).exists():
+        raise Http404("No such center.")
+
+
+def _require_delivery_visible(
+    request, seen: tuple[int | None, str] | None, *, stream_namespace="deliveries", missing="No such delivery."
+) -> None:
+    """404 with `missing` unless the caller may see a delivery, given as `(rider_id, center code)`.
+
+    Its rider may, and whoever may view its center. A foreign delivery and a missing one (`None`)
+    get the same answer, so ids cannot be probed. The center came from the delivery's own row, so
+    it exists.
+    """
+    if seen is None:
+        raise Http404(missing)
+    rider_id, center_code = seen
+    caller = caller_of(request)
+    if rider_id is not None and caller.user is not None and access.access_for(caller.user).rider_id == rider_id:
+        return
+    if not _may_view_center(request, center_code, stream_namespace=stream_namespace):
+        raise Http404(missing)
 
 
 def _visible_delivery_center(
     request, delivery: Delivery | None, *, stream_namespace="deliveries", missing="No such delivery."
 ) -> Delivery:
-    """Return the delivery if the caller may see it (its rider may too), else 404 with `missing`.
-
-    A foreign delivery and a missing one get the same answer, so ids cannot be probed.
-    """
-    if delivery is None:
-        raise Http404(missing)
-    caller = caller_of(request)
-    is_its_rider = caller.user is not None and access.access_for(caller.user).rider_id == delivery.rider_id
-    if delivery.rider_id is not None and is_its_rider:
-        return delivery
-    try:
-        _require_center_view(request, delivery.center.code, stream_namespace=stream_namespace)
-    except Http404:
-        raise Http404(missing) from None
+    """Return the delivery if the caller may see it (see `_require_delivery_visible`), else 404."""
+    seen = (delivery.rider_id, delivery.center.code) if delivery is not None else None
+    _require_delivery_visible(request, seen, stream_namespace=stream_namespace, missing=missing)
     return delivery
 
 
@@ -277,7 +290,7 @@ def _delivery_command(request, delivery_id: int, run) -> tuple[int, dict]:
     """
     caller = caller_of(request)
     # Tokens too: one outside its centers is told "No such delivery.", not that it exists.
-    _visible_delivery_center(request, selectors.deliveries_with_related().filter(pk=delivery_id).first())
+    _require_delivery_visible(request, selectors.delivery_rider_and_center(delivery_id))
     updated = run(actor=caller.actor, source="api" if caller.token else None, via=caller.via)
     return 200, delivery_data(updated).model_dump(mode="json")
 

@@ -50,6 +50,11 @@ def deliveries_with_related() -> QuerySet[Delivery]:
     return Delivery.objects.select_related("order", "center", "shop", "rider")
 
 
+def delivery_rider_and_center(delivery_id: int) -> tuple[int | None, str] | None:
+    """A delivery's rider id and center code (who may see it), or None if there is no such delivery."""
+    return Delivery.objects.filter(pk=delivery_id).values_list("rider_id", "center__code").first()
+
+
 def todays_deliveries(*, center_code: str, status: str | None = None) -> QuerySet[Delivery]:
     """Today's deliveries of a center plus any still open from before, newest first."""
     deliveries = deliveries_with_related().filter(center__code=center_code)

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -106,6 +106,12 @@ def _require_transition(command: str, delivery, *, expected_version: int | None,
         raise InvalidTransition(refusal.format(status=delivery.get_status_display().lower()), entity=entity)
 
 
+_LOCK_DELIVERY_BY = {
+    column: f"SELECT id FROM {Delivery._meta.db_table} WHERE {column} = %s FOR NO KEY UPDATE"
+    for column in ("id", "order_id")
+}
+
+
 def _lock_delivery(delivery_id: int | None = None, *, order_id: int | None = None) -> Delivery:
     """Lock a delivery (by its id or its order's), then read it with its order, center, shop and rider.
 
@@ -114,8 +120,13 @@ def _lock_delivery(delivery_id: int | None = None, *, order_id: int | None = Non
     may predate the wait (a new `rider_id` beside a missing `rider`). Lock with one query, read with
     the next, everywhere.
     """
-    lookup = {"order_id": order_id} if order_id is not None else {"pk": delivery_id}
-    pk = Delivery.objects.select_for_update(no_key=True).values_list("pk", flat=True).get(**lookup)
+    column, value = ("order_id", order_id) if order_id is not None else ("id", delivery_id)
+    with connection.cursor() as cursor:
+        cursor.execute(_LOCK_DELIVERY_BY[column], [value])
+        row = cursor.fetchone()
+    if row is None:
+        raise Delivery.DoesNotExist("Delivery matching query does not exist.")
+    (pk,) = row
     delivery = Delivery.objects.select_related("order", "center", "shop", "rider").get(pk=pk)
     # The order's center and shop are the delivery's: reuse them instead of loading them again.
     delivery.order.center, delivery.order.shop = delivery.center, delivery.shop
