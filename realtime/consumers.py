@@ -46,6 +46,7 @@ CLOSE_ACCESS_REVOKED = 4003
 CLOSE_TOO_LARGE = 1009
 CLOSE_TIMEOUT = 2.0
 HEARTBEAT_SLICE = 250  # sockets ticked between two yields to the event loop
+HEARTBEAT_STEP = 1.0  # s: each step pings one slot of the sockets; every socket once per ping interval
 MAX_ID_LENGTH = 100
 
 _conn_ids = itertools.count(1)
@@ -200,7 +201,8 @@ class ProtocolConsumer(AsyncConsumer):
     async def __call__(self, scope, receive, send):
         self.scope = scope
         self.base_send = send
-        self.conn_id = f"{PROCESS_ID}-{next(_conn_ids)}"
+        self.serial = next(_conn_ids)  # also its heartbeat slot (`_start_heartbeat`)
+        self.conn_id = f"{PROCESS_ID}-{self.serial}"
         connection_id.set(self.conn_id)  # for this connection's log lines (tasks below inherit it)
         self.counted_role: str | None = None
         self.user = scope.get("user")
@@ -570,24 +572,35 @@ async def recheck_access(hub: Hub) -> None:
 
 @on_hub_start
 def _start_heartbeat(hub: Hub) -> None:
-    """Every few seconds drop idle clients; every ping interval re-check changed access and send `ping`s."""
-    state = {"last_ping": time.monotonic()}
-    check_every = min(5.0, settings.REALTIME_PING_INTERVAL)
+    """Ping every socket once per ping interval, a slot of them each step; drop idle clients every ~5 s.
+
+    Pinging all sockets in one tick made a burst every 20 s: thousands of `ping` frames out, then
+    thousands of `pong`s in, with the events and HTTP commands of that moment queued behind them
+    (the shift benchmark's HTTP p99 halved without it: docs/benchmarks.md, "2026-12-04 night").
+    So the interval is cut into steps of ~`HEARTBEAT_STEP` and each socket pings in the step of
+    its slot (consecutive connections take consecutive slots). The access re-check runs once per
+    interval, before its first step's pings; every step's pings carry freshly read heads.
+    """
+    interval = settings.REALTIME_PING_INTERVAL
+    slots = max(1, int(interval / HEARTBEAT_STEP))
+    step = interval / slots
+    idle_check_every = max(1, round(min(5.0, interval) / step))  # steps
+    steps = itertools.count()
 
     async def heartbeat():
-        now = time.monotonic()
-        heads, logged = None, frozenset()
-        if now - state["last_ping"] >= settings.REALTIME_PING_INTERVAL:
-            state["last_ping"] = now
+        n = next(steps)
+        slot, check_idle = n % slots, n % idle_check_every == 0
+        if slot == 0:
             # Before the pings, so that they no longer carry heads of streams just lost. A failure
             # must not stop the pings (clients answering only pings would then look idle).
             try:
                 await recheck_access(hub)
             except Exception:
-                logger.exception("access re-check failed; retried at the next ping")
-            # Once per tick, not per connection: which streams are logged, and their heads.
-            logged = frozenset(name for name, feed in hub.feeds.items() if feed.logged)
-            heads = await hub.heads_of(list(logged)) if logged else {}
+                logger.exception("access re-check failed; retried at the next ping interval")
+        # Once per step, not per connection: which streams are logged, and their heads.
+        logged = frozenset(name for name, feed in hub.feeds.items() if feed.logged)
+        heads = await hub.heads_of(list(logged)) if logged else {}
+        now = time.monotonic()
         # In slices, yielding between them: ticking 5,000 sockets at once held every event behind
         # it (the p99 jump in docs/benchmarks.md, 2026-12-03), and sockets with the same streams
         # share one ping frame.
@@ -595,9 +608,12 @@ def _start_heartbeat(hub: Hub) -> None:
         for i, connection in enumerate(list(hub.connections)):
             if i and i % HEARTBEAT_SLICE == 0:
                 await asyncio.sleep(0)
-            connection.tick(now, heads, logged, pings)
+            if connection.serial % slots == slot:
+                connection.tick(now, heads, logged, pings)
+            elif check_idle:
+                connection.tick(now, None)
 
-    hub.every(check_every, heartbeat, name="hub-heartbeat")
+    hub.every(step, heartbeat, name="hub-heartbeat")
 
 
 @on_hub_start

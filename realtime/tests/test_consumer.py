@@ -919,6 +919,52 @@ async def test_heartbeat_ping_carries_heads_of_own_logged_streams_only(ws, setti
         raise AssertionError("no ping with the current heads")
 
 
+async def test_heartbeat_pings_one_slot_of_sockets_per_step_and_each_socket_once_per_interval(settings, monkeypatch):
+    """The pings of an interval are spread over its steps (no burst of all sockets' pings and pongs
+    at once); idle checks still cover every socket, and the access re-check precedes each interval."""
+    settings.REALTIME_PING_INTERVAL = 4.0
+    monkeypatch.setattr(consumers, "HEARTBEAT_STEP", 1.0)
+    step, rechecks = [0], []
+
+    async def recheck_access(hub):
+        rechecks.append(step[0])
+
+    monkeypatch.setattr(consumers, "recheck_access", recheck_access)
+
+    class Connection:
+        def __init__(self, serial):
+            self.serial, self.pinged_at, self.idle_checked_at = serial, [], []
+
+        def tick(self, now, heads, logged=frozenset(), pings=None):
+            (self.idle_checked_at if heads is None else self.pinged_at).append(step[0])
+
+    class Hub:
+        connections = {Connection(serial) for serial in range(1, 13)}
+        feeds: dict = {}
+
+        def every(self, interval, action, *, name):
+            self.interval, self.action = interval, action
+
+        async def heads_of(self, names):
+            return {}
+
+    hub = Hub()
+    consumers._start_heartbeat(hub)
+    assert hub.interval == 1.0
+    for step[0] in range(8):  # two intervals of 4 steps
+        await hub.action()
+
+    pinged_per_step = [sum(s in c.pinged_at for c in hub.connections) for s in range(8)]
+    assert pinged_per_step == [3] * 8
+    for connection in hub.connections:
+        first, second = connection.pinged_at
+        assert second == first + 4
+        # The ~5 s idle check (every 4 steps here) covers each socket that was not pinged then.
+        assert {0, 4} <= set(connection.pinged_at + connection.idle_checked_at)
+        assert set(connection.idle_checked_at) <= {0, 4}
+    assert rechecks == [0, 4]
+
+
 async def test_heartbeat_ping_leaves_out_a_stream_until_its_subscribe_is_answered(ws, settings, monkeypatch):
     """Pings sent while a resume is being read carry no head for that stream: the replay, not a fetch, follows.
 
