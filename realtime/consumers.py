@@ -579,13 +579,14 @@ def _start_heartbeat(hub: Hub) -> None:
     (the shift benchmark's HTTP p99 halved without it: docs/benchmarks.md, "2026-12-04 night").
     So the interval is cut into steps of ~`HEARTBEAT_STEP` and each socket pings in the step of
     its slot (consecutive connections take consecutive slots). The access re-check runs once per
-    interval, before its first step's pings; every step's pings carry freshly read heads.
+    interval, before its first step's pings.
     """
     interval = settings.REALTIME_PING_INTERVAL
     slots = max(1, int(interval / HEARTBEAT_STEP))
     step = interval / slots
     idle_check_every = max(1, round(min(5.0, interval) / step))  # steps
     steps = itertools.count()
+    known: dict = {"streams": frozenset(), "heads": {}}
 
     async def heartbeat():
         n = next(steps)
@@ -597,9 +598,14 @@ def _start_heartbeat(hub: Hub) -> None:
                 await recheck_access(hub)
             except Exception:
                 logger.exception("access re-check failed; retried at the next ping interval")
-        # Once per step, not per connection: which streams are logged, and their heads.
+        # Not per connection: which streams are logged, and their heads, read again with each idle
+        # check (~5 s, as the hub's own check of its heads) or for a stream not read yet. A head a
+        # few seconds old only ever lags: a client acts on a head above what it has applied.
         logged = frozenset(name for name, feed in hub.feeds.items() if feed.logged)
-        heads = await hub.heads_of(list(logged)) if logged else {}
+        if check_idle or not logged <= known["streams"]:
+            known["heads"] = await hub.heads_of(list(logged)) if logged else {}
+            known["streams"] = logged
+        heads = known["heads"]
         now = time.monotonic()
         # In slices, yielding between them: ticking 5,000 sockets at once held every event behind
         # it (the p99 jump in docs/benchmarks.md, 2026-12-03), and sockets with the same streams
