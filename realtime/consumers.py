@@ -598,11 +598,12 @@ def _start_heartbeat(hub: Hub) -> None:
                 await recheck_access(hub)
             except Exception:
                 logger.exception("access re-check failed; retried at the next ping interval")
-        # Not per connection: which streams are logged, and their heads, read again with each idle
-        # check (~5 s, as the hub's own check of its heads) or for a stream not read yet. A head a
-        # few seconds old only ever lags: a client acts on a head above what it has applied.
+        # Not per connection: which streams are logged, and their heads, read once per interval (as
+        # when all sockets were pinged at once) or for a stream not read yet. A head read earlier in
+        # the interval only lags: a client acts on a head above what it has applied, and the hub
+        # itself checks its streams against the database every REALTIME_HEADS_INTERVAL.
         logged = frozenset(name for name, feed in hub.feeds.items() if feed.logged)
-        if check_idle or not logged <= known["streams"]:
+        if slot == 0 or not logged <= known["streams"]:
             known["heads"] = await hub.heads_of(list(logged)) if logged else {}
             known["streams"] = logged
         heads = known["heads"]
