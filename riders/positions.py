@@ -491,32 +491,16 @@ def positions_snapshot_frame(center_code: str, *, now: datetime | None = None) -
     return _positions_frame(center_code, current_positions(center_code), now or timezone.now())
 
 
-BATCH_SLOTS = 4  # the second is cut into this many turns; each center's batch goes out in its own
-_center_slots: dict[str, int] = {}
-
-
-def _slot_of(center_code: str) -> int:
-    """This process's turn for a center: centers take the slots round-robin, as first seen.
-
-    Per process, so stable whatever the set of centers with moved riders (it changes each second);
-    another process may give the center another turn, and the first to come publishes its second.
-    """
-    return _center_slots.setdefault(center_code, len(_center_slots) % BATCH_SLOTS)
-
-
-def publish_position_batches(*, now: datetime | None = None, slot: int | None = None) -> int:
+def publish_position_batches(*, now: datetime | None = None) -> int:
     """Publish this second's `rider.positions` batch of each center with moved riders; return how many.
 
-    `slot` (0 to `BATCH_SLOTS` - 1) takes only the centers of that slot (`_slot_of`). Server
-    processes call this `BATCH_SLOTS` times a second, one slot after the other, so the centers'
-    batches, each a large frame to every dashboard of its center, go out spread over the second
-    instead of in one burst. Per center and unix second only one caller wins and publishes. The
-    winner then stores the riders' latest positions and due history samples. An unreachable Redis
-    publishes nothing and is logged once per outage; database errors are logged and never raised,
-    since the live batch has already gone out.
+    Every server process calls this once a second; per center and unix second only one of them
+    wins and publishes. The winner then stores the riders' latest positions and due history
+    samples. An unreachable Redis publishes nothing and is logged once per outage; database errors
+    are logged and never raised, since the live batch has already gone out.
     """
     try:
-        published = _publish_position_batches(now or timezone.now(), slot)
+        published = _publish_position_batches(now or timezone.now())
     except REDIS_DOWN as exc:
         redis_health.down(exc)  # once per outage, not a traceback a second in every process
         return 0
@@ -524,15 +508,13 @@ def publish_position_batches(*, now: datetime | None = None, slot: int | None = 
     return published
 
 
-def _publish_position_batches(now: datetime, slot: int | None) -> int:
+def _publish_position_batches(now: datetime) -> int:
     second = int(now.timestamp())
     redis = get_redis()
     take = _script("take", _TAKE_BATCH)
     published = 0
     for raw_center in sorted(redis.smembers(_key("centers"))):
         center_code = raw_center.decode()
-        if slot is not None and _slot_of(center_code) != slot:
-            continue
         keys = [
             _key("dirty", center_code),
             _key("tick", center_code, second),

@@ -5,8 +5,6 @@
 new subscriber first gets everyone's current position. Riders send fixes as `position` frames.
 """
 
-import itertools
-
 from channels.db import database_sync_to_async
 
 from core.access import Access, Role
@@ -45,13 +43,9 @@ async def accept_position_frame(access: Access, fields: dict) -> None:
 
 
 def _start_position_batches(hub: Hub) -> None:
-    """Every second, publish each center's coalesced `rider.positions` batch (one process wins per center).
-
-    One slot of the centers per quarter second (`positions.BATCH_SLOTS`): spread over the second.
-    """
+    """Every second, publish each center's coalesced `rider.positions` batch (one process wins per center)."""
     publish = database_sync_to_async(positions.publish_position_batches, thread_sensitive=False)
-    slots = itertools.cycle(range(positions.BATCH_SLOTS))
-    hub.every(1.0 / positions.BATCH_SLOTS, lambda: publish(slot=next(slots)), name="positions")
+    hub.every(1.0, publish, name="positions")
 
 
 def register() -> None:

@@ -18,7 +18,6 @@ from ninja import NinjaAPI
 from core.api_auth import API_AUTH
 from core.models import ApiToken
 from realtime.bus import channel_for, get_redis
-from riders import positions
 from riders.api_positions import router as positions_router
 from riders.models import PositionSample, Rider
 from riders.positions import (
@@ -283,24 +282,6 @@ def test_publish_position_batches_one_frame_per_dirty_center(demo):
         record_fix(rider_id=demo.rider("mapo", 1).pk, center_code="mapo", lat=37.55, lng=126.9, ts=NOW)
         assert publish_position_batches(now=NOW) == 2
         assert [len(listeners[code].messages()) for code in ("gangnam", "mapo", "songpa")] == [1, 1, 0]
-    finally:
-        for listener in listeners.values():
-            listener.close()
-
-
-def test_publish_position_batches_by_slot_takes_only_that_slots_centers(demo, monkeypatch):
-    """Called slot by slot over the second, each center's batch goes out in its own turn, once."""
-    codes = ("gangnam", "mapo", "songpa")
-    monkeypatch.setattr(positions, "_center_slots", {})  # first seen in code order: slots 0, 1, 2 of 4
-    listeners = {code: Listener(f"positions:{code}") for code in codes}
-    try:
-        for code in codes:
-            record_fix(rider_id=demo.rider(code, 1).pk, center_code=code, lat=37.5, lng=127.0, ts=NOW)
-        got = []
-        for slot in (1, 3, 0, 2):
-            published = publish_position_batches(now=NOW + timedelta(milliseconds=250 * slot), slot=slot)
-            got.append((slot, published, [len(listeners[code].messages()) for code in codes]))
-        assert got == [(1, 1, [0, 1, 0]), (3, 0, [0, 0, 0]), (0, 1, [1, 0, 0]), (2, 1, [0, 0, 1])]
     finally:
         for listener in listeners.values():
             listener.close()
