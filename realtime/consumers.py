@@ -46,7 +46,8 @@ CLOSE_ACCESS_REVOKED = 4003
 CLOSE_TOO_LARGE = 1009
 CLOSE_TIMEOUT = 2.0
 HEARTBEAT_SLICE = 250  # sockets ticked between two yields to the event loop
-HEARTBEAT_STEP = 1.0  # s: each step pings one slot of the sockets; every socket once per ping interval
+HEARTBEAT_STEP = 1.0  # s, at least: each step pings one slot of the sockets; every socket once per ping interval
+HEARTBEAT_SLOTS = 20  # at most: a longer interval has longer steps (a 600 s one pings its first slot after 30 s)
 MAX_ID_LENGTH = 100
 
 _conn_ids = itertools.count(1)
@@ -577,12 +578,12 @@ def _start_heartbeat(hub: Hub) -> None:
     Pinging all sockets in one tick made a burst every 20 s: thousands of `ping` frames out, then
     thousands of `pong`s in, with the events and HTTP commands of that moment queued behind them
     (the shift benchmark's HTTP p99 halved without it: docs/benchmarks.md, "2026-12-04 night").
-    So the interval is cut into steps of ~`HEARTBEAT_STEP` and each socket pings in the step of
-    its slot (consecutive connections take consecutive slots). The access re-check runs once per
-    interval, before its first step's pings.
+    So the interval is cut into at most `HEARTBEAT_SLOTS` steps of at least `HEARTBEAT_STEP` and
+    each socket pings in the step of its slot (consecutive connections take consecutive slots).
+    The access re-check runs once per interval, before its first step's pings.
     """
     interval = settings.REALTIME_PING_INTERVAL
-    slots = max(1, int(interval / HEARTBEAT_STEP))
+    slots = max(1, min(HEARTBEAT_SLOTS, int(interval / HEARTBEAT_STEP)))
     step = interval / slots
     idle_check_every = max(1, round(min(5.0, interval) / step))  # steps
     steps = itertools.count()

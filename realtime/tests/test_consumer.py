@@ -969,6 +969,10 @@ async def test_heartbeat_pings_one_slot_of_sockets_per_step_and_each_socket_once
     assert rechecks == [0, 4]
     assert hub.heads_read_at == [0, 4]  # once per interval, not at every step
 
+    settings.REALTIME_PING_INTERVAL = 600.0  # a long interval: at most HEARTBEAT_SLOTS steps
+    consumers._start_heartbeat(hub)
+    assert hub.interval == 600.0 / consumers.HEARTBEAT_SLOTS
+
 
 async def test_heartbeat_ping_leaves_out_a_stream_until_its_subscribe_is_answered(ws, settings, monkeypatch):
     """Pings sent while a resume is being read carry no head for that stream: the replay, not a fetch, follows.

@@ -94,8 +94,9 @@ async def test_chaos_sigkill_of_the_process_holding_half_the_clients(chaos):
 
 
 # No server pings (so no heads in them): clients cannot fill gaps from a ping's heads, so what
-# they get is what the server processes deliver by themselves.
-QUIET = {"REALTIME_PING_INTERVAL": 60, "REALTIME_IDLE_TIMEOUT": 60}
+# they get is what the server processes deliver by themselves. The heartbeat pings its first slot
+# of sockets one step (interval / 20) after the server starts: 3 minutes here.
+QUIET = {"REALTIME_PING_INTERVAL": 3600, "REALTIME_IDLE_TIMEOUT": 3600}
 
 
 def unpublished(streams) -> int:
@@ -262,7 +263,7 @@ async def test_chaos_crash_between_commit_and_publish_is_delivered_by_the_sweep(
     # The subscribers' process must not find the events by itself (heads check, pings): only the sweep.
     (crashing,), (server,) = await asyncio.gather(
         chaos.servers(1, REALTIME_BUS_FAULTS="crash"),
-        chaos.servers(1, REALTIME_HEADS_INTERVAL=600, REALTIME_PING_INTERVAL=600, REALTIME_IDLE_TIMEOUT=600),
+        chaos.servers(1, REALTIME_HEADS_INTERVAL=600, **QUIET),
     )
     clients = await chaos.clients_on([[server]] * 3, STREAMS)
     before = await db(database_heads)(STREAMS)

@@ -23,7 +23,7 @@ from tests.live.conftest import db, http_json
 CLIENTS = 30
 # No server pings (so no heads in them, and no idle timeout within the test): a client cannot heal a
 # gap from a ping's heads, so what it gets is what the processes deliver, live or by resume.
-QUIET = {"REALTIME_PING_INTERVAL": 600, "REALTIME_IDLE_TIMEOUT": 600}
+QUIET = {"REALTIME_PING_INTERVAL": 3600, "REALTIME_IDLE_TIMEOUT": 3600}  # first pings after 3 min
 
 
 class HttpCommands:
