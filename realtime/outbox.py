@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -57,12 +58,10 @@ def emit(events: Sequence[PendingEvent]) -> list[Event]:
         raise RuntimeError("emit() must run inside the transaction of the change it describes")
     if not events:
         return []
-    counts: dict[str, int] = {}
-    for event in events:
-        counts[event.stream] = counts.get(event.stream, 0) + 1
+    counts = Counter(event.stream for event in events)
     streams = sorted(counts)
     # Each event's distance from its stream's new head: the last event of a stream gets the head.
-    after, left = [], dict(counts)
+    after, left = [], Counter(counts)
     for event in events:
         left[event.stream] -= 1
         after.append(left[event.stream])
@@ -81,15 +80,14 @@ def emit(events: Sequence[PendingEvent]) -> list[Event]:
                 "ts": now,
             },
         )
-        inserted: dict[str, list[tuple[int, int]]] = {}
-        for pk, stream, seq in cursor.fetchall():
-            inserted.setdefault(stream, []).append((seq, pk))
-    for taken in inserted.values():
-        taken.sort(reverse=True)  # popped lowest seq first: a stream's events in the order given
+        ids = {(stream, seq): pk for pk, stream, seq in cursor.fetchall()}
+    heads = {stream: max(seq for s, seq in ids if s == stream) for stream in streams}
     rows = []
-    for event in events:
-        seq, pk = inserted[event.stream].pop()
-        rows.append(Event(pk=pk, stream=event.stream, seq=seq, name=event.name, data=event.data, ts=now))
+    for event, distance in zip(events, after, strict=True):
+        seq = heads[event.stream] - distance  # as the statement computed it
+        rows.append(
+            Event(pk=ids[event.stream, seq], stream=event.stream, seq=seq, name=event.name, data=event.data, ts=now)
+        )
     transaction.on_commit(lambda: publish(rows), robust=True)
     return rows
 
