@@ -247,9 +247,22 @@ function renderRooms() {
   renderBadges();
 }
 
+// A center room's unread messages are counted from the messages it holds, when they reach back to
+// the read position: the server's count and the room's own events can arrive in either order, so
+// adding one to the other would count a message twice or not at all. Only a room with more unread
+// than its loaded window (the snapshot's 50) keeps the server's count, plus one per event.
+function countUnread(room) {
+  if (room.kind !== "center" || !room.loaded) return;
+  const read = Math.max(room.lastRead, room.seenTo); // seen counts as read before the server has it
+  const oldest = room.frames.length ? room.frames[0].seq : Infinity;
+  if (room.more && oldest > read + 1) return;
+  room.unread = room.frames.filter((f) => f.seq > read && f.data.author_id !== state.me.id).length;
+}
+
 function renderBadges() {
   let total = 0;
   for (const room of state.rooms.values()) {
+    countUnread(room);
     total += room.unread;
     if (!room.badge) continue;
     room.badge.textContent = room.unread > 99 ? "99+" : String(room.unread);
@@ -305,6 +318,7 @@ function followRoom(room) {
       addFrames(room, snapshot.items);
       room.loaded = true;
       room.more = snapshot.items.length >= 50;
+      renderBadges();
       if (room.stream === state.current) {
         room.stickToBottom = true;
         renderLog();
@@ -361,29 +375,35 @@ function openRoom(stream) {
 }
 
 let readTimer = null;
-let readSoon = null; // the room whose read position waits for the timer
+let readSoon = null; // {room, seq}: the read position that waits for the timer
+// What is on screen now is read; the timer only batches a burst of messages into one request. The
+// position is taken now, not when the timer fires: a message that arrives after the panel closed
+// (or the room changed) in between was never seen, and stays unread.
 function markReadSoon(room) {
   if (!isSeen(room) || !room.loaded) return;
+  if (readSoon && readSoon.room !== room) flushRead(); // another room's read is not dropped
   clearTimeout(readTimer);
-  readSoon = room;
-  readTimer = setTimeout(() => markRead(room), 300);
+  const seq = room.frames.length ? room.frames[room.frames.length - 1].seq : 0;
+  room.seenTo = Math.max(room.seenTo, seq);
+  readSoon = { room, seq };
+  readTimer = setTimeout(() => flushRead(), 300);
 }
 
-// Leaving the page (reload, navigation) before the timer fires still saves what was read.
-function flushRead() {
+// Also on leaving the page (reload, navigation) before the timer fires: what was read is saved.
+function flushRead({ keepalive = false } = {}) {
   if (!readSoon) return;
   clearTimeout(readTimer);
-  markRead(readSoon, { keepalive: true });
+  const { room, seq } = readSoon;
+  readSoon = null;
+  markRead(room, seq, { keepalive });
 }
 
-async function markRead(room, { keepalive = false } = {}) {
-  if (readSoon === room) readSoon = null;
-  const seq = room.frames.length ? room.frames[room.frames.length - 1].seq : 0;
+async function markRead(room, seq, { keepalive = false } = {}) {
   if (seq <= room.lastRead && room.unread === 0) return;
   const result = await api(`/chat/${encodeURIComponent(room.stream)}/read`, { method: "POST", body: { seq }, keepalive });
   if (!result.ok) return;
   room.unread = result.data.unread;
-  room.lastRead = result.data.last_read;
+  room.lastRead = Math.max(room.lastRead, result.data.last_read);
   renderBadges();
 }
 
@@ -521,6 +541,7 @@ async function start() {
     state.rooms.set(info.stream, {
       ...info,
       lastRead: info.last_read,
+      seenTo: 0, // the newest message shown in the open panel: read, if not yet saved
       frames: [],
       seqs: new Set(),
       pending: [],
@@ -607,6 +628,6 @@ if (panel) {
     const room = state.rooms.get(state.current);
     if (room && !document.hidden) markReadSoon(room);
   });
-  window.addEventListener("pagehide", flushRead);
+  window.addEventListener("pagehide", () => flushRead({ keepalive: true }));
   whenIdle(start); // the badges need the rooms even while the panel is closed
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import pytest
 from playwright.sync_api import expect
 
@@ -86,6 +88,40 @@ def test_dispatcher_and_rider_chat_live_and_find_the_history_after_reloading(bro
         expect(messages(page).nth(2)).to_have_text("At the shop now")
     assert dispatcher.evaluate("document.body.dataset.pwned") is None
     assert rider.evaluate("document.body.dataset.pwned") is None
+
+
+def test_a_message_arriving_after_the_panel_closed_stays_unread_while_the_earlier_read_is_saved(browse, demo_tx):  # noqa: F811
+    """The panel saves what was seen a moment later (one request for a burst of messages). A message
+    that arrives after the panel closed, before that moment, was never seen: it stays unread, and the
+    saved read position stops at the message the dispatcher did see."""
+    from realtime.services import publish_event
+    from realtime.streams import parse_stream
+
+    author = demo_tx.user("rider-gangnam-01")
+
+    def rider_says(text: str) -> None:
+        publish_event(actor=author, stream=parse_stream("chat:gangnam"), event="chat.message", data={"text": text})
+
+    dispatcher = browse.session("dispatch-gangnam").new_page()
+    dispatcher.clock.install()  # the read waits on a timer: the test holds it
+    dispatcher.goto(BOARD)
+    dispatcher.click("#chat-toggle")
+    expect(dispatcher.locator("#chat-empty")).to_be_visible()
+    dispatcher.clock.pause_at(datetime.now() + timedelta(seconds=1))
+
+    rider_says("Seen before closing")
+    expect(messages(dispatcher).last).to_have_text("Seen before closing")
+    dispatcher.click("#chat-close")
+    rider_says("Sent after closing")
+    expect(dispatcher.locator("#chat-total")).to_have_text("1")  # the seen one is read already
+
+    with dispatcher.expect_response("**/chat/chat%3Agangnam/read") as response:
+        dispatcher.clock.run_for(1000)
+    assert response.value.json()["unread"] == 1
+    expect(dispatcher.locator("#chat-total")).to_have_text("1")
+    dispatcher.clock.resume()
+    dispatcher.reload()
+    expect(dispatcher.locator("#chat-total")).to_have_text("1")  # the server kept it unread too
 
 
 def test_closed_panel_counts_unread_without_building_the_room_list_until_opened(browse, demo_tx):  # noqa: F811
