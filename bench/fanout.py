@@ -2024,7 +2024,12 @@ def parse_args(argv=None):
         default=2000,
         help="the fixed-rate step: deliveries/s (events/s = this / N); low enough for every variant on one core",
     )
-    p.add_argument("--fixed-seconds", type=float, default=10, help="length of the fixed-rate step")
+    p.add_argument(
+        "--fixed-seconds",
+        type=float,
+        default=20,
+        help="length of the fixed-rate step: one heartbeat interval (20 s), every variant pings each socket once",
+    )
     p.add_argument("--idle-seconds", type=float, default=3, help="idle wait after the connect storm (idle CPU, RSS)")
     p.add_argument("--quick", action="store_true", help="N=1000, one run, short steps: checks the harness")
     p.add_argument("--skip-setup", action="store_true")

@@ -32,6 +32,9 @@ async function main() {
     httpCompression: false,
     serveClient: false,
     maxHttpBufferSize: 1e6,
+    // BROS's heartbeat interval (a ping every 20 s, protocol "Heartbeat and presence"); socket.io's
+    // default is 25 s. Both servers then ping each socket once in fanout.py's 20 s fixed-rate step.
+    pingInterval: 20000,
   });
   io.adapter(createAdapter(pub, sub, { key }));
   io.on("connection", (socket) => {
