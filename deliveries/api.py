@@ -144,9 +144,8 @@ def _may_view_center(request, center_code: str, *, stream_namespace: str) -> boo
 
 def _require_center_view(request, center_code: str, *, stream_namespace: str) -> None:
     """A center named by the caller: 404 unless they may view it and it exists."""
-    if not _may_view_center(request, center_code, stream_namespace=stream_namespace):
-        raise Http404("No such center.")
-    if not Center.objects.filter(code=center_code).exists():
+    allowed = _may_view_center(request, center_code, stream_namespace=stream_namespace)
+    if not allowed or not Center.objects.filter(code=center_code).exists():
         raise Http404("No such center.")
 
 

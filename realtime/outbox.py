@@ -80,8 +80,10 @@ def emit(events: Sequence[PendingEvent]) -> list[Event]:
                 "ts": now,
             },
         )
-        ids = {(stream, seq): pk for pk, stream, seq in cursor.fetchall()}
-    heads = {stream: max(seq for s, seq in ids if s == stream) for stream in streams}
+        ids, heads = {}, {}
+        for pk, stream, seq in cursor.fetchall():
+            ids[stream, seq] = pk
+            heads[stream] = max(seq, heads.get(stream, seq))
     rows = []
     for event, distance in zip(events, after, strict=True):
         seq = heads[event.stream] - distance  # as the statement computed it
